@@ -1,0 +1,112 @@
+"""The normalised job record that both platforms are mapped to, and the phase vocabulary."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+
+class Phase(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_PHASES
+
+    @property
+    def active(self) -> bool:
+        """Queued and running jobs, and jobs whose status we cannot place (they may still move)."""
+        return not self.terminal
+
+
+TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED})
+PENDING_PHASES = frozenset({Phase.QUEUED, Phase.RUNNING})
+
+ITEM_STATES = ("pending", "succeeded", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One bulk job as the exporter understands it, whatever platform it came from.
+
+    Frozen so that a snapshot handed to the collector can never change under it.
+    """
+
+    id: str
+    action: str
+    object: str
+    status: str
+    phase: Phase
+    pending: int
+    succeeded: int
+    failed: int
+    progress: float
+    started_at: float | None
+    completed_at: float | None
+
+    def same_state(self, other: Job) -> bool:
+        """Whether nothing a user would call progress differs between two sightings."""
+        return (
+            self.status == other.status
+            and self.pending == other.pending
+            and self.succeeded == other.succeeded
+            and self.failed == other.failed
+        )
+
+
+class RowError(ValueError):
+    """An upstream row that cannot be turned into a Job; the row is skipped, never fatal."""
+
+
+def clamp_ratio(value: float) -> float:
+    if value != value:  # NaN
+        return 0.0
+    return min(max(value, 0.0), 1.0)
+
+
+def parse_timestamp(value: object, field: str) -> float | None:
+    """ISO 8601 (with or without fractional seconds, `Z` or an offset) to Unix seconds."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RowError(f"{field} is not a string")
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise RowError(f"{field} is not an ISO 8601 date-time") from None
+    if parsed.tzinfo is None:
+        # Both APIs document UTC; a naive value is read as UTC rather than local time.
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def require_str(row: dict[str, object], field: str) -> str:
+    value = row.get(field)
+    if not isinstance(value, str) or not value:
+        raise RowError(f"{field} is missing or not a non-empty string")
+    return value
+
+
+def require_count(row: dict[str, object], field: str) -> int:
+    value = row.get(field)
+    # bool is an int subclass in Python; a JSON true is not a count.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RowError(f"{field} is missing or not an integer")
+    if value < 0:
+        raise RowError(f"{field} is negative")
+    return value
+
+
+def optional_count(row: dict[str, object], field: str) -> int | None:
+    if row.get(field) is None:
+        return None
+    return require_count(row, field)

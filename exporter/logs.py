@@ -1,0 +1,75 @@
+"""Structured logging (logfmt or JSON) with every line passed through the secret redactor.
+
+Call sites attach key/value pairs with `log(logger, level, msg, key=value, ...)`; the
+formatter renders them after `ts`, `level`, `logger` and `msg`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+from exporter.redact import REDACTOR
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+_LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        + f".{int(record.msecs):03d}Z",
+        "level": _LEVEL_NAMES.get(record.levelno, "error"),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    out.update(getattr(record, "fields", {}))
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        out["err"] = f"{type(exc).__name__}: {exc}"
+    # Redact values before encoding too: escaping could otherwise split a secret the final
+    # pass over the line would no longer recognise.
+    return {k: REDACTOR(v) if isinstance(v, str) else v for k, v in out.items()}
+
+
+def _logfmt_value(value: Any) -> str:
+    text = str(value)
+    if text and not any(c in text for c in ' ="\\\n\t') and text.isprintable():
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line = " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
+        return REDACTOR(line)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return REDACTOR(json.dumps(_fields(record), ensure_ascii=False, default=str))
+
+
+def setup(level: str = "info", fmt: str = "logfmt") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LEVELS[level])
+    # aiohttp's access log would print one line per scrape at info; keep it for debugging only.
+    logging.getLogger("aiohttp.access").setLevel(
+        logging.DEBUG if level == "debug" else logging.WARNING
+    )
+
+
+def log(logger: logging.Logger, level: int, msg: str, **fields: Any) -> None:
+    if logger.isEnabledFor(level):
+        logger.log(level, msg, extra={"fields": fields}, stacklevel=2)

@@ -1,0 +1,142 @@
+"""The HTTP interface: /metrics, /probe, health, readiness, reload and the landing page."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+from collections.abc import Sequence
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
+
+from exporter.collector import ExporterStatus, SnapshotCollector
+from exporter.config import ConfigError
+from exporter.landing import landing_page
+from exporter.logs import log
+from exporter.redact import REDACTOR
+from exporter.runtime import Runtime
+from exporter.source import SourceSnapshot
+
+logger = logging.getLogger("exporter.server")
+
+RUNTIME = web.AppKey("runtime", Runtime)
+TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
+# Taken off Prometheus' scrape timeout so the answer arrives before Prometheus gives up.
+TIMEOUT_MARGIN = 0.5
+# Above this many jobs, encoding moves to a worker thread so the loop keeps serving.
+OFFLOAD_JOBS = 2000
+GZIP_MIN_BYTES = 1024
+
+
+def scrape_budget(request: web.Request) -> float | None:
+    value = request.headers.get(TIMEOUT_HEADER)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    if seconds != seconds or seconds <= 0:  # NaN or nonsense: ignore the header
+        return None
+    return seconds - TIMEOUT_MARGIN
+
+
+def _accepts_gzip(header: str) -> bool:
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() in ("gzip", "*"):
+            q = params.strip()
+            return not (q.startswith("q=") and q[2:].strip() in ("0", "0.0", "0.00", "0.000"))
+    return False
+
+
+def encode(
+    snapshots: Sequence[SourceSnapshot], status: ExporterStatus | None, accept: str
+) -> tuple[bytes, str]:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshots, status))
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
+
+
+async def _exposition(
+    request: web.Request, snapshots: list[SourceSnapshot], status: ExporterStatus | None
+) -> web.Response:
+    accept = request.headers.get("Accept", "")
+    if sum(len(s.jobs) for s in snapshots) > OFFLOAD_JOBS:
+        body, content_type = await asyncio.to_thread(encode, snapshots, status, accept)
+    else:
+        body, content_type = encode(snapshots, status, accept)
+    headers = {"Content-Type": content_type}
+    if len(body) >= GZIP_MIN_BYTES and _accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        body = await asyncio.to_thread(gzip.compress, body, 6)
+        headers["Content-Encoding"] = "gzip"
+    headers["Vary"] = "Accept, Accept-Encoding"
+    return web.Response(body=body, headers=headers)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    snapshots = await runtime.scrape(budget=scrape_budget(request))
+    return await _exposition(request, snapshots, runtime.status)
+
+
+async def probe(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    name = request.query.get("source")
+    if not name:
+        return web.Response(status=400, text="missing the source parameter: /probe?source=NAME\n")
+    if name not in runtime.sources:
+        return web.Response(status=400, text=f"unknown source {name!r}\n")
+    snapshots = await runtime.scrape([name], budget=scrape_budget(request))
+    return await _exposition(request, snapshots, None)
+
+
+async def healthy(_: web.Request) -> web.Response:
+    return web.Response(text="OK\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    if request.app[RUNTIME].ready:
+        return web.Response(text="OK\n")
+    return web.Response(status=503, text="not ready\n")
+
+
+async def reload(request: web.Request) -> web.Response:
+    try:
+        await request.app[RUNTIME].reload()
+    except ConfigError as exc:
+        return web.Response(
+            status=500, text=REDACTOR("failed to reload config:\n" + str(exc)) + "\n"
+        )
+    return web.Response(text="config reloaded\n")
+
+
+async def index(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return web.Response(text=landing_page(runtime), content_type="text/html")
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    await app[RUNTIME].close()
+
+
+def make_app(runtime: Runtime, middlewares: Sequence[object] = ()) -> web.Application:
+    app = web.Application(middlewares=list(middlewares))  # type: ignore[arg-type]
+    app[RUNTIME] = runtime
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/probe", probe)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_post("/-/reload", reload)
+    app.router.add_get("/", index)
+    app.on_shutdown.append(_on_shutdown)
+
+    async def _mark_ready(app: web.Application) -> None:
+        app[RUNTIME].ready = True
+        log(logger, logging.DEBUG, "ready")
+
+    app.on_startup.append(_mark_ready)
+    return app

@@ -1,0 +1,337 @@
+"""The simulated APIs over HTTP, with latency and fault injection for tests.
+
+Kizen:        GET /kizen/api/bulk-action-progress[/{id}]
+FirstPromoter GET /firstpromoter/api/v2/company/batch_processes[/progress|/{id}]
+
+Each platform lives under its own prefix so one server can stand in for both base URLs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from exporter.simulator.world import World
+
+KIZEN_PREFIX = "/kizen"
+FP_PREFIX = "/firstpromoter/api/v2/company"
+FP_STATUSES = ("pending", "in_progress", "completed", "failed", "stopped")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_TRUE = {"true", "True", "1"}
+_FALSE = {"false", "False", "0"}
+
+
+@dataclass
+class Fault:
+    """What a platform does instead of answering properly, until cleared or used up.
+
+    `body` None gives the platform's usual error body for `status`. `drip` sends the body a
+    byte at a time with that pause; `close` drops the connection without an answer.
+    """
+
+    status: int = 500
+    body: bytes | None = None
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    drip: float = 0.0
+    close: bool = False
+    endpoints: frozenset[str] | None = None
+    remaining: int | None = None
+
+    def applies(self, endpoint: str) -> bool:
+        return (self.endpoints is None or endpoint in self.endpoints) and self.remaining != 0
+
+
+@dataclass
+class Credentials:
+    kizen_api_key: str = "sim-kizen-api-key-0123456789"
+    kizen_business_id: str = "5b3b2a4c-0000-4000-8000-00000000b001"
+    kizen_user_id: str = "5b3b2a4c-0000-4000-8000-00000000a001"
+    fp_api_key: str = "sim-fp-api-key-9876543210"
+    fp_account_id: str = "acc_sim_001"
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=json.dumps(data).encode(), status=status, content_type="application/json"
+    )
+
+
+class Simulator:
+    """Both fake APIs over one `World`. Tests reach in to shape jobs, faults and latency."""
+
+    def __init__(self, world: World | None = None, credentials: Credentials | None = None) -> None:
+        self.world = world or World()
+        self.credentials = credentials or Credentials()
+        self.faults: dict[str, Fault] = {}
+        self.latency: dict[str, float] = {"kizen": 0.0, "firstpromoter": 0.0}
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self.kizen_insert_per_page = 0
+        self.fp_paginate = False
+        self.kizen_max_page_size = 1000
+
+    # --- plumbing ------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get(
+            f"{KIZEN_PREFIX}/api/bulk-action-progress", self._wrap("kizen", "list", self.kizen_list)
+        )
+        app.router.add_get(
+            f"{KIZEN_PREFIX}/api/bulk-action-progress/{{job_id}}",
+            self._wrap("kizen", "detail", self.kizen_detail),
+        )
+        app.router.add_get(
+            f"{FP_PREFIX}/batch_processes", self._wrap("firstpromoter", "list", self.fp_list)
+        )
+        app.router.add_get(
+            f"{FP_PREFIX}/batch_processes/progress",
+            self._wrap("firstpromoter", "progress", self.fp_progress),
+        )
+        app.router.add_get(
+            f"{FP_PREFIX}/batch_processes/{{batch_id}}",
+            self._wrap("firstpromoter", "detail", self.fp_detail),
+        )
+        return app
+
+    def set_fault(self, platform: str, fault: Fault | None) -> None:
+        if fault is None:
+            self.faults.pop(platform, None)
+        else:
+            self.faults[platform] = fault
+
+    def _wrap(self, platform: str, endpoint: str, handler: Handler) -> Handler:
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            self.requests[(platform, endpoint)] += 1
+            if self.latency.get(platform):
+                await asyncio.sleep(self.latency[platform])
+            fault = self.faults.get(platform)
+            if fault is not None and fault.applies(endpoint):
+                if fault.remaining is not None:
+                    fault.remaining -= 1
+                return await self._fault(request, platform, fault)
+            return await handler(request)
+
+        return wrapped
+
+    async def _fault(self, request: web.Request, platform: str, fault: Fault) -> web.StreamResponse:
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.close:
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError
+        body = fault.body
+        if body is None:
+            body = self._error_body(platform, fault.status)
+        if fault.drip:
+            response = web.StreamResponse(status=fault.status, headers=fault.headers)
+            response.content_type = fault.content_type
+            response.content_length = len(body)
+            await response.prepare(request)
+            for i in range(len(body)):
+                await response.write(body[i : i + 1])
+                await asyncio.sleep(fault.drip)
+            await response.write_eof()
+            return response
+        return web.Response(
+            status=fault.status, body=body, content_type=fault.content_type, headers=fault.headers
+        )
+
+    @staticmethod
+    def _error_body(platform: str, status: int) -> bytes:
+        if platform == "kizen":
+            detail = {
+                429: "Request was throttled. Expected available in 2 seconds.",
+                401: "Authentication credentials were not provided.",
+                403: "You do not have permission to perform this action.",
+                404: "Not found.",
+            }.get(status, "A server error occurred.")
+            return json.dumps({"detail": detail}).encode()
+        if status == 401:
+            return b""
+        message = {
+            403: ("Invalid user type", "forbidden"),
+            404: ("Record not found", "not_found"),
+            429: ("Too Many Requests", "too_many_requests"),
+        }.get(status, ("Internal server error", "internal_error"))
+        return json.dumps({"message": message[0], "code": message[1]}).encode()
+
+    # --- Kizen ---------------------------------------------------------------------------
+    def _kizen_auth(self, request: web.Request) -> web.Response | None:
+        h, c = request.headers, self.credentials
+        if not h.get("X-BUSINESS-ID") or not h.get("X-USER-ID") or not h.get("X-API-KEY"):
+            return _json(
+                {"code": "missing_business_context", "detail": "Missing business context."}, 401
+            )
+        if h["X-API-KEY"] != c.kizen_api_key:
+            return _json({"detail": "Invalid API key."}, 401)
+        if h["X-BUSINESS-ID"] != c.kizen_business_id or h["X-USER-ID"] != c.kizen_user_id:
+            return _json({"detail": "You do not have permission to perform this action."}, 403)
+        return None
+
+    async def kizen_list(self, request: web.Request) -> web.Response:
+        denied = self._kizen_auth(request)
+        if denied is not None:
+            return denied
+        q = request.query
+        errors: dict[str, list[str]] = {}
+        try:
+            page = int(q.get("page", "1"))
+            if page < 1:
+                raise ValueError
+        except ValueError:
+            return _json({"detail": "Invalid page."}, 404)
+        try:
+            size = min(max(int(q.get("page_size", "100")), 1), self.kizen_max_page_size)
+        except ValueError:
+            size = 100
+        completed: bool | None = None
+        if "completed" in q:
+            if q["completed"] in _TRUE:
+                completed = True
+            elif q["completed"] in _FALSE:
+                completed = False
+            else:
+                errors["completed"] = ["Must be a valid boolean."]
+        object_id = q.get("custom_object_id")
+        if object_id is not None and not _UUID.match(object_id):
+            errors["custom_object_id"] = ["Must be a valid UUID."]
+        started_after: float | None = None
+        if "started_after" in q:
+            try:
+                started_after = datetime.fromisoformat(
+                    q["started_after"].replace("Z", "+00:00")
+                ).timestamp()
+            except ValueError:
+                errors["started_after"] = ["Enter a valid date/time."]
+        if errors:
+            return _json(errors, 400)
+
+        if page > 1 and self.kizen_insert_per_page:
+            # New jobs land on top while the client reads: rows shift to later pages.
+            for _ in range(self.kizen_insert_per_page):
+                self.world.add_kizen_job(pending=10)
+
+        def keep(job: Any) -> bool:
+            if "action" in q and job.action != q["action"]:
+                return False
+            if completed is not None and (not job.active) != completed:
+                return False
+            if object_id is not None and (job.custom_object or {}).get("id") != object_id:
+                return False
+            return not (
+                started_after is not None
+                and (job.started_at is None or job.started_at <= started_after)
+            )
+
+        rows = [j for j in self.world.kizen if keep(j)]
+        count = len(rows)
+        last_page = max(1, math.ceil(count / size))
+        if page > last_page:
+            return _json({"detail": "Invalid page."}, 404)
+        base = f"{request.scheme}://{request.host}{request.path}"
+
+        def link(number: int) -> str:
+            params = {k: v for k, v in q.items() if k != "page"}
+            params["page"] = str(number)
+            return f"{base}?{urlencode(params)}"
+
+        return _json(
+            {
+                "count": count,
+                "next": link(page + 1) if page < last_page else None,
+                "previous": link(page - 1) if page > 1 else None,
+                "results": [j.to_json() for j in rows[(page - 1) * size : page * size]],
+                "errors": None,
+            }
+        )
+
+    async def kizen_detail(self, request: web.Request) -> web.Response:
+        denied = self._kizen_auth(request)
+        if denied is not None:
+            return denied
+        job_id = request.match_info["job_id"]
+        job = self.world.kizen_job(job_id) if _UUID.match(job_id) else None
+        if job is None:
+            return _json({"detail": "Not found."}, 404)
+        return _json(job.to_json())
+
+    # --- FirstPromoter -------------------------------------------------------------------
+    def _fp_auth(self, request: web.Request) -> web.Response | None:
+        c = self.credentials
+        if request.headers.get("Authorization") != f"Bearer {c.fp_api_key}":
+            return web.Response(status=401)
+        if request.headers.get("Account-ID") != c.fp_account_id:
+            return _json({"message": "Invalid user type", "code": "forbidden"}, 403)
+        return None
+
+    def _fp_statuses(self, request: web.Request) -> tuple[set[str] | None, web.Response | None]:
+        values = request.query.getall("filters[status][]", []) + request.query.getall(
+            "filters[status]", []
+        )
+        if not values:
+            return None, None
+        bad = [v for v in values if v not in FP_STATUSES]
+        if bad:
+            return None, _json(
+                {
+                    "message": "Invalid parameters",
+                    "code": "invalid_params",
+                    "errors": {"filters[status]": [f"{v} is not a valid status" for v in bad]},
+                },
+                422,
+            )
+        return set(values), None
+
+    def _fp_selected(self, request: web.Request) -> tuple[list[Any], web.Response | None]:
+        denied = self._fp_auth(request)
+        if denied is not None:
+            return [], denied
+        statuses, invalid = self._fp_statuses(request)
+        if invalid is not None:
+            return [], invalid
+        batches = sorted(self.world.fp.values(), key=lambda b: b.id, reverse=True)
+        return [b for b in batches if statuses is None or b.status in statuses], None
+
+    async def fp_list(self, request: web.Request) -> web.Response:
+        batches, error = self._fp_selected(request)
+        if error is not None:
+            return error
+        if self.fp_paginate:
+            try:
+                page = max(int(request.query.get("page", "1")), 1)
+                per_page = min(max(int(request.query.get("per_page", "20")), 1), 100)
+            except ValueError:
+                page, per_page = 1, 20
+            batches = batches[(page - 1) * per_page : page * per_page]
+        return _json([b.to_json() for b in batches])
+
+    async def fp_progress(self, request: web.Request) -> web.Response:
+        batches, error = self._fp_selected(request)
+        if error is not None:
+            return error
+        return _json({str(b.id): b.percent for b in batches})
+
+    async def fp_detail(self, request: web.Request) -> web.Response:
+        denied = self._fp_auth(request)
+        if denied is not None:
+            return denied
+        raw = request.match_info["batch_id"]
+        batch = self.world.fp.get(int(raw)) if raw.isdigit() else None
+        if batch is None:
+            return _json({"message": "Record not found", "code": "not_found"}, 404)
+        return _json(batch.to_json())

@@ -1,0 +1,225 @@
+"""`--web.config.file`: TLS and basic auth, in the Prometheus exporter-toolkit format.
+
+```yaml
+tls_server_config:
+  cert_file: server.crt
+  key_file: server.key
+  client_auth_type: RequireAndVerifyClientCert   # optional
+  client_ca_file: ca.crt                         # needed to verify client certificates
+  min_version: TLS12                             # TLS10..TLS13
+basic_auth_users:
+  alice: $2y$10$...                              # bcrypt hash
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import ssl
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import bcrypt
+import yaml
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+ClientAuth = Literal[
+    "NoClientCert",
+    "RequestClientCert",
+    "RequireAnyClientCert",
+    "VerifyClientCertIfGiven",
+    "RequireAndVerifyClientCert",
+]
+TlsVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
+
+
+class WebConfigError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsServerConfig(_Strict):
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_auth_type: ClientAuth = "NoClientCert"
+    client_ca_file: str | None = None
+    min_version: TlsVersion = "TLS12"
+    max_version: TlsVersion = "TLS13"
+
+
+class HttpServerConfig(_Strict):
+    http2: bool = True  # accepted for compatibility; aiohttp serves HTTP/1.1
+    headers: dict[str, str] = {}
+
+
+class WebConfigModel(_Strict):
+    tls_server_config: TlsServerConfig | None = None
+    http_server_config: HttpServerConfig | None = None
+    basic_auth_users: dict[str, str] | None = None
+
+
+# A valid hash to check unknown users against, so that they take as long as known ones.
+_DUMMY_HASH = bcrypt.hashpw(b"not-a-password", bcrypt.gensalt(rounds=10))
+_CACHE_SIZE = 256
+
+
+class BasicAuth:
+    """Checks `Authorization: Basic` against bcrypt hashes; remembers recent verdicts so a
+    Prometheus scraping every few seconds does not pay bcrypt's cost on each request."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = {u: h.encode() for u, h in users.items()}
+        self._cache: OrderedDict[bytes, bool] = OrderedDict()
+
+    async def check(self, header: str | None) -> bool:
+        if not header or not header.lower().startswith("basic "):
+            return False
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        user, sep, password = decoded.partition(":")
+        if not sep:
+            return False
+        hashed = self.users.get(user)
+        # The cache key covers the stored hash too, so a reload with a new hash is not fooled.
+        key = hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed or b""))).digest()
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        verdict = await asyncio.to_thread(self._verify, password.encode(), hashed)
+        self._cache[key] = verdict
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return verdict
+
+    @staticmethod
+    def _verify(password: bytes, hashed: bytes | None) -> bool:
+        try:
+            ok = bcrypt.checkpw(password, hashed or _DUMMY_HASH)
+        except ValueError:  # a malformed hash in the file never matches
+            bcrypt.checkpw(password, _DUMMY_HASH)
+            return False
+        return ok and hashed is not None
+
+
+class WebConfig:
+    def __init__(self, model: WebConfigModel, base_dir: Path) -> None:
+        self.model = model
+        self.base_dir = base_dir
+        users = model.basic_auth_users or {}
+        self.auth = BasicAuth(users) if users else None
+
+    def _path(self, value: str) -> str:
+        path = Path(value)
+        return str(path if path.is_absolute() else self.base_dir / path)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.model.tls_server_config
+        if tls is None or tls.cert_file is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = _TLS_VERSIONS[tls.min_version]
+        context.maximum_version = _TLS_VERSIONS[tls.max_version]
+        assert tls.key_file is not None
+        context.load_cert_chain(self._path(tls.cert_file), self._path(tls.key_file))
+        if tls.client_ca_file:
+            context.load_verify_locations(self._path(tls.client_ca_file))
+        context.verify_mode = {
+            "NoClientCert": ssl.CERT_NONE,
+            "RequestClientCert": ssl.CERT_OPTIONAL,
+            "RequireAnyClientCert": ssl.CERT_REQUIRED,
+            "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+            "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+        }[tls.client_auth_type]
+        return context
+
+    def middlewares(self) -> list[Any]:
+        result: list[Any] = []
+        headers = self.model.http_server_config.headers if self.model.http_server_config else {}
+        auth = self.auth
+
+        if auth is not None:
+
+            @web.middleware
+            async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+                if not await auth.check(request.headers.get("Authorization")):
+                    return web.Response(
+                        status=401,
+                        text="Unauthorized\n",
+                        headers={"WWW-Authenticate": 'Basic realm="bulk-progress-exporter"'},
+                    )
+                return await handler(request)
+
+            result.append(basic_auth)
+        if headers:
+
+            @web.middleware
+            async def extra_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+                response = await handler(request)
+                response.headers.update(headers)
+                return response
+
+            result.append(extra_headers)
+        return result
+
+
+def load_web_config(path: str | Path) -> WebConfig:
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise WebConfigError(
+            [f"{file}: cannot read the web configuration: {exc.strerror}"]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise WebConfigError([f"{file}: invalid YAML: {exc}"]) from None
+    try:
+        model = WebConfigModel.model_validate(raw)
+    except ValidationError as exc:
+        raise WebConfigError(
+            [
+                f"{file}: {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+                for e in exc.errors()
+            ]
+        ) from None
+    problems = []
+    tls = model.tls_server_config
+    if tls is not None:
+        if (tls.cert_file is None) != (tls.key_file is None):
+            problems.append(f"{file}: tls_server_config: cert_file and key_file go together")
+        needs_ca = tls.client_auth_type in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+        if needs_ca and not tls.client_ca_file:
+            problems.append(
+                f"{file}: tls_server_config.client_ca_file: required by {tls.client_auth_type}"
+            )
+    for user, hashed in (model.basic_auth_users or {}).items():
+        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            problems.append(f"{file}: basic_auth_users.{user}: not a bcrypt hash")
+    if problems:
+        raise WebConfigError(problems)
+    config = WebConfig(model, file.parent)
+    try:
+        config.ssl_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise WebConfigError([f"{file}: tls_server_config: cannot load: {exc}"]) from None
+    return config
