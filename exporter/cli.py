@@ -98,7 +98,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     value(
         "--log.format", "logfmt", dest="log_format", help="log format", choices=["logfmt", "json"]
     )
-    switch("--config.check", "config_check", "validate the configuration, print a redacted summary and exit")
+    switch(
+        "--config.check",
+        "config_check",
+        "validate the configuration, print a redacted summary and exit",
+    )
     switch("--demo", "demo", "run against the built-in simulator of both APIs")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser

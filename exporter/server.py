@@ -120,6 +120,7 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def _on_shutdown(app: web.Application) -> None:
+    app[RUNTIME].ready = False
     await app[RUNTIME].close()
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from exporter.config import FirstPromoterSource, KizenSource
 from exporter.jobs import Job, RowError
-from exporter.upstream import Upstream
+from exporter.upstream import Upstream, UpstreamError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -72,3 +75,19 @@ def auth_headers(source: KizenSource | FirstPromoterSource) -> dict[str, str]:
             "X-USER-ID": source.user_id,
         }
     return {"Authorization": f"Bearer {source.secret}", "Account-ID": source.account_id}
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+async def run_all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run concurrently; on the first failure cancel the rest and raise that failure itself
+    (not an ExceptionGroup), so callers can catch UpstreamError as usual."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coros]
+    except* UpstreamError as errors:
+        raise _first_leaf(errors) from None
+    return [t.result() for t in tasks]

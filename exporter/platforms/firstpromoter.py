@@ -113,12 +113,11 @@ class FirstPromoterClient:
         return await self.read_list(deadline, statuses)
 
     async def read_list(self, deadline: float, statuses: list[str] | None) -> ReadResult:
-        async with asyncio.TaskGroup() as group:
-            rows_task = group.create_task(self._rows(deadline, statuses))
-            progress_task = group.create_task(self.read_progress(deadline, statuses))
-        progress = progress_task.result()
+        rows, progress = await asyncio.gather(
+            self._rows(deadline, statuses), self.read_progress(deadline, statuses)
+        )
         result = ReadResult()
-        result.add_rows(rows_task.result(), lambda row: parse_row(row, progress))
+        result.add_rows(rows, lambda row: parse_row(row, progress))
         return result
 
     async def _rows(self, deadline: float, statuses: list[str] | None) -> list[object]:

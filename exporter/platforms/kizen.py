@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from urllib.parse import parse_qs, quote, urlsplit
@@ -17,7 +16,7 @@ from exporter.jobs import (
     require_str,
 )
 from exporter.logs import log
-from exporter.platforms import ReadResult
+from exporter.platforms import ReadResult, run_all
 from exporter.upstream import NotFound, Upstream, UpstreamError
 
 logger = logging.getLogger("exporter.platforms.kizen")
@@ -133,11 +132,7 @@ class KizenClient:
             pages = MAX_PAGES
         last_next = first.get("next")
         if pages > 1:
-            async with asyncio.TaskGroup() as group:
-                tasks = [
-                    group.create_task(self._page(p, deadline, extra)) for p in range(2, pages + 1)
-                ]
-            bodies = [t.result() for t in tasks]
+            bodies = await run_all([self._page(p, deadline, extra) for p in range(2, pages + 1)])
             for body in bodies:
                 if body is not None:
                     result.add_rows(body["results"], parse_row)

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from exporter.runtime import Runtime
+from exporter.server import make_app
+from exporter.simulator import Simulator, World
+from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
+from tests.helpers import config_from, source_yaml
+
+
+Client = TestClient[web.Request, web.Application]
+
+
+class SimHandle:
+    def __init__(self, simulator: Simulator, server: TestServer) -> None:
+        self.sim = simulator
+        self.server = server
+
+    @property
+    def world(self) -> World:
+        return self.sim.world
+
+    @property
+    def kizen_url(self) -> str:
+        return str(self.server.make_url(KIZEN_PREFIX))
+
+    @property
+    def fp_url(self) -> str:
+        return str(self.server.make_url(FP_PREFIX))
+
+    def count(self, platform: str, endpoint: str | None = None) -> int:
+        return sum(
+            n
+            for (p, e), n in self.sim.requests.items()
+            if p == platform and (endpoint is None or e == endpoint)
+        )
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[SimHandle]:
+    simulator = Simulator(World(seed=1))
+    server = TestServer(simulator.app())
+    await server.start_server()
+    try:
+        yield SimHandle(simulator, server)
+    finally:
+        await server.close()
+
+
+ExporterFactory = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def exporter(sim: SimHandle) -> AsyncIterator[ExporterFactory]:
+    """Start an exporter over real HTTP, configured against the simulator."""
+    clients: list[Client] = []
+
+    async def start(
+        text: str | None = None, *, kizen: bool = True, fp: bool = True, **extra: str
+    ) -> Client:
+        if text is None:
+            text = source_yaml(
+                sim.kizen_url if kizen else None, sim.fp_url if fp else None, **extra
+            )
+        runtime = Runtime(config_from(text))
+        client: Client = TestClient(TestServer(make_app(runtime)))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    try:
+        yield start
+    finally:
+        for client in clients:
+            await client.close()

@@ -1,0 +1,370 @@
+"""Each contract metric and label, checked by value, over real HTTP against the simulator."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import ExporterFactory, SimHandle
+from tests.helpers import one, parse_samples, require_tool, select
+
+KZ = {"platform": "kizen", "source": "kz"}
+FP = {"platform": "firstpromoter", "source": "fp"}
+UPLOAD = "custom_object_upload"
+ARCHIVE = "custom_object_archive"
+
+
+def populate(sim: SimHandle) -> dict[str, object]:
+    now = time.time()
+    w = sim.world
+    running = w.add_kizen_job(
+        action=UPLOAD,
+        status="in_progress",
+        pending=60,
+        success=30,
+        failed=10,
+        started_at=now - 300,
+        custom_object={
+            "id": "0b6f8b2e-1111-4111-8111-000000000001",
+            "object_name": "contacts",
+            "entity_name": "client",
+        },
+        extra={"send_email_notification": True},
+    )
+    done = w.add_kizen_job(
+        action=UPLOAD,
+        status="completed",
+        pending=0,
+        success=50,
+        started_at=now - 200,
+        completed_at=now - 60,
+    )
+    queued = w.add_kizen_job(action=UPLOAD, status="queued", pending=20)
+    odd = w.add_kizen_job(action=ARCHIVE, status="reticulating", pending=5, started_at=now - 50)
+    old = w.add_kizen_job(
+        action=ARCHIVE,
+        status="skipped",
+        pending=0,
+        started_at=now - 9000,
+        completed_at=now - 7200,
+    )
+    empty_done = w.add_kizen_job(
+        action=ARCHIVE, status="completed", pending=0, started_at=now - 100, completed_at=now - 90
+    )
+    b_run = w.add_fp_batch(
+        action_label="promoters/accept",
+        status="in_progress",
+        selected_total=100,
+        processed=40,
+        failed=10,
+        created_at=now - 400,
+    )
+    b_run.progress_override = 55
+    b_done = w.add_fp_batch(
+        action_label="referral/delete",
+        status="completed",
+        selected_total=10,
+        processed=9,
+        failed=1,
+        created_at=now - 500,
+        updated_at=now - 30,
+    )
+    b_pending = w.add_fp_batch(
+        action_label="promoters/accept",
+        status="pending",
+        selected_total=None,
+        total=20,
+        created_at=now - 10,
+    )
+    b_stopped = w.add_fp_batch(
+        action_label="referral/delete",
+        status="stopped",
+        selected_total=30,
+        processed=5,
+        created_at=now - 700,
+        updated_at=now - 20,
+    )
+    return {
+        "running": running,
+        "done": done,
+        "queued": queued,
+        "odd": odd,
+        "old": old,
+        "empty_done": empty_done,
+        "b_run": b_run,
+        "b_done": b_done,
+        "b_pending": b_pending,
+        "b_stopped": b_stopped,
+    }
+
+
+async def scrape(client: object, path: str = "/metrics", **headers: str) -> str:
+    response = await client.get(path, headers=headers)  # type: ignore[attr-defined]
+    assert response.status == 200
+    return str(await response.text())
+
+
+async def test_kizen_metrics_by_value(sim: SimHandle, exporter: ExporterFactory) -> None:
+    jobs = populate(sim)
+    client = await exporter()
+    s = parse_samples(await scrape(client))
+
+    assert one(s, "bulk_up", **KZ) == 1
+    assert one(s, "bulk_scrape_duration_seconds", **KZ) > 0
+    assert one(s, "bulk_last_success_timestamp_seconds", **KZ) == pytest.approx(time.time(), abs=10)
+    assert one(s, "bulk_api_requests_total", **KZ, endpoint="list", code="200") == 1
+
+    assert one(s, "bulk_jobs", **KZ, action=UPLOAD, phase="running") == 1
+    assert one(s, "bulk_jobs", **KZ, action=UPLOAD, phase="queued") == 1
+    assert one(s, "bulk_jobs", **KZ, action=UPLOAD, phase="completed") == 1
+    assert one(s, "bulk_jobs", **KZ, action=UPLOAD, phase="failed") == 0
+    assert one(s, "bulk_jobs", **KZ, action=ARCHIVE, phase="unknown") == 1
+    assert one(s, "bulk_jobs", **KZ, action=ARCHIVE, phase="cancelled") == 1
+    assert one(s, "bulk_jobs", **KZ, action=ARCHIVE, phase="completed") == 1
+    # Pending across queued and running jobs only: 60 + 20; the unknown-status job is not counted.
+    assert one(s, "bulk_pending_items", **KZ, action=UPLOAD) == 80
+    assert one(s, "bulk_pending_items", **KZ, action=ARCHIVE) == 0
+
+    running = jobs["running"]
+    labels = {**KZ, "job_id": running.id, "action": UPLOAD}  # type: ignore[attr-defined]
+    info = select(s, "bulk_job_info", **labels)
+    assert list(info.values()) == [1]
+    assert dict(next(iter(info))) == {
+        **labels,
+        "object": "contacts",
+        "status": "in_progress",
+        "phase": "running",
+    }
+    assert one(s, "bulk_job_items", **labels, state="pending") == 60
+    assert one(s, "bulk_job_items", **labels, state="succeeded") == 30
+    assert one(s, "bulk_job_items", **labels, state="failed") == 10
+    assert one(s, "bulk_job_progress_ratio", **labels) == pytest.approx(0.4)
+    assert one(s, "bulk_job_start_timestamp_seconds", **labels) == pytest.approx(
+        running.started_at,
+        abs=1e-3,  # type: ignore[attr-defined]
+    )
+    assert select(s, "bulk_job_completion_timestamp_seconds", **labels) == {}
+    # First sight: the job's start time.
+    assert one(s, "bulk_job_last_change_timestamp_seconds", **labels) == pytest.approx(
+        running.started_at,
+        abs=1e-3,  # type: ignore[attr-defined]
+    )
+
+    queued = jobs["queued"]
+    q_labels = {**KZ, "job_id": queued.id, "action": UPLOAD}  # type: ignore[attr-defined]
+    assert select(s, "bulk_job_start_timestamp_seconds", **q_labels) == {}
+    assert one(s, "bulk_job_progress_ratio", **q_labels) == 0
+    assert one(s, "bulk_job_last_change_timestamp_seconds", **q_labels) == pytest.approx(
+        time.time(), abs=10
+    )
+
+    done = jobs["done"]
+    d_labels = {**KZ, "job_id": done.id, "action": UPLOAD}  # type: ignore[attr-defined]
+    assert one(s, "bulk_job_completion_timestamp_seconds", **d_labels) == pytest.approx(
+        done.completed_at,
+        abs=1e-3,  # type: ignore[attr-defined]
+    )
+    assert one(s, "bulk_job_progress_ratio", **d_labels) == 1
+    empty = jobs["empty_done"]
+    e_labels = {**KZ, "job_id": empty.id, "action": ARCHIVE}  # type: ignore[attr-defined]
+    assert one(s, "bulk_job_progress_ratio", **e_labels) == 1  # empty and terminal
+    odd = jobs["odd"]
+    o_labels = {**KZ, "job_id": odd.id, "action": ARCHIVE}  # type: ignore[attr-defined]
+    assert dict(next(iter(select(s, "bulk_job_info", **o_labels))))["status"] == "reticulating"
+
+    # Finished two hours ago: outside the 1h retention, so no per-job series, but still counted.
+    old_id = jobs["old"].id  # type: ignore[attr-defined]
+    assert not [k for (name, k) in s if dict(k).get("job_id") == old_id]
+
+    # Everything was already there at the baseline: counters exist at zero.
+    assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="completed") == 0
+    assert one(s, "bulk_items_processed_total", **KZ, action=UPLOAD, result="succeeded") == 0
+    assert not [k for (name, k) in s if dict(k).get("job") or dict(k).get("instance")]
+
+
+async def test_firstpromoter_metrics_by_value(sim: SimHandle, exporter: ExporterFactory) -> None:
+    jobs = populate(sim)
+    client = await exporter()
+    s = parse_samples(await scrape(client))
+
+    assert one(s, "bulk_up", **FP) == 1
+    assert one(s, "bulk_api_requests_total", **FP, endpoint="list", code="200") == 1
+    assert one(s, "bulk_api_requests_total", **FP, endpoint="progress", code="200") == 1
+    accept, delete = "promoters/accept", "referral/delete"
+    assert one(s, "bulk_jobs", **FP, action=accept, phase="running") == 1
+    assert one(s, "bulk_jobs", **FP, action=accept, phase="queued") == 1
+    assert one(s, "bulk_jobs", **FP, action=delete, phase="completed") == 1
+    assert one(s, "bulk_jobs", **FP, action=delete, phase="cancelled") == 1
+    # selected_total - processed - failed = 50; the pending batch falls back to total = 20.
+    assert one(s, "bulk_pending_items", **FP, action=accept) == 70
+
+    run = jobs["b_run"]
+    labels = {**FP, "job_id": str(run.id), "action": accept}  # type: ignore[attr-defined]
+    assert one(s, "bulk_job_items", **labels, state="succeeded") == 40
+    assert one(s, "bulk_job_items", **labels, state="failed") == 10
+    assert one(s, "bulk_job_items", **labels, state="pending") == 50
+    # The progress endpoint's percent wins over the counts (which would say 0.5).
+    assert one(s, "bulk_job_progress_ratio", **labels) == pytest.approx(0.55)
+    assert one(s, "bulk_job_start_timestamp_seconds", **labels) == pytest.approx(
+        run.created_at,
+        abs=1e-3,  # type: ignore[attr-defined]
+    )
+    assert select(s, "bulk_job_completion_timestamp_seconds", **labels) == {}
+    info = dict(next(iter(select(s, "bulk_job_info", **labels))))
+    assert info["object"] == "" or "object" not in info
+    assert info["status"] == "in_progress"
+
+    done = jobs["b_done"]
+    d_labels = {**FP, "job_id": str(done.id), "action": delete}  # type: ignore[attr-defined]
+    assert one(s, "bulk_job_completion_timestamp_seconds", **d_labels) == pytest.approx(
+        done.updated_at,
+        abs=1e-3,  # type: ignore[attr-defined]
+    )
+    assert one(s, "bulk_job_progress_ratio", **d_labels) == 1
+    stopped = jobs["b_stopped"]
+    st_labels = {**FP, "job_id": str(stopped.id), "action": delete}  # type: ignore[attr-defined]
+    assert dict(next(iter(select(s, "bulk_job_info", **st_labels))))["phase"] == "cancelled"
+    assert one(s, "bulk_job_items", **st_labels, state="pending") == 25
+
+
+async def test_counters_and_last_change_follow_changes(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    jobs = populate(sim)
+    client = await exporter()
+    await scrape(client)  # the baseline
+    running = jobs["running"]
+    running.pending, running.success, running.failed = 0, 85, 15  # type: ignore[attr-defined]
+    running.status, running.completed_at = "completed", time.time()  # type: ignore[attr-defined]
+    b_run = jobs["b_run"]
+    b_run.processed, b_run.failed = 60, 12  # type: ignore[attr-defined]
+    b_run.status = "failed"  # type: ignore[attr-defined]
+    # A job created and finished between two scrapes, after the baseline: counted whole.
+    sim.world.add_kizen_job(
+        action=UPLOAD, status="failed", pending=2, success=3, failed=5, started_at=time.time()
+    )
+    before = time.time()
+    s = parse_samples(await scrape(client))
+
+    assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="completed") == 1
+    assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="failed") == 1
+    assert one(s, "bulk_items_processed_total", **KZ, action=UPLOAD, result="succeeded") == 55 + 3
+    assert one(s, "bulk_items_processed_total", **KZ, action=UPLOAD, result="failed") == 5 + 5
+    assert one(s, "bulk_jobs_finished_total", **FP, action="promoters/accept", phase="failed") == 1
+    assert (
+        one(s, "bulk_items_processed_total", **FP, action="promoters/accept", result="succeeded")
+        == 20
+    )
+    assert (
+        one(s, "bulk_items_processed_total", **FP, action="promoters/accept", result="failed") == 2
+    )
+    labels = {**KZ, "job_id": running.id, "action": UPLOAD}  # type: ignore[attr-defined]
+    assert one(s, "bulk_job_last_change_timestamp_seconds", **labels) >= before - 1
+
+    # Nothing changes: nothing more is counted; a count going down is not subtracted.
+    running.success = 80  # type: ignore[attr-defined]
+    s = parse_samples(await scrape(client))
+    assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="completed") == 1
+    assert one(s, "bulk_items_processed_total", **KZ, action=UPLOAD, result="succeeded") == 58
+
+
+async def test_job_series_are_capped_active_first(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    now = time.time()
+    for i in range(5):
+        sim.world.add_kizen_job(
+            status="completed",
+            pending=0,
+            success=1,
+            started_at=now - 100,
+            completed_at=now - 50 + i,
+        )
+    active = [
+        sim.world.add_kizen_job(status="in_progress", pending=5, started_at=now - i)
+        for i in range(3)
+    ]
+    client = await exporter(fp=False, kizen_extra="    max_job_series: 4\n")
+    s = parse_samples(await scrape(client))
+    emitted = {dict(k)["job_id"] for k in select(s, "bulk_job_info", **KZ)}
+    assert len(emitted) == 4
+    assert {j.id for j in active} <= emitted
+    newest_finished = sim.world.kizen[3]  # completed_at now - 46: the newest finished
+    assert newest_finished.id in emitted
+    # Aggregates are never truncated.
+    assert one(s, "bulk_jobs", **KZ, action=UPLOAD, phase="completed") == 5
+
+
+async def test_label_values_are_escaped(sim: SimHandle, exporter: ExporterFactory) -> None:
+    tricky = 'we"ird\\ac\ntion ✓ 日本'
+    sim.world.add_kizen_job(
+        action=tricky,
+        status="in_progress",
+        pending=3,
+        started_at=time.time(),
+        custom_object={"id": "x", "object_name": 'Ob"j\\', "entity_name": "e"},
+    )
+    client = await exporter(fp=False)
+    text = await scrape(client)
+    s = parse_samples(text)
+    assert one(s, "bulk_jobs", **KZ, action=tricky, phase="running") == 1
+    info = dict(next(iter(select(s, "bulk_job_info", **KZ, action=tricky))))
+    assert info["object"] == 'Ob"j\\'
+    om = await scrape(client, Accept="application/openmetrics-text; version=1.0.0")
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+    values = {
+        (smp.name, smp.labels.get("action"), smp.labels.get("phase")): smp.value
+        for fam in om_parse(om)
+        for smp in fam.samples
+    }
+    assert values[("bulk_jobs", tricky, "running")] == 1
+
+
+async def test_openmetrics_and_gzip(sim: SimHandle, exporter: ExporterFactory) -> None:
+    populate(sim)
+    client = await exporter()
+    response = await client.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0; charset=utf-8"}
+    )
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    body = await response.text()
+    assert body.endswith("# EOF\n")
+    assert "bulk_jobs_finished_total{" in body
+
+    plain = await client.get("/metrics", headers={"Accept": "text/plain"})
+    assert plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+
+    # auto_decompress off so the test sees the bytes on the wire.
+    raw = await client.session.get(
+        client.make_url("/metrics"), headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+    )
+    assert raw.headers["Content-Encoding"] == "gzip"
+    text = gzip.decompress(await raw.read()).decode()
+    assert "bulk_up{" in text
+    identity = await client.session.get(
+        client.make_url("/metrics"),
+        headers={"Accept-Encoding": "identity"},
+        auto_decompress=False,
+    )
+    assert "Content-Encoding" not in identity.headers
+
+
+async def test_promtool_check_metrics(sim: SimHandle, exporter: ExporterFactory) -> None:
+    promtool = require_tool("promtool")
+    populate(sim)
+    sim.world.add_kizen_job(
+        action='a"b\\c\nd', status="in_progress", pending=1, started_at=time.time()
+    )
+    client = await exporter()
+    await scrape(client)
+    text = await scrape(client)
+    result = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "" and result.stderr.strip() == ""

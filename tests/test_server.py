@@ -1,0 +1,158 @@
+"""The HTTP endpoints, deadlines, single flight and refresh reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from exporter.config import load_config
+from exporter.runtime import Runtime
+from exporter.server import make_app
+from exporter.simulator import Fault
+from tests.conftest import ExporterFactory, SimHandle
+from tests.helpers import config_from, one, parse_samples, select, source_yaml
+
+
+def seed(sim: SimHandle) -> None:
+    sim.world.add_kizen_job(status="in_progress", pending=10, started_at=time.time())
+    sim.world.add_fp_batch(status="in_progress", selected_total=10)
+
+
+async def test_probe_serves_one_source(sim: SimHandle, exporter: ExporterFactory) -> None:
+    seed(sim)
+    client = await exporter()
+    response = await client.get("/probe", params={"source": "fp"})
+    assert response.status == 200
+    s = parse_samples(await response.text())
+    assert set(dict(k)["source"] for k in select(s, "bulk_up")) == {"fp"}
+    assert sim.count("kizen") == 0
+    assert select(s, "bulk_build_info") == {}
+
+    missing = await client.get("/probe")
+    assert missing.status == 400
+    assert "source" in await missing.text()
+    unknown = await client.get("/probe", params={"source": "nope"})
+    assert unknown.status == 400
+    assert "unknown source 'nope'" in await unknown.text()
+
+
+async def test_health_never_touches_upstream(sim: SimHandle, exporter: ExporterFactory) -> None:
+    client = await exporter()
+    for path in ("/-/healthy", "/-/ready", "/"):
+        response = await client.get(path)
+        assert response.status == 200, path
+    assert await (await client.get("/-/healthy")).text() == "OK\n"
+    assert sum(sim.sim.requests.values()) == 0
+
+
+async def test_ready_follows_the_runtime() -> None:
+    runtime = Runtime(config_from("sources: []\n"))
+    assert runtime.ready is False  # not until the server has started
+    client = TestClient(TestServer(make_app(runtime)))
+    await client.start_server()
+    try:
+        assert (await client.get("/-/ready")).status == 200
+        runtime.ready = False
+        response = await client.get("/-/ready")
+        assert response.status == 503
+        runtime.ready = True
+    finally:
+        await client.close()
+    assert runtime.ready is False  # shut down: no longer ready
+
+
+async def test_landing_page_lists_sources(sim: SimHandle, exporter: ExporterFactory) -> None:
+    seed(sim)
+    sim.sim.set_fault("firstpromoter", Fault(status=403))
+    client = await exporter()
+    await client.get("/metrics")
+    response = await client.get("/")
+    assert response.headers["Content-Type"].startswith("text/html")
+    page = await response.text()
+    assert '<a href="/metrics">' in page
+    assert "kz" in page and "kizen" in page and "firstpromoter" in page
+    assert "1 (up)" in page and "0 (down)" in page
+    assert "running: 1" in page
+    assert "HTTP 403" in page
+
+
+async def test_scrape_timeout_header_lowers_the_deadline(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    seed(sim)
+    sim.sim.latency["kizen"] = 2.0
+    client = await exporter()
+    started = time.monotonic()
+    response = await client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "1.5"})
+    elapsed = time.monotonic() - started
+    s = parse_samples(await response.text())
+    assert response.status == 200
+    assert one(s, "bulk_up", source="kz") == 0
+    assert one(s, "bulk_up", source="fp") == 1
+    assert one(s, "bulk_api_requests_total", source="kz", endpoint="list", code="timeout") == 1
+    # 1.5s - 0.5s margin = 1s deadline, well before the 5s configured timeout.
+    assert 0.9 <= elapsed < 1.9
+    assert 0.9 <= one(s, "bulk_scrape_duration_seconds", source="kz") < 1.5
+
+
+async def test_concurrent_scrapes_share_one_refresh(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    seed(sim)
+    for _ in range(25):
+        sim.world.add_kizen_job(status="completed", pending=0, success=1)
+    sim.sim.latency["kizen"] = 0.2
+    sim.sim.latency["firstpromoter"] = 0.2
+    client = await exporter(kizen_extra="    page_size: 10\n")
+    responses = await asyncio.gather(*(client.get("/metrics") for _ in range(8)))
+    assert [r.status for r in responses] == [200] * 8
+    bodies = [parse_samples(await r.text()) for r in responses]
+    # One refresh's worth: 3 Kizen pages, 1 FirstPromoter list and 1 progress request.
+    assert sim.count("kizen") == 3
+    assert sim.count("firstpromoter") == 2
+    assert all(one(b, "bulk_up", source="kz") == 1 for b in bodies)
+
+
+async def test_min_interval_reuses_a_young_refresh(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    seed(sim)
+    client = await exporter(defaults="  min_interval: 1h\n")
+    for _ in range(3):
+        assert (await client.get("/metrics")).status == 200
+    assert sim.count("kizen") == 1
+    assert sim.count("firstpromoter") == 2
+
+
+async def test_reload_endpoint(sim: SimHandle, tmp_path: Path) -> None:
+    seed(sim)
+    path = tmp_path / "config.yaml"
+    path.write_text(source_yaml(sim.kizen_url, None))
+    runtime = Runtime(load_config(path), path)
+    client = TestClient(TestServer(make_app(runtime)))
+    await client.start_server()
+    try:
+        await client.get("/metrics")
+        kept = runtime.sources["kz"]
+        path.write_text(source_yaml(sim.kizen_url, sim.fp_url))
+        response = await client.post("/-/reload")
+        assert response.status == 200
+        assert runtime.sources["kz"] is kept  # unchanged source keeps its state
+        s = parse_samples(await (await client.get("/metrics")).text())
+        assert one(s, "bulk_up", source="fp") == 1
+        assert one(s, "bulk_config_last_reload_successful") == 1
+
+        path.write_text(source_yaml(sim.kizen_url, sim.fp_url) + "\nbogus: 1\n")
+        response = await client.post("/-/reload")
+        assert response.status == 500
+        assert "bogus: unknown key" in await response.text()
+        s = parse_samples(await (await client.get("/metrics")).text())
+        assert one(s, "bulk_config_last_reload_successful") == 0
+        assert one(s, "bulk_up", source="fp") == 1  # the old configuration keeps serving
+        assert one(s, "bulk_config_last_reload_success_timestamp_seconds") > 0
+        assert (await client.get("/-/reload")).status == 405
+    finally:
+        await client.close()
