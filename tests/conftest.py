@@ -12,7 +12,6 @@ from exporter.simulator import Simulator, World
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
 from tests.helpers import config_from, source_yaml
 
-
 Client = TestClient[web.Request, web.Application]
 
 
@@ -61,11 +60,21 @@ async def exporter(sim: SimHandle) -> AsyncIterator[ExporterFactory]:
     clients: list[Client] = []
 
     async def start(
-        text: str | None = None, *, kizen: bool = True, fp: bool = True, **extra: str
+        text: str | None = None,
+        *,
+        kizen: bool = True,
+        fp: bool = True,
+        defaults: str = "",
+        kizen_extra: str = "",
+        fp_extra: str = "",
     ) -> Client:
         if text is None:
             text = source_yaml(
-                sim.kizen_url if kizen else None, sim.fp_url if fp else None, **extra
+                sim.kizen_url if kizen else None,
+                sim.fp_url if fp else None,
+                defaults=defaults,
+                kizen_extra=kizen_extra,
+                fp_extra=fp_extra,
             )
         runtime = Runtime(config_from(text))
         client: Client = TestClient(TestServer(make_app(runtime)))

@@ -22,7 +22,10 @@ FAULTS = {
     ),
     "truncated-json": Fault(status=200, body=b'{"count": 3, "next": null, "resu'),
     "wrong-shape": Fault(status=200, body=b'"just a string"'),
+    "slow-drip": Fault(status=200, body=b'{"count": 0, "results": []}', drip=0.2),
+    "dropped-connection": Fault(close=True),
 }
+EXPECTED_CODE = {"slow-drip": "timeout", "dropped-connection": "error"}
 
 
 def seed(sim: SimHandle) -> None:
@@ -44,7 +47,8 @@ async def test_failing_platform_is_isolated(
     client = await exporter()
     await client.get("/metrics")  # the baseline, while healthy
     sim.sim.set_fault(failing, FAULTS[fault])
-    response = await client.get("/metrics")
+    # A 2s scrape timeout: a 1.5s deadline, which the slow-drip body cannot meet.
+    response = await client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"})
     assert response.status == 200
     s = parse_samples(await response.text())
     bad, good = SOURCES[failing], SOURCES["kizen" if failing != "kizen" else "firstpromoter"]
@@ -64,9 +68,13 @@ async def test_failing_platform_is_isolated(
         "bulk_items_processed_total",
     } <= names
     assert {"bulk_jobs", "bulk_pending_items", "bulk_job_info"} <= series_of(s, good)
-    error = client.server.app[RUNTIME].sources[bad].last.error  # type: ignore[union-attr]
-    assert error and "internal error" not in error, error
-    code = "200" if FAULTS[fault].status == 200 else str(FAULTS[fault].status)
+    app = client.app
+    assert app is not None
+    last = app[RUNTIME].sources[bad].last
+    assert last is not None
+    assert last.error is not None
+    assert "internal error" not in last.error
+    code = EXPECTED_CODE.get(fault, str(FAULTS[fault].status))
     assert sum(select(s, "bulk_api_requests_total", source=bad, code=code).values()) >= 1
 
     sim.sim.set_fault(failing, None)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import subprocess
 import time
+from typing import Any
 
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
-from tests.conftest import ExporterFactory, SimHandle
+from tests.conftest import Client, ExporterFactory, SimHandle
 from tests.helpers import one, parse_samples, require_tool, select
 
 KZ = {"platform": "kizen", "source": "kz"}
@@ -17,7 +20,7 @@ UPLOAD = "custom_object_upload"
 ARCHIVE = "custom_object_archive"
 
 
-def populate(sim: SimHandle) -> dict[str, object]:
+def populate(sim: SimHandle) -> dict[str, Any]:
     now = time.time()
     w = sim.world
     running = w.add_kizen_job(
@@ -101,8 +104,8 @@ def populate(sim: SimHandle) -> dict[str, object]:
     }
 
 
-async def scrape(client: object, path: str = "/metrics", **headers: str) -> str:
-    response = await client.get(path, headers=headers)  # type: ignore[attr-defined]
+async def scrape(client: Client, path: str = "/metrics", **headers: str) -> str:
+    response = await client.get(path, headers=headers)
     assert response.status == 200
     return str(await response.text())
 
@@ -129,7 +132,7 @@ async def test_kizen_metrics_by_value(sim: SimHandle, exporter: ExporterFactory)
     assert one(s, "bulk_pending_items", **KZ, action=ARCHIVE) == 0
 
     running = jobs["running"]
-    labels = {**KZ, "job_id": running.id, "action": UPLOAD}  # type: ignore[attr-defined]
+    labels = {**KZ, "job_id": running.id, "action": UPLOAD}
     info = select(s, "bulk_job_info", **labels)
     assert list(info.values()) == [1]
     assert dict(next(iter(info))) == {
@@ -144,17 +147,17 @@ async def test_kizen_metrics_by_value(sim: SimHandle, exporter: ExporterFactory)
     assert one(s, "bulk_job_progress_ratio", **labels) == pytest.approx(0.4)
     assert one(s, "bulk_job_start_timestamp_seconds", **labels) == pytest.approx(
         running.started_at,
-        abs=1e-3,  # type: ignore[attr-defined]
+        abs=1e-3,
     )
     assert select(s, "bulk_job_completion_timestamp_seconds", **labels) == {}
     # First sight: the job's start time.
     assert one(s, "bulk_job_last_change_timestamp_seconds", **labels) == pytest.approx(
         running.started_at,
-        abs=1e-3,  # type: ignore[attr-defined]
+        abs=1e-3,
     )
 
     queued = jobs["queued"]
-    q_labels = {**KZ, "job_id": queued.id, "action": UPLOAD}  # type: ignore[attr-defined]
+    q_labels = {**KZ, "job_id": queued.id, "action": UPLOAD}
     assert select(s, "bulk_job_start_timestamp_seconds", **q_labels) == {}
     assert one(s, "bulk_job_progress_ratio", **q_labels) == 0
     assert one(s, "bulk_job_last_change_timestamp_seconds", **q_labels) == pytest.approx(
@@ -162,21 +165,21 @@ async def test_kizen_metrics_by_value(sim: SimHandle, exporter: ExporterFactory)
     )
 
     done = jobs["done"]
-    d_labels = {**KZ, "job_id": done.id, "action": UPLOAD}  # type: ignore[attr-defined]
+    d_labels = {**KZ, "job_id": done.id, "action": UPLOAD}
     assert one(s, "bulk_job_completion_timestamp_seconds", **d_labels) == pytest.approx(
         done.completed_at,
-        abs=1e-3,  # type: ignore[attr-defined]
+        abs=1e-3,
     )
     assert one(s, "bulk_job_progress_ratio", **d_labels) == 1
     empty = jobs["empty_done"]
-    e_labels = {**KZ, "job_id": empty.id, "action": ARCHIVE}  # type: ignore[attr-defined]
+    e_labels = {**KZ, "job_id": empty.id, "action": ARCHIVE}
     assert one(s, "bulk_job_progress_ratio", **e_labels) == 1  # empty and terminal
     odd = jobs["odd"]
-    o_labels = {**KZ, "job_id": odd.id, "action": ARCHIVE}  # type: ignore[attr-defined]
+    o_labels = {**KZ, "job_id": odd.id, "action": ARCHIVE}
     assert dict(next(iter(select(s, "bulk_job_info", **o_labels))))["status"] == "reticulating"
 
     # Finished two hours ago: outside the 1h retention, so no per-job series, but still counted.
-    old_id = jobs["old"].id  # type: ignore[attr-defined]
+    old_id = jobs["old"].id
     assert not [k for (name, k) in s if dict(k).get("job_id") == old_id]
 
     # Everything was already there at the baseline: counters exist at zero.
@@ -202,7 +205,7 @@ async def test_firstpromoter_metrics_by_value(sim: SimHandle, exporter: Exporter
     assert one(s, "bulk_pending_items", **FP, action=accept) == 70
 
     run = jobs["b_run"]
-    labels = {**FP, "job_id": str(run.id), "action": accept}  # type: ignore[attr-defined]
+    labels = {**FP, "job_id": str(run.id), "action": accept}
     assert one(s, "bulk_job_items", **labels, state="succeeded") == 40
     assert one(s, "bulk_job_items", **labels, state="failed") == 10
     assert one(s, "bulk_job_items", **labels, state="pending") == 50
@@ -210,7 +213,7 @@ async def test_firstpromoter_metrics_by_value(sim: SimHandle, exporter: Exporter
     assert one(s, "bulk_job_progress_ratio", **labels) == pytest.approx(0.55)
     assert one(s, "bulk_job_start_timestamp_seconds", **labels) == pytest.approx(
         run.created_at,
-        abs=1e-3,  # type: ignore[attr-defined]
+        abs=1e-3,
     )
     assert select(s, "bulk_job_completion_timestamp_seconds", **labels) == {}
     info = dict(next(iter(select(s, "bulk_job_info", **labels))))
@@ -218,14 +221,14 @@ async def test_firstpromoter_metrics_by_value(sim: SimHandle, exporter: Exporter
     assert info["status"] == "in_progress"
 
     done = jobs["b_done"]
-    d_labels = {**FP, "job_id": str(done.id), "action": delete}  # type: ignore[attr-defined]
+    d_labels = {**FP, "job_id": str(done.id), "action": delete}
     assert one(s, "bulk_job_completion_timestamp_seconds", **d_labels) == pytest.approx(
         done.updated_at,
-        abs=1e-3,  # type: ignore[attr-defined]
+        abs=1e-3,
     )
     assert one(s, "bulk_job_progress_ratio", **d_labels) == 1
     stopped = jobs["b_stopped"]
-    st_labels = {**FP, "job_id": str(stopped.id), "action": delete}  # type: ignore[attr-defined]
+    st_labels = {**FP, "job_id": str(stopped.id), "action": delete}
     assert dict(next(iter(select(s, "bulk_job_info", **st_labels))))["phase"] == "cancelled"
     assert one(s, "bulk_job_items", **st_labels, state="pending") == 25
 
@@ -237,11 +240,11 @@ async def test_counters_and_last_change_follow_changes(
     client = await exporter()
     await scrape(client)  # the baseline
     running = jobs["running"]
-    running.pending, running.success, running.failed = 0, 85, 15  # type: ignore[attr-defined]
-    running.status, running.completed_at = "completed", time.time()  # type: ignore[attr-defined]
+    running.pending, running.success, running.failed = 0, 85, 15
+    running.status, running.completed_at = "completed", time.time()
     b_run = jobs["b_run"]
-    b_run.processed, b_run.failed = 60, 12  # type: ignore[attr-defined]
-    b_run.status = "failed"  # type: ignore[attr-defined]
+    b_run.processed, b_run.failed = 60, 12
+    b_run.status = "failed"
     # A job created and finished between two scrapes, after the baseline: counted whole.
     sim.world.add_kizen_job(
         action=UPLOAD, status="failed", pending=2, success=3, failed=5, started_at=time.time()
@@ -261,11 +264,11 @@ async def test_counters_and_last_change_follow_changes(
     assert (
         one(s, "bulk_items_processed_total", **FP, action="promoters/accept", result="failed") == 2
     )
-    labels = {**KZ, "job_id": running.id, "action": UPLOAD}  # type: ignore[attr-defined]
+    labels = {**KZ, "job_id": running.id, "action": UPLOAD}
     assert one(s, "bulk_job_last_change_timestamp_seconds", **labels) >= before - 1
 
     # Nothing changes: nothing more is counted; a count going down is not subtracted.
-    running.success = 80  # type: ignore[attr-defined]
+    running.success = 80
     s = parse_samples(await scrape(client))
     assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="completed") == 1
     assert one(s, "bulk_items_processed_total", **KZ, action=UPLOAD, result="succeeded") == 58
@@ -314,11 +317,10 @@ async def test_label_values_are_escaped(sim: SimHandle, exporter: ExporterFactor
     info = dict(next(iter(select(s, "bulk_job_info", **KZ, action=tricky))))
     assert info["object"] == 'Ob"j\\'
     om = await scrape(client, Accept="application/openmetrics-text; version=1.0.0")
-    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
     values = {
         (smp.name, smp.labels.get("action"), smp.labels.get("phase")): smp.value
-        for fam in om_parse(om)
+        for fam in om_parse(om)  # type: ignore[no-untyped-call]
         for smp in fam.samples
     }
     assert values[("bulk_jobs", tricky, "running")] == 1
@@ -363,8 +365,14 @@ async def test_promtool_check_metrics(sim: SimHandle, exporter: ExporterFactory)
     client = await exporter()
     await scrape(client)
     text = await scrape(client)
-    result = subprocess.run(
-        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == "" and result.stderr.strip() == ""
+    assert result.stdout.strip() == ""
+    assert result.stderr.strip() == ""

@@ -238,7 +238,8 @@ class Simulator:
                 and (job.started_at is None or job.started_at <= started_after)
             )
 
-        rows = [j for j in self.world.kizen if keep(j)]
+        filtered = {"action", "completed", "custom_object_id", "started_after"} & set(q)
+        rows = [j for j in self.world.kizen if keep(j)] if filtered else self.world.kizen
         count = len(rows)
         last_page = max(1, math.ceil(count / size))
         if page > last_page:

@@ -28,10 +28,10 @@ def fp_time(ts: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def _s3_object(name: str, ts: float) -> dict[str, Any]:
-    key = f"files/{uuid.uuid4()}/{name}"
+def _s3_object(owner: str, name: str, ts: float) -> dict[str, Any]:
+    key = f"files/{owner}/{name}"
     return {
-        "id": str(uuid.uuid4()),
+        "id": f"{owner}-{name}",
         "created": kizen_time(ts),
         "key": key,
         "name": name,
@@ -78,11 +78,13 @@ class KizenJob:
             "success_count": self.success,
             "failed_count": self.failed,
             "report": None if self.active else {"rows": self.success + self.failed},
-            "failure_report": _s3_object("failures.csv", finished) if self.failed else None,
-            "imported_file": _s3_object("import.csv", self.created)
+            "failure_report": _s3_object(self.id, "failures.csv", finished)
+            if self.failed
+            else None,
+            "imported_file": _s3_object(self.id, "import.csv", self.created)
             if self.action == "custom_object_upload"
             else None,
-            "export_file": _s3_object("export.csv", finished)
+            "export_file": _s3_object(self.id, "export.csv", finished)
             if self.action == "custom_object_export" and self.status == "completed"
             else None,
         }

@@ -1,0 +1,57 @@
+# Set-up and checks. `make run` and `make test` are all a fresh Debian machine with
+# Python 3.11+ needs; they install what is missing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+# apt-get as root, else through sudo.
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test lint format tools clean bench
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "installing Debian's python3-venv"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+## run: install into .venv and start the exporter in demo mode (simulated Kizen + FirstPromoter)
+run: $(STAMP)
+	$(BIN)/bulk-progress-exporter --demo
+
+## tools: Debian's prometheus (promtool) and prometheus-alertmanager, when missing
+tools:
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus-alertmanager >/dev/null 2>&1; then \
+	  echo "installing Debian's prometheus and prometheus-alertmanager"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-alertmanager; \
+	fi
+	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null
+
+## lint: ruff (lint and format), mypy, hadolint
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/hadolint --failure-threshold warning Dockerfile
+
+## test: everything: tools, lint, type checks and the whole test suite
+test: $(STAMP) tools lint
+	$(BIN)/python -m pytest
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## bench: the benchmark (prints figures; not part of test)
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.scrape
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

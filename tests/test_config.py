@@ -1,0 +1,234 @@
+"""Configuration: schema, expansion, secrets files, error lines, --config.check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.cli import main
+from exporter.config import (
+    ConfigError,
+    FirstPromoterSource,
+    KizenSource,
+    load_config,
+    parse_duration,
+)
+
+GOOD = """
+defaults:
+  timeout: 7s
+  max_job_series: 50
+sources:
+  - name: kizen-prod
+    platform: kizen
+    business_id: ${BIZ}
+    user_id: ${USER_ID:-u-default}
+    api_key: ${KIZEN_KEY}
+    page_size: 50
+    rate_limit: 5/s
+    timeout: 3s
+    filters: {action: custom_object_upload}
+  - name: fp-prod
+    platform: firstpromoter
+    account_id: acc1
+    api_key_file: fp.key
+    statuses: [pending, in_progress]
+    incremental: false
+"""
+ENV = {"BIZ": "biz-1", "KIZEN_KEY": "kizen-secret-value-123"}
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> list[str]:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=ENV if env is None else env)
+    return info.value.problems
+
+
+def test_good_config_resolves_defaults_and_overrides(tmp_path: Path) -> None:
+    (tmp_path / "fp.key").write_text("  fp-secret-from-file-456\n")
+    config = load_config(write(tmp_path, GOOD), env=ENV)
+    kizen, fp = config.sources
+    assert isinstance(kizen, KizenSource)
+    assert isinstance(fp, FirstPromoterSource)
+    assert kizen.business_id == "biz-1"
+    assert kizen.user_id == "u-default"
+    assert kizen.secret == "kizen-secret-value-123"
+    assert fp.secret == "fp-secret-from-file-456"  # read relative to the file, stripped
+    assert kizen.url == "https://app.go.kizen.com"
+    assert fp.url == "https://api.firstpromoter.com/api/v2/company"
+    assert kizen.rate.capacity == 5
+    assert kizen.rate.per_second == 5
+    assert fp.rate.capacity == 380
+    assert fp.rate.per_second == pytest.approx(380 / 60)
+    ks, fs = config.settings(kizen), config.settings(fp)
+    assert (ks.timeout, fs.timeout) == (3.0, 7.0)
+    assert ks.max_job_series == fs.max_job_series == 50
+    assert fs.finished_job_retention == 3600
+    assert fs.max_concurrency == 4
+    assert fp.incremental is False
+    assert kizen.incremental is True
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("max_job_series: 5\nsources: []\n", "config.yaml: max_job_series: unknown key"),
+        (
+            "sources:\n  - {name: a, platform: kizen, business_id: b, user_id: u, api_key: k,"
+            " colour: red}\n",
+            "config.yaml: sources[0].colour: unknown key",
+        ),
+        (
+            "sources:\n  - name: a\n    platform: kizen\n    business_id: b\n    user_id: u\n"
+            "    api_key: ${NOPE}\n",
+            "config.yaml: sources[0].api_key: environment variable NOPE is not set",
+        ),
+        ("defaults: {timeout: 10}\n", "config.yaml: defaults.timeout: must be a duration"),
+        ("defaults: {timeout: 10 minutes}\n", "config.yaml: defaults.timeout: invalid duration"),
+        (
+            "sources:\n  - {name: a, platform: kizen, business_id: b, user_id: u, api_key: kk}\n"
+            "  - {name: a, platform: firstpromoter, account_id: c, api_key: kk}\n",
+            "config.yaml: sources[1].name: duplicate source name 'a' (first used by sources[0])",
+        ),
+        (
+            "sources:\n  - {name: a, platform: firstpromoter, account_id: c, api_key: kk,"
+            " api_key_file: /x}\n",
+            "config.yaml: sources[0].api_key_file: api_key and api_key_file are both set",
+        ),
+        (
+            "sources:\n  - {name: a, platform: firstpromoter, account_id: c}\n",
+            "config.yaml: sources[0].api_key: required key is missing (or api_key_file)",
+        ),
+        (
+            "sources:\n  - {name: a, platform: firstpromoter, api_key: kk}\n",
+            "config.yaml: sources[0].account_id: required key is missing",
+        ),
+        (
+            "sources:\n  - {name: a, platform: zapier}\n",
+            "config.yaml: sources[0].platform: unknown",
+        ),
+        (
+            "sources:\n  - {name: Bad Name, platform: firstpromoter, account_id: c, api_key: kk}\n",
+            "config.yaml: sources[0].name: String should match pattern",
+        ),
+        (
+            "sources:\n  - {name: a, platform: firstpromoter, account_id: c, api_key: kk,"
+            " statuses: [done]}\n",
+            "config.yaml: sources[0].statuses[0]:",
+        ),
+        (
+            "sources:\n  - {name: a, platform: firstpromoter, account_id: c, api_key: kk,"
+            " rate_limit: fast}\n",
+            "config.yaml: sources[0].rate_limit: invalid rate limit",
+        ),
+        ("sources: [\n", "config.yaml: line 2, column 1: invalid YAML"),
+        ("- just\n- a list\n", "config.yaml: (top level): must be a mapping"),
+    ],
+)
+def test_config_errors_name_file_path_and_problem(tmp_path: Path, text: str, expected: str) -> None:
+    found = problems(tmp_path, text)
+    assert any(p.startswith(f"{tmp_path}/{expected}") for p in found), found
+
+
+def test_every_problem_is_reported(tmp_path: Path) -> None:
+    found = problems(tmp_path, "defaults: {timeout: x, bogus: 1}\nsources: 3\n")
+    assert len(found) == 3, found
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.yaml")
+    assert "cannot read the configuration file" in info.value.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("10s", 10),
+        ("5m", 300),
+        ("1h", 3600),
+        ("1d", 86400),
+        ("1h30m", 5400),
+        ("0s", 0),
+    ],
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+def test_invalid_config_exits_1_without_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, "defaults: {timeout: soon}\nsources:\n  - {name: a}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert f"error: {path}: defaults.timeout: invalid duration 'soon'" in lines[0]
+    assert all(line.startswith(f"error: {path}: ") for line in lines)
+
+
+def test_config_check_prints_a_redacted_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fp.key").write_text("fp-secret-from-file-456")
+    path = write(tmp_path, GOOD)
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    assert main(["--config.file", str(path), "--config.check"], env={}) == 0
+    out = capsys.readouterr().out
+    assert "kizen-prod" in out
+    assert "fp-prod" in out
+    assert "<secret>" in out
+    assert "kizen-secret-value-123" not in out
+    assert "fp-secret-from-file-456" not in out
+    assert "rate_limit: 5/s" in out
+
+    bad = write(tmp_path, "sources: [{name: a, platform: kizen}]\n", "bad.yaml")
+    assert main(["--config.file", str(bad), "--config.check"], env={}) == 1
+
+
+def test_flags_come_from_environment_and_flags_win(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write(tmp_path, "sources: []\n", "good.yaml")
+    env = {"BULK_EXPORTER_CONFIG_FILE": str(good), "BULK_EXPORTER_CONFIG_CHECK": "true"}
+    assert main([], env=env) == 0
+    assert f"{good}: OK" in capsys.readouterr().out
+    assert main(["--config.file", str(tmp_path / "absent.yaml")], env=env) == 1
+    assert main(["--version"], env={}) == 0
+    assert "bulk-progress-exporter" in capsys.readouterr().out
+
+
+def test_bad_listen_address(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(tmp_path, "sources: []\n")
+    assert main(["--config.file", str(good), "--web.listen-address", "nowhere"], env={}) == 1
+    assert "needs a port" in capsys.readouterr().err
+
+
+def test_shipped_example_config_is_valid() -> None:
+    example = Path(__file__).parent.parent / "config.yaml"
+    env = {
+        "KIZEN_BUSINESS_ID": "b",
+        "KIZEN_USER_ID": "u",
+        "KIZEN_API_KEY": "k" * 16,
+        "FP_ACCOUNT_ID": "a",
+        "FP_API_KEY": "f" * 16,
+    }
+    config = load_config(example, env=env)
+    assert [s.platform_name for s in config.sources] == ["kizen", "firstpromoter"]

@@ -1,0 +1,155 @@
+"""Row → Job mapping for both platforms, following the contract's table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from exporter.jobs import Phase, RowError
+from exporter.platforms import firstpromoter, kizen
+
+
+def kizen_row(**overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": "2f1e0c4a-0000-4000-8000-000000000001",
+        "action": "custom_object_upload",
+        "status": "in_progress",
+        "started_at": "2026-11-22T10:00:00.123456Z",
+        "completed_at": None,
+        "custom_object": {"id": "x", "object_name": "Contacts", "entity_name": "client"},
+        "pending_count": 30,
+        "success_count": 60,
+        "failed_count": 10,
+        "send_email_notification": False,
+    }
+    row.update(overrides)
+    return row
+
+
+def fp_row(**overrides: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": 31,
+        "status": "in_progress",
+        "total": 100,
+        "selected_total": 80,
+        "processed_count": 20,
+        "failed_count": 4,
+        "action_label": "referral/delete",
+        "created_at": "2026-11-22T10:00:00.000Z",
+        "updated_at": "2026-11-22T10:05:00.500Z",
+        "meta": None,
+        "progress": 30,
+        "processing_errors": [],
+    }
+    row.update(overrides)
+    return row
+
+
+@pytest.mark.parametrize(
+    ("status", "phase"),
+    [
+        ("queued", Phase.QUEUED),
+        ("initialize", Phase.QUEUED),
+        ("in_progress", Phase.RUNNING),
+        ("completed", Phase.COMPLETED),
+        ("failed", Phase.FAILED),
+        ("cancelled", Phase.CANCELLED),
+        ("skipped", Phase.CANCELLED),
+        ("paused", Phase.UNKNOWN),
+    ],
+)
+def test_kizen_phases(status: str, phase: Phase) -> None:
+    assert kizen.parse_row(kizen_row(status=status)).phase is phase
+
+
+@pytest.mark.parametrize(
+    ("status", "phase"),
+    [
+        ("pending", Phase.QUEUED),
+        ("in_progress", Phase.RUNNING),
+        ("completed", Phase.COMPLETED),
+        ("failed", Phase.FAILED),
+        ("stopped", Phase.CANCELLED),
+        ("archived", Phase.UNKNOWN),
+    ],
+)
+def test_firstpromoter_phases(status: str, phase: Phase) -> None:
+    assert firstpromoter.parse_row(fp_row(status=status)).phase is phase
+
+
+def test_kizen_mapping() -> None:
+    job = kizen.parse_row(kizen_row())
+    assert (job.pending, job.succeeded, job.failed) == (30, 60, 10)
+    assert job.progress == pytest.approx(0.7)
+    assert job.object == "Contacts"
+    assert job.action == "custom_object_upload"
+    assert job.started_at == pytest.approx(1795341600.123456)
+    assert job.completed_at is None
+    done = kizen.parse_row(kizen_row(status="completed", completed_at="2026-11-22T10:10:00Z"))
+    assert done.completed_at == 1795342200.0
+    # completed_at is only believed once the status is terminal.
+    assert kizen.parse_row(kizen_row(completed_at="2026-11-22T10:10:00Z")).completed_at is None
+    assert kizen.parse_row(kizen_row(custom_object=None)).object == ""
+    empty = dict(pending_count=0, success_count=0, failed_count=0)
+    assert kizen.parse_row(kizen_row(status="completed", **empty)).progress == 1
+    assert kizen.parse_row(kizen_row(status="queued", **empty)).progress == 0
+    assert kizen.parse_row(kizen_row(started_at=None)).started_at is None
+
+
+def test_firstpromoter_mapping() -> None:
+    job = firstpromoter.parse_row(fp_row(), {"31": 45})
+    assert job.id == "31"
+    assert job.object == ""
+    assert job.action == "referral/delete"
+    assert (job.succeeded, job.failed, job.pending) == (20, 4, 56)  # selected_total wins
+    assert job.progress == 0.45  # the progress map wins
+    assert firstpromoter.parse_row(fp_row(), {}).progress == 0.30  # else the row's field
+    assert firstpromoter.parse_row(fp_row(), {"31": 250}).progress == 1
+    assert firstpromoter.parse_row(fp_row(), {"31": -5}).progress == 0
+    assert firstpromoter.parse_row(fp_row(selected_total=None)).pending == 76
+    assert firstpromoter.parse_row(fp_row(selected_total=10)).pending == 0  # never negative
+    assert job.completed_at is None
+    done = firstpromoter.parse_row(fp_row(status="completed"))
+    assert done.completed_at == pytest.approx(1795341900.5)
+    assert done.started_at == 1795341600.0
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        "string",
+        None,
+        [],
+        kizen_row(id=None),
+        kizen_row(id=""),
+        kizen_row(action=3),
+        kizen_row(status=None),
+        kizen_row(pending_count="3"),
+        kizen_row(success_count=True),
+        kizen_row(failed_count=-1),
+        kizen_row(started_at="not a date"),
+        kizen_row(completed_at=5),
+    ],
+)
+def test_malformed_kizen_rows(row: Any) -> None:
+    with pytest.raises(RowError):
+        kizen.parse_row(row)
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        7,
+        fp_row(id="31"),
+        fp_row(id=True),
+        fp_row(processed_count=None),
+        fp_row(failed_count=1.5),
+        fp_row(action_label=None),
+        fp_row(created_at="soon"),
+        fp_row(selected_total="80"),
+    ],
+)
+def test_malformed_firstpromoter_rows(row: Any) -> None:
+    with pytest.raises(RowError):
+        firstpromoter.parse_row(row)

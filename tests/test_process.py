@@ -1,0 +1,256 @@
+"""The real command: demo mode, signals, TLS and basic auth, the web config file."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import bcrypt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.helpers import one, parse_samples, require_tool, select
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Process:
+    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait_listening(self, timeout: float = 20) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited early: {self.proc.communicate()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("exporter did not start listening")
+
+    def stop(self) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=15)
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture
+def processes() -> Iterator[list[Process]]:
+    started: list[Process] = []
+    yield started
+    for p in started:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.communicate()
+
+
+async def test_demo_mode_serves_both_platforms(processes: list[Process]) -> None:
+    p = Process(["--demo"], free_port())
+    processes.append(p)
+    p.wait_listening()
+    base = f"http://127.0.0.1:{p.port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/metrics") as r:
+            s = parse_samples(await r.text())
+        assert one(s, "bulk_up", source="kizen-demo") == 1
+        assert one(s, "bulk_up", source="firstpromoter-demo") == 1
+        assert select(s, "bulk_job_info", platform="kizen")
+        assert select(s, "bulk_job_info", platform="firstpromoter")
+        async with http.get(f"{base}/-/ready") as r:
+            assert r.status == 200
+        async with http.post(f"{base}/-/reload") as r:
+            assert r.status == 200
+    code, out, err = p.stop()
+    assert code == 0, err
+    assert f"open http://127.0.0.1:{p.port}/" in out
+    assert "msg=listening" in err
+    assert 'msg="shutting down"' in err
+
+
+async def test_sighup_reloads_and_refuses_bad_config(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("sources: []\n")
+    p = Process(["--config.file", str(config), "--log.format", "json"], free_port())
+    processes.append(p)
+    p.wait_listening()
+    url = f"http://127.0.0.1:{p.port}/metrics"
+
+    async def reload_state() -> float:
+        async with aiohttp.ClientSession() as http, http.get(url) as r:
+            return one(parse_samples(await r.text()), "bulk_config_last_reload_successful")
+
+    assert await reload_state() == 1
+    config.write_text("sources: [{name: x}]\n")
+    p.proc.send_signal(signal.SIGHUP)
+    for _ in range(100):  # the reload runs after the signal, asynchronously
+        if await reload_state() == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert await reload_state() == 0
+    code, _, err = p.stop()
+    assert code == 0
+    assert '"msg": "configuration reload refused; keeping the old one"' in err
+
+
+def make_certs(tmp: Path) -> dict[str, Path]:
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(
+        subject: str,
+        public: ec.EllipticCurvePrivateKey,
+        issuer: str,
+        signer: ec.EllipticCurvePrivateKey,
+        ca: bool,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(public.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key, client_key = key(), key(), key()
+    ca = cert("test-ca", ca_key, "test-ca", ca_key, True)
+    files = {}
+    for name, obj in (
+        ("ca", ca),
+        ("server", cert("localhost", server_key, "test-ca", ca_key, False)),
+        ("client", cert("scraper", client_key, "test-ca", ca_key, False)),
+    ):
+        files[f"{name}.crt"] = obj.public_bytes(serialization.Encoding.PEM)
+    for name, k in (("server", server_key), ("client", client_key)):
+        files[f"{name}.key"] = k.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    paths = {}
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+        paths[name] = tmp / name
+    return paths
+
+
+async def test_tls_client_certs_and_basic_auth(processes: list[Process], tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+        "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
+        f"basic_auth_users:\n  prom: '{hashed}'\n"
+    )
+    promtool = require_tool("promtool")
+    check = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "web-config", str(web)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    config = tmp_path / "config.yaml"
+    config.write_text("sources: []\n")
+    p = Process(["--config.file", str(config), "--web.config.file", str(web)], free_port())
+    processes.append(p)
+    p.wait_listening()
+    url = f"https://localhost:{p.port}"
+    with_client = ssl.create_default_context(cafile=str(certs["ca.crt"]))
+    with_client.load_cert_chain(certs["client.crt"], certs["client.key"])
+    without_client = ssl.create_default_context(cafile=str(certs["ca.crt"]))
+    auth = basic("prom", "s3cret")
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/metrics", ssl=with_client, headers=auth) as r:
+            assert r.status == 200
+            assert "bulk_build_info" in await r.text()
+        for bad in (
+            basic("prom", "wrong"),
+            basic("nobody", "s3cret"),
+            None,
+        ):
+            async with http.get(f"{url}/-/healthy", ssl=with_client, headers=bad) as r:
+                assert r.status == 401
+                assert r.headers["WWW-Authenticate"].startswith("Basic ")
+        with pytest.raises(aiohttp.ClientError):
+            async with http.get(f"{url}/-/healthy", ssl=without_client, headers=auth) as r:
+                await r.read()
+        with pytest.raises(aiohttp.ClientError):
+            async with http.get(f"http://127.0.0.1:{p.port}/-/healthy", headers=auth) as r:
+                await r.read()
+    assert p.stop()[0] == 0
+
+
+def test_bad_web_config_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("sources: []\n")
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  prom: plaintext\ntls_server_config:\n  cert_file: x\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config.file",
+            str(config),
+            "--web.config.file",
+            str(web),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "basic_auth_users.prom: not a bcrypt hash" in result.stderr
+    assert "cert_file and key_file go together" in result.stderr
+    assert "Traceback" not in result.stderr
