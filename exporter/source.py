@@ -14,6 +14,7 @@ from exporter.logs import log
 from exporter.platforms import PlatformClient, auth_headers, make_client
 from exporter.ratelimit import TokenBucket
 from exporter.redact import REDACTOR
+from exporter.refresh import Refresher, SyncInProgress
 from exporter.tracker import JobTracker, TrackedJob
 from exporter.upstream import Upstream, UpstreamError
 
@@ -60,6 +61,9 @@ class SourceRunner:
         )
         self.client: PlatformClient = make_client(config, self.upstream)
         self.tracker = JobTracker()
+        self.refresher = Refresher(
+            config.name, self.client, self.tracker, settings, incremental=config.incremental
+        )
         self.last: SourceSnapshot | None = None
         self.last_success: float | None = None
         self._last_done = 0.0
@@ -128,8 +132,8 @@ class SourceRunner:
             # The upstream layer honours the deadline per request; this is the backstop for
             # anything else that could wait.
             async with asyncio.timeout_at(deadline + 0.05):
-                result = await self.client.read_all(deadline)
-        except UpstreamError as exc:
+                await self.refresher.refresh(deadline)
+        except (UpstreamError, SyncInProgress) as exc:
             error = str(exc)
         except TimeoutError:
             error = f"refresh did not finish within {seconds:.2f}s"
@@ -137,16 +141,6 @@ class SourceRunner:
             logger.exception("unexpected error refreshing source %s", self.name)
             error = f"internal error: {type(exc).__name__}"
         else:
-            if result.skipped:
-                log(
-                    logger,
-                    logging.WARNING,
-                    "skipped malformed rows",
-                    source=self.name,
-                    count=result.skipped,
-                    first_reason=result.first_skip,
-                )
-            self.tracker.apply(result.jobs.values(), time.time(), complete=True)
             self.last_success = time.time()
         duration = time.monotonic() - started
         self._note_outcome(error)
@@ -181,6 +175,7 @@ class SourceRunner:
         self._failing = error
 
     async def close(self) -> None:
+        await self.refresher.close()
         if self._inflight is not None and not self._inflight.done():
             self._inflight.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -8,7 +8,7 @@ by the increase of each job's succeeded and failed numbers between sightings.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from exporter.jobs import Job
@@ -40,20 +40,47 @@ class JobTracker:
         self.actions: set[str] = set()
         self._counted: set[str] = set()
         self._gone: dict[str, _Gone] = {}
+        # Ids taken in since a background full read began: newer than what that read saw.
+        self.touched: set[str] = set()
 
-    def apply(self, jobs: Iterable[Job], now: float, *, complete: bool) -> None:
-        """Take in one refresh's jobs. `complete`: they are the whole list; the rest is gone."""
+    def begin_sync(self) -> None:
+        """A background full read starts: from now on, note what incremental reads update."""
+        self.touched = set()
+
+    @property
+    def active_ids(self) -> list[str]:
+        return [job_id for job_id, t in self.jobs.items() if not t.job.phase.terminal]
+
+    def apply(
+        self,
+        jobs: Iterable[Job],
+        now: float,
+        *,
+        complete: bool,
+        gone: Collection[str] = (),
+        protect: Collection[str] = (),
+    ) -> None:
+        """Take in one refresh's jobs.
+
+        complete: they are the whole list, so the rest is gone. gone: ids known to be gone.
+        protect: ids whose record is newer than these jobs (a background full read that
+        finished after incremental reads): neither overwritten nor forgotten.
+        """
         first = self.baseline is None
         if first:
             self.baseline = now
         seen: set[str] = set()
         for job in jobs:
             seen.add(job.id)
+            if job.id in protect:
+                continue
             self.actions.add(job.action)
             self._take(job, now, first)
-        if complete:
-            for job_id in [j for j in self.jobs if j not in seen]:
-                self._forget(job_id, now)
+        if not complete:
+            self.touched |= seen
+        forget = [j for j in self.jobs if j not in seen and j not in protect] if complete else []
+        for job_id in set(forget).union(g for g in gone if g in self.jobs):
+            self._forget(job_id, now)
         self._prune(now)
 
     def _take(self, job: Job, now: float, first: bool) -> None:

@@ -7,6 +7,7 @@ HTTP status, `timeout` (no answer before the deadline) or `error` (no answer at 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import email.utils
 import json
 import logging
@@ -33,6 +34,10 @@ _BACKOFF_CAP = 4.0
 USER_AGENT = f"bulk-progress-exporter/{__version__}"
 
 Params = Sequence[tuple[str, str]] | Mapping[str, str]
+
+# Set inside a background full sync: its requests yield rate-limit tokens and connection slots
+# to scrapes. A context variable, so every task the sync starts inherits it.
+BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("background", default=False)
 
 
 class UpstreamError(Exception):
@@ -112,6 +117,13 @@ class Upstream:
             )
         return self._session
 
+    @property
+    def workers(self) -> int:
+        """How many requests one read may keep in flight: all slots, or half in background."""
+        if BACKGROUND.get():
+            return max(1, self.max_concurrency // 2)
+        return self.max_concurrency
+
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
@@ -171,7 +183,7 @@ class Upstream:
             raise UpstreamError(endpoint, "deadline reached waiting for a request slot") from None
         try:
             try:
-                await self.bucket.acquire(deadline)
+                await self.bucket.acquire(deadline, background=BACKGROUND.get())
             except RateLimitWait as exc:
                 raise UpstreamError(endpoint, str(exc)) from None
             started = False

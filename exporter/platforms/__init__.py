@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -12,6 +12,10 @@ from exporter.jobs import Job, RowError
 from exporter.upstream import Upstream, UpstreamError
 
 T = TypeVar("T")
+K = TypeVar("K")
+
+# An incremental read falls back to a full read when it would need more by-id reads than this.
+BY_ID_LIMIT = 50
 
 
 @dataclass
@@ -21,6 +25,16 @@ class ReadResult:
     jobs: dict[str, Job] = field(default_factory=dict)
     skipped: int = 0
     first_skip: str | None = None
+    # True when `jobs` is the whole list (a full read): whatever is not in it is gone.
+    complete: bool = True
+    # Ids the platform answered 404 for, or no longer lists: to be forgotten.
+    gone: set[str] = field(default_factory=set)
+
+    def merge(self, other: ReadResult) -> None:
+        self.jobs.update(other.jobs)
+        self.skipped += other.skipped
+        self.first_skip = self.first_skip or other.first_skip
+        self.gone |= other.gone
 
     def add_rows(self, rows: object, parse: Callable[[object], Job]) -> list[Job]:
         """Parse each row; keep the good ones, count the bad ones. Returns the new jobs."""
@@ -44,6 +58,15 @@ class ReadResult:
             self.first_skip = reason
 
 
+@dataclass(frozen=True)
+class Known:
+    """What the exporter already knows of a source, for an incremental read."""
+
+    active: Collection[str]  # ids of jobs last seen queued, running or unknown
+    ids: Collection[str]  # every id it tracks
+    since: float  # Unix time the previous successful read began
+
+
 class PlatformClient(Protocol):
     """What a refresh needs from a platform."""
 
@@ -55,6 +78,11 @@ class PlatformClient(Protocol):
 
     async def read_one(self, job_id: str, deadline: float) -> Job | None:
         """One job by id; None when the platform no longer knows it."""
+        ...
+
+    async def read_changes(self, deadline: float, known: Known) -> ReadResult:
+        """What changed since `known`: active jobs, jobs that finished, new jobs; a
+        full read (`complete`) when that would be cheaper."""
         ...
 
 
@@ -91,3 +119,22 @@ async def run_all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
     except* UpstreamError as errors:
         raise _first_leaf(errors) from None
     return [t.result() for t in tasks]
+
+
+async def pooled(
+    items: Iterable[K], fetch: Callable[[K], Awaitable[T]], workers: int
+) -> dict[K, T]:
+    """fetch(item) for every item, at most `workers` at a time.
+
+    A few workers pulling from one iterator, rather than a task per item: the connection
+    semaphore then never has a long queue in front of a scrape's own requests.
+    """
+    results: dict[K, T] = {}
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:
+            results[item] = await fetch(item)
+
+    await run_all([worker() for _ in range(max(1, workers))])
+    return results

@@ -19,7 +19,7 @@ from exporter.jobs import (
     require_str,
 )
 from exporter.logs import log
-from exporter.platforms import ReadResult
+from exporter.platforms import BY_ID_LIMIT, Known, ReadResult, pooled
 from exporter.upstream import NotFound, Upstream, UpstreamError
 
 logger = logging.getLogger("exporter.platforms.firstpromoter")
@@ -33,6 +33,7 @@ PHASES = {
     "failed": Phase.FAILED,
     "stopped": Phase.CANCELLED,
 }
+ACTIVE = ("pending", "in_progress")
 # The list is documented as unpaginated; in case it is paginated like FirstPromoter's other
 # lists, ask for pages of PER_PAGE and stop on an empty, short, oversized or repeated page.
 PER_PAGE = 100
@@ -150,7 +151,9 @@ class FirstPromoterClient:
             )
         return rows
 
-    async def read_one(self, job_id: str, deadline: float) -> Job | None:
+    async def read_one(
+        self, job_id: str, deadline: float, progress: ProgressMap | None = None
+    ) -> Job | None:
         try:
             body = await self.upstream.get_json(
                 "detail", f"{LIST_PATH}/{quote(job_id, safe='')}", {}, deadline
@@ -158,6 +161,37 @@ class FirstPromoterClient:
         except NotFound:
             return None
         try:
-            return parse_row(body)
+            return parse_row(body, progress)
         except RowError as exc:
             raise UpstreamError("detail", f"unusable row: {exc}") from None
+
+    async def read_changes(self, deadline: float, known: Known) -> ReadResult:
+        """The active batches, and the progress map of every batch (one cheap request that
+        lists every id): ids never seen before, and active batches that left the active list,
+        are read by id; ids the map no longer lists are gone."""
+        configured = self.source.statuses
+        active_statuses = [s for s in ACTIVE if configured is None or s in configured]
+        progress_task = self.read_progress(deadline, list(configured) if configured else None)
+        if active_statuses:
+            rows, progress = await asyncio.gather(
+                self._rows(deadline, active_statuses), progress_task
+            )
+        else:
+            rows, progress = [], await progress_task
+        result = ReadResult(complete=False)
+        result.add_rows(rows, lambda row: parse_row(row, progress))
+        listed = progress.keys()
+        result.gone = {job_id for job_id in known.ids if job_id not in listed}
+        wanted = [i for i in listed if i not in known.ids and i not in result.jobs]
+        wanted += [i for i in known.active if i not in result.jobs and i in listed]
+        if len(wanted) > BY_ID_LIMIT:
+            return await self.read_all(deadline)
+        fetched = await pooled(
+            wanted, lambda i: self.read_one(i, deadline, progress), self.upstream.workers
+        )
+        for job_id, job in fetched.items():
+            if job is None:
+                result.gone.add(job_id)
+            else:
+                result.jobs[job_id] = job
+        return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, quote, urlsplit
 
 from exporter.config import KizenSource
@@ -16,7 +17,7 @@ from exporter.jobs import (
     require_str,
 )
 from exporter.logs import log
-from exporter.platforms import ReadResult, run_all
+from exporter.platforms import BY_ID_LIMIT, Known, ReadResult, pooled, run_all
 from exporter.upstream import NotFound, Upstream, UpstreamError
 
 logger = logging.getLogger("exporter.platforms.kizen")
@@ -33,6 +34,8 @@ PHASES = {
 }
 # A `count` that would need more pages than this is not believed; the read stops there.
 MAX_PAGES = 5000
+# `started_at` moves forward while a job is queued; look back this far beyond the last read.
+STARTED_AFTER_MARGIN = 300.0
 # Pages followed through `next` beyond what page 1's `count` announced (rows added mid-read).
 MAX_EXTRA_PAGES = 20
 
@@ -130,35 +133,67 @@ class KizenClient:
                 pages=MAX_PAGES,
             )
             pages = MAX_PAGES
-        last_next = first.get("next")
-        if pages > 1:
-            bodies = await run_all([self._page(p, deadline, extra) for p in range(2, pages + 1)])
-            for body in bodies:
-                if body is not None:
-                    result.add_rows(body["results"], parse_row)
-            last = bodies[-1]
-            last_next = last.get("next") if last is not None else None
+        ended = False
+
+        async def fetch(page: int) -> dict[str, object] | None:
+            nonlocal ended
+            body = await self._page(page, deadline, extra)
+            if body is None:
+                ended = True  # the list shrank while we read: later pages do not exist
+            else:
+                result.add_rows(body["results"], parse_row)
+            return body
+
+        wanted = (p for p in range(2, pages + 1) if not ended)
+        bodies = await pooled(wanted, fetch, self.upstream.workers)
+        last = bodies.get(pages) if pages > 1 else first
+        last_next = last.get("next") if last is not None else None
         page = pages
         for _ in range(MAX_EXTRA_PAGES):
-            wanted = _page_of(last_next)
-            if wanted is None:
+            following = _page_of(last_next)
+            if following is None:
                 break
-            if wanted != page + 1:
+            if following != page + 1:
                 log(
                     logger,
                     logging.WARNING,
                     "ignoring a next link that does not move forward",
                     source=self.source.name,
                     page=page,
-                    next_page=wanted,
+                    next_page=following,
                 )
                 break
-            body = await self._page(wanted, deadline, extra)
+            body = await self._page(following, deadline, extra)
             if body is None:
                 break
             result.add_rows(body["results"], parse_row)
-            page, last_next = wanted, body.get("next")
+            page, last_next = following, body.get("next")
         return result
+
+    async def read_changes(self, deadline: float, known: Known) -> ReadResult:
+        """Active jobs, plus jobs that started since the last read and already finished;
+        jobs that were active and are in neither are read by id to learn how they ended."""
+        since = known.since - STARTED_AFTER_MARGIN
+        started_after = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        active, finished = await run_all(
+            [
+                self.read_list(deadline, {"completed": "false"}),
+                self.read_list(deadline, {"completed": "true", "started_after": started_after}),
+            ]
+        )
+        active.merge(finished)
+        active.complete = False
+        missing = [job_id for job_id in known.active if job_id not in active.jobs]
+        if len(missing) > BY_ID_LIMIT:
+            return await self.read_all(deadline)
+        for job_id, job in (
+            await pooled(missing, lambda i: self.read_one(i, deadline), self.upstream.workers)
+        ).items():
+            if job is None:
+                active.gone.add(job_id)
+            else:
+                active.jobs[job_id] = job
+        return active
 
     async def read_one(self, job_id: str, deadline: float) -> Job | None:
         try:

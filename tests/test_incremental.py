@@ -1,0 +1,318 @@
+"""Incremental refresh: steady scrapes cost the active jobs, not the history, and the numbers
+stay exactly what a full read gives."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import Client, ExporterFactory, SimHandle
+from tests.helpers import Samples, one, parse_samples, select
+
+
+async def scrape(client: Client) -> Samples:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    return parse_samples(await response.text())
+
+
+def history(sim: SimHandle, n: int = 50) -> None:
+    now = time.time()
+    for i in range(n):
+        sim.world.add_kizen_job(
+            status="completed",
+            pending=0,
+            success=5,
+            started_at=now - 9000 + i,
+            completed_at=now - 8000 + i,
+            at_end=True,
+        )
+        sim.world.add_fp_batch(
+            status="completed",
+            selected_total=5,
+            processed=5,
+            created_at=now - 9000,
+            updated_at=now - 8000,
+        )
+
+
+async def test_steady_scrape_reads_only_active_jobs(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    history(sim)
+    # Started an hour ago: when it finishes, the "started since the last read" query misses it.
+    running = sim.world.add_kizen_job(
+        status="in_progress", pending=10, started_at=time.time() - 3600
+    )
+    batch = sim.world.add_fp_batch(status="in_progress", selected_total=10)
+    client = await exporter(kizen_extra="    page_size: 10\n")
+    await scrape(client)  # the baseline: a full read
+    assert sim.count("kizen", "list") == 6  # 51 jobs, 10 a page
+    sim.sim.requests.clear()
+
+    running.success, running.pending = 4, 6
+    s = await scrape(client)
+    # Kizen: active jobs + jobs that started since the last read and finished. FirstPromoter:
+    # active batches + the progress map of every batch.
+    assert sim.count("kizen") == 2
+    assert sim.count("firstpromoter") == 2
+    assert one(s, "bulk_jobs", source="kz", action="custom_object_upload", phase="completed") == 50
+    assert one(s, "bulk_pending_items", source="kz", action="custom_object_upload") == 6
+    assert (
+        one(
+            s,
+            "bulk_items_processed_total",
+            source="kz",
+            action="custom_object_upload",
+            result="succeeded",
+        )
+        == 4
+    )
+
+    # Jobs that finish between scrapes leave the active list and are read by id.
+    sim.sim.requests.clear()
+    running.status, running.pending, running.success = "completed", 0, 10
+    running.completed_at = time.time()
+    batch.status, batch.processed = "failed", 3
+    s = await scrape(client)
+    assert sim.count("kizen", "detail") == 1
+    assert sim.count("firstpromoter", "detail") == 1
+    assert (
+        one(
+            s,
+            "bulk_jobs_finished_total",
+            source="kz",
+            action="custom_object_upload",
+            phase="completed",
+        )
+        == 1
+    )
+    assert (
+        one(s, "bulk_jobs_finished_total", source="fp", action="promoters/accept", phase="failed")
+        == 1
+    )
+    assert one(s, "bulk_pending_items", source="kz", action="custom_object_upload") == 0
+
+
+async def test_jobs_born_and_finished_between_scrapes_are_caught(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    history(sim, 5)
+    client = await exporter()
+    await scrape(client)
+    now = time.time()
+    sim.world.add_kizen_job(status="failed", pending=0, success=2, failed=3, started_at=now)
+    sim.world.add_fp_batch(
+        status="completed", selected_total=7, processed=6, failed=1, created_at=now
+    )
+    sim.sim.requests.clear()
+    s = await scrape(client)
+    assert (
+        one(
+            s,
+            "bulk_jobs_finished_total",
+            source="kz",
+            action="custom_object_upload",
+            phase="failed",
+        )
+        == 1
+    )
+    assert (
+        one(
+            s,
+            "bulk_items_processed_total",
+            source="kz",
+            action="custom_object_upload",
+            result="failed",
+        )
+        == 3
+    )
+    # FirstPromoter: a new id in the progress map is read by id.
+    assert sim.count("firstpromoter", "detail") == 1
+    assert (
+        one(
+            s, "bulk_jobs_finished_total", source="fp", action="promoters/accept", phase="completed"
+        )
+        == 1
+    )
+    assert (
+        one(
+            s,
+            "bulk_items_processed_total",
+            source="fp",
+            action="promoters/accept",
+            result="succeeded",
+        )
+        == 6
+    )
+    assert sim.count("kizen", "detail") == 0
+
+
+async def test_vanished_jobs_are_forgotten(sim: SimHandle, exporter: ExporterFactory) -> None:
+    history(sim, 3)
+    victim = sim.world.add_fp_batch(status="completed", selected_total=1, processed=1)
+    active = sim.world.add_kizen_job(status="in_progress", pending=3, started_at=time.time())
+    client = await exporter()
+    await scrape(client)
+    del sim.world.fp[victim.id]  # no longer in the progress map
+    sim.world.kizen.remove(active)  # an active job the platform no longer knows: 404 by id
+    s = await scrape(client)
+    assert one(s, "bulk_jobs", source="fp", action="promoters/accept", phase="completed") == 3
+    assert one(s, "bulk_jobs", source="kz", action="custom_object_upload", phase="running") == 0
+
+
+async def test_full_sync_interval_rereads_everything(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    history(sim, 30)
+    client = await exporter(
+        defaults="  full_sync_interval: 1s\n", kizen_extra="    page_size: 10\n"
+    )
+    await scrape(client)
+    sim.sim.requests.clear()
+    await scrape(client)
+    assert sim.count("kizen") == 2  # steady
+    await asyncio.sleep(1.1)
+    sim.sim.requests.clear()
+    s = await scrape(client)
+    # A full read (3 pages) plus this scrape's own incremental read (2), possibly concurrently.
+    assert sim.count("kizen", "list") >= 3
+    assert one(s, "bulk_up", source="kz") == 1
+
+
+async def test_incremental_false_reads_everything_every_time(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    history(sim, 30)
+    client = await exporter(
+        kizen_extra="    page_size: 10\n    incremental: false\n",
+        fp_extra="    incremental: false\n",
+    )
+    await scrape(client)
+    sim.sim.requests.clear()
+    await scrape(client)
+    assert sim.count("kizen", "list") == 3
+    assert sim.count("firstpromoter") == 2
+
+
+async def test_a_slow_first_read_finishes_in_the_background(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    history(sim, 40)
+    sim.sim.latency["kizen"] = 0.3
+    client = await exporter(kizen_extra="    page_size: 10\n    max_concurrency: 1\n")
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": "1"}  # 0.5s: too short for 5 pages
+    response = await client.get("/metrics", headers=headers)
+    s = parse_samples(await response.text())
+    assert one(s, "bulk_up", source="kz") == 0
+    assert one(s, "bulk_up", source="fp") == 1
+    assert select(s, "bulk_jobs", source="kz") == {}
+    app = client.app
+    assert app is not None
+    from exporter.server import RUNTIME
+
+    last = app[RUNTIME].sources["kz"].last
+    assert last is not None
+    assert last.error is not None
+    assert "still running in the background" in last.error
+    await asyncio.sleep(1.6)  # the read carries on: 5 pages x 0.3s
+    s = parse_samples(await (await client.get("/metrics", headers=headers)).text())
+    assert one(s, "bulk_up", source="kz") == 1
+    assert one(s, "bulk_jobs", source="kz", action="custom_object_upload", phase="completed") == 40
+    # The pages were read once: nothing was thrown away and started again.
+    assert sim.count("kizen", "list") <= 5 + 2
+
+
+def last_errors(client: Client) -> list[object]:
+    from exporter.server import RUNTIME
+
+    assert client.app is not None
+    return [
+        (r.last.error if r.last else None, dict(r.upstream.requests), r.upstream.bucket.available)
+        for r in client.app[RUNTIME].sources.values()
+    ]
+
+
+def aggregates_and_counters(s: Samples) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    names = {
+        "bulk_jobs",
+        "bulk_pending_items",
+        "bulk_jobs_finished_total",
+        "bulk_items_processed_total",
+    }
+    return {key: value for key, value in s.items() if key[0] in names}
+
+
+async def test_incremental_matches_full_read_under_churn(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    """Hundreds of random transitions; after every round the incremental exporter's aggregates
+    and counters equal those of an exporter that reads everything every time."""
+    world = sim.world
+    world.populate(finished=25, running=6)
+    t = world.tuning
+    t.new_job_chance, t.start_chance, t.fail_chance, t.cancel_chance = 0.5, 0.5, 0.05, 0.04
+    rng = random.Random(11)
+    # The reference reads every page on every scrape: lift the rate limit for both.
+    fast = "    rate_limit: 1000/s\n"
+    # Only aggregates and counters are compared: no per-job series keeps the scrapes small.
+    incremental_cfg = {
+        "defaults": "  max_job_series: 0\n",
+        "kizen_extra": "    page_size: 15\n" + fast,
+        "fp_extra": fast,
+    }
+    reference_cfg = {
+        "defaults": "  max_job_series: 0\n",
+        "kizen_extra": "    page_size: 15\n    incremental: false\n" + fast,
+        "fp_extra": "    incremental: false\n" + fast,
+    }
+
+    async def start_pair() -> tuple[TestClient, TestClient]:  # type: ignore[type-arg]
+        inc, ref = await exporter(**incremental_cfg), await exporter(**reference_cfg)
+        await scrape(inc)
+        await scrape(ref)
+        return inc, ref
+
+    inc, ref = await start_pair()
+    transitions = 0
+    compared = 0
+    for round_number in range(160):
+        if round_number == 80:  # a restart in the middle: fresh baselines for both
+            await inc.close()
+            await ref.close()
+            inc, ref = await start_pair()
+        for _ in range(rng.randint(1, 3)):
+            before = {j.id: (j.status, j.success, j.failed) for j in world.kizen}
+            world.step()
+            transitions += sum(
+                1 for j in world.kizen if before.get(j.id) != (j.status, j.success, j.failed)
+            )
+        if rng.random() < 0.1 and len(world.fp) > 5:
+            done = [b for b in world.fp.values() if not b.active]
+            if done:
+                del world.fp[rng.choice(done).id]
+        # Rows shift between pages during the incremental exporter's read.
+        sim.sim.kizen_insert_per_page = 1 if rng.random() < 0.3 else 0
+        await scrape(inc)
+        sim.sim.kizen_insert_per_page = 0
+        reference, incremental = await scrape(ref), await scrape(inc)
+        assert set(select(reference, "bulk_up").values()) == {1}
+        assert set(select(incremental, "bulk_up").values()) == {1}, last_errors(inc)
+        expected = aggregates_and_counters(reference)
+        got = aggregates_and_counters(incremental)
+        assert got == expected, f"round {round_number}: " + str(
+            {
+                k: (got.get(k), expected.get(k))
+                for k in set(got) | set(expected)
+                if got.get(k) != expected.get(k)
+            }
+        )
+        compared += 1
+    assert transitions > 300
+    assert compared == 160
+    # The churn really exercised the counters.
+    finished = select(expected, "bulk_jobs_finished_total")  # type: ignore[arg-type]
+    assert sum(finished.values()) > 20
