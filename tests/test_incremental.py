@@ -7,8 +7,6 @@ import asyncio
 import random
 import time
 
-from aiohttp.test_utils import TestClient
-
 from tests.conftest import Client, ExporterFactory, SimHandle
 from tests.helpers import Samples, one, parse_samples, select
 
@@ -270,7 +268,7 @@ async def test_incremental_matches_full_read_under_churn(
         "fp_extra": "    incremental: false\n" + fast,
     }
 
-    async def start_pair() -> tuple[TestClient, TestClient]:  # type: ignore[type-arg]
+    async def start_pair() -> tuple[Client, Client]:
         inc, ref = await exporter(**incremental_cfg), await exporter(**reference_cfg)
         await scrape(inc)
         await scrape(ref)
@@ -314,5 +312,5 @@ async def test_incremental_matches_full_read_under_churn(
     assert transitions > 300
     assert compared == 160
     # The churn really exercised the counters.
-    finished = select(expected, "bulk_jobs_finished_total")  # type: ignore[arg-type]
+    finished = select(expected, "bulk_jobs_finished_total")
     assert sum(finished.values()) > 20
