@@ -1,30 +1,39 @@
 """Scrape cost against the simulator with injected latency. Prints figures; asserts nothing.
 
-Run with `make bench` (or `.venv/bin/python -m benchmarks.scrape`). Figures depend on the
-machine; the README records one run.
+Run with `make bench` (or `.venv/bin/python -m benchmarks.scrape [--quick]`). The simulator
+runs in its own process so the exporter's latency and memory are its own. Figures depend on the
+machine; the README records one run. `--quick` skips the 100,000-job part (several minutes).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import inspect
+import gc
 import math
 import resource
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 import aiohttp
 
 from exporter.collector import ExporterStatus
-from exporter.config import parse_config
+from exporter.config import Settings, parse_config
 from exporter.jobs import Job, Phase
 from exporter.runtime import Runtime
 from exporter.server import encode
-from exporter.simulator import Credentials, RunningSimulator, Simulator, World
+from exporter.simulator import Credentials
+from exporter.simulator.app import KIZEN_PREFIX
 from exporter.source import SourceSnapshot
-from exporter.tracker import JobTracker
+from exporter.tracker import TrackedJob
 
-LATENCY = 0.05
+T = TypeVar("T")
+CREDS = Credentials()
 PAGE_SIZE = 100
 CONCURRENCY = 4
 
@@ -34,55 +43,86 @@ def rss_mib() -> float:
         for line in status:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def kizen_world(finished: int, running: int) -> World:
-    world = World(seed=3)
-    now = time.time()
-    for i in range(finished):
-        world.add_kizen_job(
-            status="completed",
-            pending=0,
-            success=10 + i % 50,
-            started_at=now - 86400 + i,
-            completed_at=now - 80000 + i,
-            at_end=True,
-        )
-    for _ in range(running):
-        world.add_kizen_job(status="in_progress", pending=500, success=10, started_at=now - 60)
-    return world
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-def config_text(url: str, creds: Credentials) -> str:
-    return f"""
-defaults: {{timeout: 60s, max_concurrency: {CONCURRENCY}}}
+@contextmanager
+def simulator(finished: int, running: int, latency: float) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter.simulator",
+            "--port",
+            str(port),
+            "--tick",
+            "0",
+            "--kizen-finished",
+            str(finished),
+            "--kizen-running",
+            str(running),
+            "--latency",
+            str(latency),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # printed once it listens
+        yield f"http://127.0.0.1:{port}{KIZEN_PREFIX}"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def runtime_for(url: str, *, incremental: bool, rate: str, full_sync: str = "1h") -> Runtime:
+    text = f"""
+defaults: {{timeout: 10s, max_concurrency: {CONCURRENCY}, full_sync_interval: {full_sync}}}
 sources:
   - name: kz
     platform: kizen
     base_url: {url}
-    business_id: {creds.kizen_business_id}
-    user_id: {creds.kizen_user_id}
-    api_key: {creds.kizen_api_key}
+    business_id: {CREDS.kizen_business_id}
+    user_id: {CREDS.kizen_user_id}
+    api_key: {CREDS.kizen_api_key}
     page_size: {PAGE_SIZE}
-    rate_limit: 100000/m
+    rate_limit: {rate}
+    incremental: {str(incremental).lower()}
 """
+    return Runtime(parse_config(text, filename="<bench>"))
 
 
-async def timed(action: Callable[[], object]) -> float:
+def requests(runtime: Runtime) -> int:
+    return sum(runtime.sources["kz"].upstream.requests.values())
+
+
+async def timed(make: Callable[[], Awaitable[T]]) -> tuple[float, T]:
     started = time.perf_counter()
-    result = action()
-    if inspect.isawaitable(result):
-        await result
-    return time.perf_counter() - started
+    result = await make()
+    return time.perf_counter() - started, result
 
 
-async def sequential_read(url: str, sim: Simulator) -> None:
-    c = sim.credentials
+async def five_at_once(runtime: Runtime) -> list[list[SourceSnapshot]]:
+    return list(await asyncio.gather(*(runtime.scrape() for _ in range(5))))
+
+
+async def sequential_read(url: str) -> None:
     headers = {
-        "X-API-KEY": c.kizen_api_key,
-        "X-BUSINESS-ID": c.kizen_business_id,
-        "X-USER-ID": c.kizen_user_id,
+        "X-API-KEY": CREDS.kizen_api_key,
+        "X-BUSINESS-ID": CREDS.kizen_business_id,
+        "X-USER-ID": CREDS.kizen_user_id,
     }
     async with aiohttp.ClientSession(headers=headers) as http:
         page = 1
@@ -95,55 +135,126 @@ async def sequential_read(url: str, sim: Simulator) -> None:
             page += 1
 
 
-async def scrape_benchmarks() -> None:
-    world = kizen_world(10_000, 20)
-    running = RunningSimulator(Simulator(world))
-    await running.start()
-    sim = running.simulator
-    sim.latency["kizen"] = LATENCY
-    runtime = Runtime(
-        parse_config(config_text(running.kizen_url, sim.credentials), filename="<bench>")
-    )
-    pages = math.ceil(10_020 / PAGE_SIZE)
-    bound = (1 + math.ceil((pages - 1) / CONCURRENCY)) * LATENCY
-    try:
-        cold = await timed(lambda: runtime.scrape())
-        requests_cold = sum(sim.requests.values())
-        sequential = await timed(lambda: sequential_read(running.kizen_url, sim))
-        sim.requests.clear()
-        steady = await timed(lambda: runtime.scrape())
-        steady_requests = sum(sim.requests.values())
-        sim.requests.clear()
-        together = await timed(lambda: asyncio.gather(*(runtime.scrape() for _ in range(5))))
-        concurrent_requests = sum(sim.requests.values())
-    finally:
-        await runtime.close()
-        await running.stop()
+async def ten_thousand() -> None:
+    latency = 0.05
+    with simulator(10_000, 20, latency) as url:
+        pages = math.ceil(10_020 / PAGE_SIZE)
+        bound = (1 + math.ceil((pages - 1) / CONCURRENCY)) * latency
+        print(
+            f"Kizen: 10,000 finished + 20 running jobs, page size {PAGE_SIZE}, "
+            f"{latency * 1000:.0f} ms per request, max_concurrency {CONCURRENCY} ({pages} pages)"
+        )
+        print(f"  bound: (1 + ceil((pages-1)/{CONCURRENCY})) round trips = {bound:.2f} s")
+        for incremental in (True, False):
+            runtime = runtime_for(url, incremental=incremental, rate="100000/m")
+            try:
+                cold, snaps = await timed(runtime.scrape)
+                assert snaps[0].up, snaps[0].error
+                cold_requests = requests(runtime)
+                steady_times, steady_requests = [], []
+                for _ in range(5):
+                    before = requests(runtime)
+                    took, snaps = await timed(runtime.scrape)
+                    assert snaps[0].up, snaps[0].error
+                    steady_times.append(took)
+                    steady_requests.append(requests(runtime) - before)
+                before = requests(runtime)
+                together, _ = await timed(lambda: five_at_once(runtime))  # noqa: B023
+                concurrent_requests = requests(runtime) - before
+            finally:
+                await runtime.close()
+            mode = "incremental" if incremental else "full read  "
+            if incremental:
+                print(
+                    f"  cold scrape:               {cold:6.2f} s  ratio {cold / bound:.2f}  "
+                    f"({cold_requests} requests)"
+                )
+            steady = sorted(steady_times)[len(steady_times) // 2]
+            print(
+                f"  steady scrape, {mode}: {steady * 1000:7.0f} ms (median of 5), "
+                f"{max(steady_requests)} requests per scrape; 5 concurrent scrapes "
+                f"{together * 1000:.0f} ms, {concurrent_requests} requests"
+            )
+        seq, _ = await timed(lambda: sequential_read(url))
+        print(f"  the cold read page after page (naive): {seq:6.2f} s  ratio {seq / bound:.2f}")
 
-    print(
-        f"Kizen: 10,000 finished + 20 running jobs, page size {PAGE_SIZE}, "
-        f"{LATENCY * 1000:.0f} ms per request, max_concurrency {CONCURRENCY} ({pages} pages)"
-    )
-    print(f"  bound (1 + ceil((pages-1)/{CONCURRENCY})) round trips: {bound:.2f} s")
-    print(
-        f"  cold scrape:            {cold:6.2f} s  ratio {cold / bound:.2f}  "
-        f"({requests_cold} requests)"
-    )
-    print(
-        f"  sequential page reads:  {sequential:6.2f} s  ratio {sequential / bound:.2f}  "
-        "(what a naive exporter does)"
-    )
-    print(f"  steady scrape (full read every scrape): {steady:6.2f} s, {steady_requests} requests")
-    print(
-        f"  5 concurrent scrapes:   {together:6.2f} s, {concurrent_requests} requests "
-        f"(one refresh: {steady_requests})"
-    )
+
+async def memory_only() -> None:
+    """100,000 tracked jobs, read as fast as the simulator answers: resident memory only."""
+    with simulator(100_000, 20, 0.0) as url:
+        base = rss_mib()
+        runtime = runtime_for(url, incremental=True, rate="100000/m")
+        try:
+            for _ in range(30):
+                snaps = await runtime.scrape()
+                if snaps[0].up:
+                    break
+            await runtime.scrape()
+            gc.collect()
+            tracked = len(runtime.sources["kz"].tracker.jobs)
+            print(
+                f"Memory: {tracked} tracked jobs: exporter resident {rss_mib():.0f} MiB "
+                f"({rss_mib() - base:.0f} MiB more than before), peak {peak_mib():.0f} MiB"
+            )
+        finally:
+            await runtime.close()
 
 
-def snapshot_of(n: int, active: bool) -> SourceSnapshot:
-    from exporter.config import Defaults, Settings, _Overrides
-    from exporter.tracker import TrackedJob
+async def hundred_thousand() -> None:
+    latency = 0.3
+    with simulator(100_000, 20, latency) as url:
+        print(
+            f"Kizen: 100,000 finished jobs, {latency * 1000:.0f} ms per request, "
+            "default rate limit 300/m, scrape timeout 10 s"
+        )
+        base_rss = rss_mib()
+        runtime = runtime_for(url, incremental=True, rate="300/m", full_sync="1h")
+        runner = runtime.sources["kz"]
+        started = time.perf_counter()
+        during = []
+        try:
+            while True:
+                took, snaps = await timed(runtime.scrape)
+                if snaps[0].up:
+                    break
+                during.append(took)
+            baseline = time.perf_counter() - started
+            after = []
+            for _ in range(5):
+                took, snaps = await timed(runtime.scrape)
+                assert snaps[0].up, snaps[0].error
+                after.append(took)
+            tracked = len(runner.tracker.jobs)
+            gc.collect()
+            rss = rss_mib()
+            # A periodic full read, forced now: it runs in the background at reduced speed.
+            runner.refresher._last_full = time.monotonic() - 7200
+            background = []
+            for _ in range(5):
+                took, snaps = await timed(runtime.scrape)
+                assert snaps[0].up, snaps[0].error
+                background.append(took)
+                await asyncio.sleep(2)
+        finally:
+            await runtime.close()
+        median = sorted(after)[len(after) // 2]
+        print(
+            f"  first full read done after {baseline:.0f} s ({requests(runtime)} requests "
+            f"so far); {len(during)} scrapes before it answered up 0, each after "
+            f"{max(during, default=0):.1f} s (the deadline)"
+        )
+        print(f"  steady scrape after it: {median * 1000:.0f} ms (median of 5)")
+        print(
+            f"  steady scrape during a background full read: "
+            f"{max(background) * 1000:.0f} ms at most of 5"
+        )
+        print(
+            f"  memory: {tracked} tracked jobs, exporter resident {rss:.0f} MiB "
+            f"({rss - base_rss:.0f} MiB more than before the first read)"
+        )
 
+
+def snapshot_of(n: int) -> SourceSnapshot:
     now = time.time()
     jobs = tuple(
         TrackedJob(
@@ -151,20 +262,27 @@ def snapshot_of(n: int, active: bool) -> SourceSnapshot:
                 id=f"{i:08x}-0000-4000-8000-000000000000",
                 action=f"action_{i % 3}",
                 object="contacts",
-                status="in_progress" if active else "completed",
-                phase=Phase.RUNNING if active else Phase.COMPLETED,
+                status="in_progress",
+                phase=Phase.RUNNING,
                 pending=i,
                 succeeded=i,
                 failed=0,
                 progress=0.5,
                 started_at=now - 60,
-                completed_at=None if active else now - 30,
+                completed_at=None,
             ),
             now,
         )
         for i in range(n)
     )
-    settings = Settings.resolve(Defaults(max_job_series=n), _Overrides())
+    settings = Settings(
+        timeout=10.0,
+        min_interval=0.0,
+        finished_job_retention=3600.0,
+        max_job_series=n,
+        full_sync_interval=3600.0,
+        max_concurrency=4,
+    )
     return SourceSnapshot(
         name="kz",
         platform="kizen",
@@ -179,57 +297,41 @@ def snapshot_of(n: int, active: bool) -> SourceSnapshot:
     )
 
 
-def render_benchmarks() -> None:
+def render() -> None:
     status = ExporterStatus(True, time.time())
     print("Render cost (build and encode the response, no upstream):")
     for n in (1_000, 10_000):
-        snapshot = snapshot_of(n, active=True)
+        snapshot = snapshot_of(n)
         encode([snapshot], status, "text/plain")  # warm up
         runs = 5
         started = time.perf_counter()
         for _ in range(runs):
             body, _ = encode([snapshot], status, "text/plain")
         elapsed = (time.perf_counter() - started) / runs
+        series = n * 7  # info, 3 items, progress, start, last change
         print(
-            f"  {n:>6} jobs ({n * 8} per-job series): {elapsed * 1000:7.1f} ms per scrape, "
-            f"{elapsed / (n * 8) * 1e6:.2f} µs per series, {len(body) / 1e6:.1f} MB"
+            f"  {n:>6} running jobs ({series} per-job series): {elapsed * 1000:6.0f} ms, "
+            f"{elapsed / series * 1e6:.1f} µs per series, {len(body) / 1e6:.1f} MB"
         )
 
 
-def memory_benchmark() -> None:
-    before = rss_mib()
-    tracker = JobTracker()
-    now = time.time()
-    jobs = [
-        Job(
-            id=f"{i:08x}-1111-4111-8111-111111111111",
-            action="custom_object_upload",
-            object="contacts",
-            status="completed",
-            phase=Phase.COMPLETED,
-            pending=0,
-            succeeded=i % 1000,
-            failed=i % 7,
-            progress=1.0,
-            started_at=now - 90000 + i,
-            completed_at=now - 80000 + i,
-        )
-        for i in range(100_000)
-    ]
-    tracker.apply(jobs, now, complete=True)
-    del jobs
-    snapshot = tuple(tracker.jobs.values())
-    after = rss_mib()
-    print(
-        f"Memory: 100,000 tracked jobs: resident {after:.0f} MiB in all, "
-        f"{after - before:.0f} MiB for the jobs ({len(snapshot)} in the snapshot)"
-    )
+async def main_async(args: argparse.Namespace) -> None:
+    if args.memory:
+        await memory_only()
+        return
+    await ten_thousand()
+    if not args.quick:
+        await hundred_thousand()
 
 
 def main() -> None:
-    asyncio.run(scrape_benchmarks())
-    render_benchmarks()
-    memory_benchmark()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="skip the 100,000-job part")
+    parser.add_argument("--memory", action="store_true", help="only the memory figure, quickly")
+    args = parser.parse_args()
+    asyncio.run(main_async(args))
+    if not args.memory:
+        render()
 
 
 if __name__ == "__main__":

@@ -36,6 +36,17 @@ _DURATION_RE = re.compile(
     r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
 )
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "KiB": 1024,
+    "MB": 1000**2,
+    "MiB": 1024**2,
+    "GB": 1000**3,
+    "GiB": 1024**3,
+}
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m)\s*$")
 
 
@@ -65,6 +76,16 @@ def parse_duration(value: object) -> float:
         + s
         + ms / 1000.0
     )
+
+
+def parse_size(value: object) -> int:
+    """A byte size: 1048576, 512KiB, 32MiB, 50MB."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE_RE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"invalid size {value!r}: use forms like 512KiB, 32MiB or 50MB")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
 def format_duration(seconds: float) -> str:
@@ -110,6 +131,7 @@ class RateLimit:
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Rate = Annotated[RateLimit, BeforeValidator(RateLimit.parse)]
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=1024)]
 
 
 class _Strict(BaseModel):
@@ -123,6 +145,7 @@ class Defaults(_Strict):
     max_job_series: int = Field(default=500, ge=0)
     full_sync_interval: PositiveDuration = 3600.0
     max_concurrency: int = Field(default=4, ge=1, le=64)
+    max_response_size: Size = 32 * 1024 * 1024
 
 
 class _Overrides(_Strict):
@@ -134,6 +157,7 @@ class _Overrides(_Strict):
     max_job_series: int | None = Field(default=None, ge=0)
     full_sync_interval: PositiveDuration | None = None
     max_concurrency: int | None = Field(default=None, ge=1, le=64)
+    max_response_size: Size | None = None
 
 
 SOURCE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -231,6 +255,7 @@ class Settings:
     max_job_series: int
     full_sync_interval: float
     max_concurrency: int
+    max_response_size: int = 32 * 1024 * 1024
 
     @classmethod
     def resolve(cls, defaults: Defaults, source: _Overrides) -> Settings:
@@ -392,6 +417,7 @@ def summary(config: Config) -> str:
         f"  max_job_series: {d.max_job_series}",
         f"  full_sync_interval: {format_duration(d.full_sync_interval)}",
         f"  max_concurrency: {d.max_concurrency}",
+        f"  max_response_size: {d.max_response_size} bytes",
         f"sources: {len(config.sources)}",
     ]
     for source in config.sources:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -94,6 +95,12 @@ def require_str(row: dict[str, object], field: str) -> str:
     if not isinstance(value, str) or not value:
         raise RowError(f"{field} is missing or not a non-empty string")
     return value
+
+
+def label(value: str) -> str:
+    """Interned: actions, statuses and object names repeat across thousands of jobs, and each
+    tracked job would otherwise hold its own copy."""
+    return sys.intern(value)
 
 
 def require_count(row: dict[str, object], field: str) -> int:

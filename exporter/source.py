@@ -58,6 +58,7 @@ class SourceRunner:
             TokenBucket(config.rate),
             settings.max_concurrency,
             source=config.name,
+            max_body=settings.max_response_size,
         )
         self.client: PlatformClient = make_client(config, self.upstream)
         self.tracker = JobTracker()

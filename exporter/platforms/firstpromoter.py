@@ -13,6 +13,7 @@ from exporter.jobs import (
     Phase,
     RowError,
     clamp_ratio,
+    label,
     optional_count,
     parse_timestamp,
     require_count,
@@ -72,9 +73,9 @@ def parse_row(row: object, progress: ProgressMap | None = None) -> Job:
     updated_at = parse_timestamp(row.get("updated_at"), "updated_at")
     return Job(
         id=job_id,
-        action=require_str(row, "action_label"),
+        action=label(require_str(row, "action_label")),
         object="",
-        status=status,
+        status=label(status),
         phase=phase,
         pending=pending,
         succeeded=processed,

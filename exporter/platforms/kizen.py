@@ -12,6 +12,7 @@ from exporter.jobs import (
     Job,
     Phase,
     RowError,
+    label,
     parse_timestamp,
     require_count,
     require_str,
@@ -56,9 +57,9 @@ def parse_row(row: object) -> Job:
     completed_at = parse_timestamp(row.get("completed_at"), "completed_at")
     return Job(
         id=require_str(row, "id"),
-        action=require_str(row, "action"),
-        object=name if isinstance(name, str) else "",
-        status=status,
+        action=label(require_str(row, "action")),
+        object=label(name) if isinstance(name, str) else "",
+        status=label(status),
         phase=phase,
         pending=pending,
         succeeded=succeeded,
@@ -135,19 +136,19 @@ class KizenClient:
             pages = MAX_PAGES
         ended = False
 
-        async def fetch(page: int) -> dict[str, object] | None:
+        async def fetch(page: int) -> object:
+            """Read one page into `result`; keep only its `next` link, not the page itself."""
             nonlocal ended
             body = await self._page(page, deadline, extra)
             if body is None:
                 ended = True  # the list shrank while we read: later pages do not exist
-            else:
-                result.add_rows(body["results"], parse_row)
-            return body
+                return None
+            result.add_rows(body["results"], parse_row)
+            return body.get("next")
 
         wanted = (p for p in range(2, pages + 1) if not ended)
-        bodies = await pooled(wanted, fetch, self.upstream.workers)
-        last = bodies.get(pages) if pages > 1 else first
-        last_next = last.get("next") if last is not None else None
+        links = await pooled(wanted, fetch, self.upstream.workers)
+        last_next = links.get(pages) if pages > 1 else first.get("next")
         page = pages
         for _ in range(MAX_EXTRA_PAGES):
             following = _page_of(last_next)

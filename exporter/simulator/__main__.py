@@ -1,20 +1,44 @@
-"""Serve the simulator alone: `python -m exporter.simulator [--port 9841] [--tick 1]`."""
+"""Serve the simulator alone: `python -m exporter.simulator [--port 9841] [--tick 1]`.
+
+Benchmarks use `--kizen-finished N --kizen-running M --latency S --tick 0` for a fixed world.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import time
 
 from exporter.simulator import RunningSimulator, Simulator, World
 
 
-async def _serve(port: int, tick: float, seed: int) -> None:
-    world = World(seed=seed)
-    world.populate()
-    running = RunningSimulator(Simulator(world), tick=tick)
-    await running.start(port=port)
-    creds = running.simulator.credentials
+def build_world(args: argparse.Namespace) -> World:
+    world = World(seed=args.seed)
+    if args.kizen_finished is None and args.kizen_running is None:
+        world.populate()
+        return world
+    now = time.time()
+    for i in range(args.kizen_finished or 0):
+        world.add_kizen_job(
+            status="completed",
+            pending=0,
+            success=10 + i % 50,
+            started_at=now - 86400 - i,
+            completed_at=now - 80000 - i,
+            at_end=True,
+        )
+    for _ in range(args.kizen_running or 0):
+        world.add_kizen_job(status="in_progress", pending=500, success=10, started_at=now - 3600)
+    return world
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    simulator = Simulator(build_world(args))
+    simulator.latency = {"kizen": args.latency, "firstpromoter": args.latency}
+    running = RunningSimulator(simulator, tick=args.tick or None)
+    await running.start(port=args.port)
+    creds = simulator.credentials
     print(
         f"Kizen:         {running.kizen_url}  (X-API-KEY {creds.kizen_api_key}, "
         f"X-BUSINESS-ID {creds.kizen_business_id}, X-USER-ID {creds.kizen_user_id})"
@@ -33,11 +57,16 @@ async def _serve(port: int, tick: float, seed: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Kizen and FirstPromoter API simulator")
     parser.add_argument("--port", type=int, default=9841)
-    parser.add_argument("--tick", type=float, default=1.0, help="seconds between job updates")
+    parser.add_argument(
+        "--tick", type=float, default=1.0, help="seconds between job updates; 0: never"
+    )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
+    parser.add_argument("--kizen-finished", type=int, help="a fixed world: this many finished jobs")
+    parser.add_argument("--kizen-running", type=int, help="... and this many running ones")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.port, args.tick, args.seed))
+        asyncio.run(_serve(args))
 
 
 main()

@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 import re
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -80,6 +81,7 @@ class Simulator:
         self.faults: dict[str, Fault] = {}
         self.latency: dict[str, float] = {"kizen": 0.0, "firstpromoter": 0.0}
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.arrivals: list[tuple[str, str, float]] = []  # (platform, endpoint, monotonic time)
         self.kizen_insert_per_page = 0
         self.fp_paginate = False
         self.kizen_max_page_size = 1000
@@ -116,6 +118,7 @@ class Simulator:
     def _wrap(self, platform: str, endpoint: str, handler: Handler) -> Handler:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             self.requests[(platform, endpoint)] += 1
+            self.arrivals.append((platform, endpoint, time.monotonic()))
             if self.latency.get(platform):
                 await asyncio.sleep(self.latency[platform])
             fault = self.faults.get(platform)

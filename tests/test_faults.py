@@ -1,0 +1,276 @@
+"""The fault-injection suite: every way an upstream can misbehave, on one platform at a time.
+
+Each case: the exporter stays up, /metrics answers 200 and passes `promtool check metrics`, the
+failing source shows `bulk_up 0` with no stale gauges, the other source is untouched, and the
+failing one recovers when the fault clears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from exporter.simulator import Fault
+from tests.conftest import Client, ExporterFactory, SimHandle
+from tests.helpers import Samples, one, parse_samples, require_tool, select, source_yaml
+
+TIMEOUT_HEADERS = {"X-Prometheus-Scrape-Timeout-Seconds": "3"}  # a 2.5s deadline
+GAUGES = (
+    "bulk_jobs",
+    "bulk_pending_items",
+    "bulk_job_info",
+    "bulk_job_items",
+    "bulk_job_progress_ratio",
+    "bulk_job_start_timestamp_seconds",
+    "bulk_job_last_change_timestamp_seconds",
+)
+
+
+@dataclass
+class Case:
+    fault: Fault | None = None
+    code: str | None = None  # a bulk_api_requests_total code the failure must show
+    # Instead of a simulator fault: how to break the source's configuration.
+    base_url: Callable[[SimHandle, str], str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def closed_port_url(sim: SimHandle, platform: str) -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/nothing-listens-here"
+
+
+class FailingResolver(AbstractResolver):
+    """Every lookup fails, as when DNS is down; no packet leaves the machine."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[ResolveResult]:
+        raise OSError(f"simulated DNS failure for {host}")
+
+    async def close(self) -> None:
+        return None
+
+
+BIG = b'{"count": 1, "next": null, "results": [' + b" " * (50 * 1024 * 1024) + b"]}"
+NESTED = b"[" * 100_000 + b"]" * 100_000
+CASES = {
+    "latency-beyond-deadline": Case(Fault(status=200, delay=4.0), "timeout"),
+    "500": Case(Fault(status=500), "500"),
+    "502": Case(
+        Fault(status=502, body=b"<html>Bad Gateway</html>", content_type="text/html"), "502"
+    ),
+    "503": Case(Fault(status=503), "503"),
+    "429-retry-after": Case(Fault(status=429, headers={"Retry-After": "1"}), "429"),
+    "429-no-retry-after": Case(Fault(status=429), "429"),
+    "401": Case(Fault(status=401), "401"),
+    "403": Case(Fault(status=403), "403"),
+    "html-200": Case(
+        Fault(
+            status=200, body=b"<!DOCTYPE html><p>Down for maintenance</p>", content_type="text/html"
+        ),
+        "200",
+    ),
+    "truncated-json": Case(Fault(status=200, body=b'{"count": 5, "results": [{"id": "a'), "200"),
+    "wrong-json-types": Case(Fault(status=200, body=b'{"count": "many", "results": {}}'), "200"),
+    "50mb-body": Case(Fault(status=200, body=BIG), "200"),
+    "deeply-nested-json": Case(Fault(status=200, body=NESTED), "200"),
+    "slow-drip": Case(
+        Fault(status=200, body=b'{"count": 0, "results": []}' * 3, drip=0.2), "timeout"
+    ),
+    "connection-dropped": Case(Fault(close=True), "error"),
+    "connection-refused": Case(base_url=closed_port_url, code="error"),
+    "dns-failure": Case(base_url=lambda sim, p: "http://upstream.invalid/api", code="error"),
+}
+
+
+async def scrape(client: Client) -> tuple[str, Samples]:
+    response = await client.get("/metrics", headers=TIMEOUT_HEADERS)
+    assert response.status == 200
+    text = await response.text()
+    return text, parse_samples(text)
+
+
+async def promtool_check(text: str) -> None:
+    promtool = require_tool("promtool")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def seed(sim: SimHandle) -> None:
+    sim.world.add_kizen_job(status="in_progress", pending=10, started_at=time.time() - 60)
+    sim.world.add_fp_batch(status="in_progress", selected_total=10, processed=2)
+
+
+@pytest.mark.parametrize("platform", ["kizen", "firstpromoter"])
+@pytest.mark.parametrize("name", list(CASES))
+async def test_fault(
+    sim: SimHandle,
+    exporter: ExporterFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    platform: str,
+    name: str,
+) -> None:
+    case = CASES[name]
+    seed(sim)
+    bad, good = ("kz", "fp") if platform == "kizen" else ("fp", "kz")
+    urls = {"kizen": sim.kizen_url, "firstpromoter": sim.fp_url}
+    if name == "dns-failure":
+        real = aiohttp.TCPConnector
+
+        def connector(*args: Any, **kwargs: Any) -> aiohttp.TCPConnector:
+            host_ok = kwargs.pop("resolver", None)
+            del host_ok
+            return real(*args, resolver=RoutingResolver(), **kwargs)
+
+        monkeypatch.setattr("exporter.upstream.aiohttp.TCPConnector", connector)
+    if case.base_url is not None:
+        urls[platform] = case.base_url(sim, platform)
+    # Incremental off: each scrape reads everything, so the fault hits every scrape.
+    off = "    incremental: false\n"
+    client = await exporter(
+        source_yaml(urls["kizen"], urls["firstpromoter"], kizen_extra=off, fp_extra=off)
+    )
+    if case.fault is not None:
+        _, s = await scrape(client)  # a healthy baseline first
+        assert one(s, "bulk_up", source=bad) == 1
+        sim.sim.set_fault(platform, case.fault)
+
+    text, s = await scrape(client)
+    await promtool_check(text)
+    assert one(s, "bulk_up", source=bad) == 0
+    assert one(s, "bulk_up", source=good) == 1
+    for gauge in GAUGES:
+        assert select(s, gauge, source=bad) == {}, gauge
+    assert select(s, "bulk_jobs", source=good)
+    assert select(s, "bulk_job_info", source=good)
+    if case.code is not None:
+        assert sum(select(s, "bulk_api_requests_total", source=bad, code=case.code).values()) >= 1
+
+    if case.fault is not None:  # the fault clears: the source recovers
+        sim.sim.set_fault(platform, None)
+        text, s = await scrape(client)
+        assert one(s, "bulk_up", source=bad) == 1
+        assert select(s, "bulk_job_info", source=bad)
+        await promtool_check(text)
+
+
+class RoutingResolver(AbstractResolver):
+    """Loopback resolves; anything else fails like a DNS outage, without sending a packet."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[ResolveResult]:
+        if host in ("127.0.0.1", "localhost"):
+            return [
+                ResolveResult(
+                    hostname=host,
+                    host="127.0.0.1",
+                    port=port,
+                    family=socket.AF_INET,
+                    proto=0,
+                    flags=0,
+                )
+            ]
+        raise OSError(f"simulated DNS failure for {host}")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_retry_after_is_honoured(sim: SimHandle, exporter: ExporterFactory) -> None:
+    seed(sim)
+    sim.sim.set_fault("kizen", Fault(status=429, headers={"Retry-After": "1"}, remaining=1))
+    client = await exporter(fp=False)
+    started = time.monotonic()
+    _, s = await scrape(client)
+    assert one(s, "bulk_up", source="kz") == 1
+    assert one(s, "bulk_api_requests_total", source="kz", endpoint="list", code="429") == 1
+    kizen = [t for p, _, t in sim.sim.arrivals if p == "kizen"]
+    assert kizen[1] - kizen[0] >= 0.95
+    assert time.monotonic() - started >= 0.95
+
+
+async def test_retry_after_beyond_the_deadline_gives_up_early(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    seed(sim)
+    sim.sim.set_fault("kizen", Fault(status=429, headers={"Retry-After": "30"}))
+    # A full read on each scrape (an incremental source's first read runs in the background,
+    # with a deadline of its own).
+    client = await exporter(fp=False, kizen_extra="    incremental: false\n")
+    started = time.monotonic()
+    _, s = await scrape(client)
+    assert time.monotonic() - started < 1.0  # no point waiting: 30s is past the deadline
+    assert one(s, "bulk_up", source="kz") == 0
+    assert one(s, "bulk_api_requests_total", source="kz", endpoint="list", code="429") == 1
+
+
+async def test_rate_limit_spaces_requests(sim: SimHandle, exporter: ExporterFactory) -> None:
+    now = time.time()
+    for _ in range(40):
+        sim.world.add_kizen_job(
+            status="completed", pending=0, started_at=now - 99, completed_at=now - 90
+        )
+    # 5 tokens, 5 a second: 8 pages take at least (8 - 5) / 5 = 0.6s.
+    client = await exporter(fp=False, kizen_extra="    page_size: 5\n    rate_limit: 5/s\n")
+    _, s = await scrape(client)
+    assert one(s, "bulk_up", source="kz") == 1
+    times = sorted(t for p, _, t in sim.sim.arrivals if p == "kizen")
+    assert len(times) == 8
+    assert times[-1] - times[0] >= 0.55
+    # Any window of one second holds at most 5 + 5 requests.
+    assert all(sum(1 for u in times if t <= u < t + 1) <= 10 for t in times)
+
+    # Two scrapes back to back share the same bucket: the second one has to wait for tokens,
+    # and with a short deadline it gives up instead of answering late.
+    sim.sim.arrivals.clear()
+    response = await client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "0.9"})
+    s = parse_samples(await response.text())
+    assert one(s, "bulk_up", source="kz") == 0
+
+
+async def test_slow_scrape_render_does_not_block_health(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    now = time.time()
+    for _ in range(6000):
+        sim.world.add_kizen_job(status="in_progress", pending=3, started_at=now, at_end=True)
+    client = await exporter(
+        fp=False,
+        defaults="  max_job_series: 6000\n",
+        kizen_extra="    page_size: 1000\n    incremental: false\n",
+    )
+    await client.get("/metrics")
+    scrape_task = asyncio.create_task(client.get("/metrics"))
+    await asyncio.sleep(0.05)
+    worst = 0.0
+    while not scrape_task.done():
+        started = time.monotonic()
+        response = await client.get("/-/healthy")
+        assert response.status == 200
+        worst = max(worst, time.monotonic() - started)
+        await asyncio.sleep(0.01)
+    assert (await scrape_task).status == 200
+    print(f"/-/healthy worst latency during a 6000-job scrape: {worst * 1000:.1f} ms")
+
+
+def test_fault_bodies_are_what_they_claim() -> None:
+    assert len(BIG) > 50 * 1024 * 1024
+    with pytest.raises(RecursionError):
+        json.loads(NESTED)

@@ -1,0 +1,90 @@
+"""A bounded load test on loopback: 20 concurrent scrapers for 30 s against the real command in
+demo mode, while /-/healthy is probed. Asserts no errors and flat memory; prints latencies
+(timings are not asserted: shared machines are noisy)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from tests.test_process import Process, free_port
+
+SCRAPERS = 20
+DURATION = 30.0
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def test_twenty_scrapers_for_thirty_seconds() -> None:
+    process = Process(["--demo"], free_port())
+    try:
+        process.wait_listening()
+        base = f"http://127.0.0.1:{process.port}"
+        errors: list[str] = []
+        scrapes = 0
+        health: list[float] = []
+        memory: list[tuple[float, float]] = []
+        end = time.monotonic() + DURATION
+
+        async def scraper(http: aiohttp.ClientSession, n: int) -> None:
+            nonlocal scrapes
+            accept = "application/openmetrics-text" if n % 2 else "text/plain"
+            while time.monotonic() < end:
+                async with http.get(f"{base}/metrics", headers={"Accept": accept}) as r:
+                    body = await r.read()
+                    if r.status != 200 or b"bulk_up" not in body:
+                        errors.append(f"{r.status}: {body[:100]!r}")
+                scrapes += 1
+
+        async def prober(http: aiohttp.ClientSession) -> None:
+            while time.monotonic() < end:
+                started = time.monotonic()
+                async with http.get(f"{base}/-/healthy") as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors.append(f"healthy: {r.status}")
+                health.append(time.monotonic() - started)
+                await asyncio.sleep(0.05)
+
+        async def sampler() -> None:
+            while time.monotonic() < end:
+                memory.append((time.monotonic(), rss_mib(process.proc.pid)))
+                await asyncio.sleep(1)
+
+        connector = aiohttp.TCPConnector(limit=SCRAPERS + 5)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            await asyncio.gather(
+                *(scraper(http, n) for n in range(SCRAPERS)), prober(http), sampler()
+            )
+        code, _, err = process.stop()
+    finally:
+        if process.proc.poll() is None:
+            process.proc.kill()
+    assert errors == []
+    assert code == 0, err
+    assert scrapes > SCRAPERS
+    # Memory flat: the last third of the run holds no more than the first third plus a margin
+    # for allocator noise and the simulator's slowly growing job list.
+    third = len(memory) // 3
+    early = max(m for _, m in memory[:third])
+    late = max(m for _, m in memory[-third:])
+    print(
+        f"\n{scrapes} scrapes by {SCRAPERS} scrapers in {DURATION:.0f}s "
+        f"({scrapes / DURATION:.0f}/s); /-/healthy p50 {percentile(health, 0.5) * 1000:.1f} ms, "
+        f"p99 {percentile(health, 0.99) * 1000:.1f} ms, max {max(health) * 1000:.1f} ms; "
+        f"resident memory {memory[0][1]:.0f} -> {early:.0f} -> {late:.0f} MiB"
+    )
+    assert late < early + 25
