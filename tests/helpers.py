@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 
 import pytest
@@ -77,7 +78,8 @@ def config_from(text: str, env: Mapping[str, str] | None = None) -> Config:
 
 def require_tool(name: str) -> str:
     """The path of an external tool; a skip locally when missing, a failure in CI."""
-    path = shutil.which(name)
+    # Tools installed with the dev extras live beside the interpreter, maybe not on PATH.
+    path = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
     if path is None:
         message = f"{name} is not installed (make test installs it)"
         if os.environ.get("CI"):

@@ -58,6 +58,7 @@ class KizenJob:
     custom_object: dict[str, str] | None = None
     stalled: bool = False
     frozen: bool = False  # never moves at all: the demo's stalled job
+    fate: tuple[int, str] | None = None  # (tick, status): the demo's scripted ending
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -105,6 +106,7 @@ class FPBatch:
     updated_at: float = 0.0
     stalled: bool = False
     frozen: bool = False
+    fate: tuple[int, str] | None = None
     progress_override: int | None = None
     processing_errors: list[str] = field(default_factory=list)
 
@@ -162,6 +164,7 @@ class World:
         self.fp: dict[int, FPBatch] = {}
         self._next_fp_id = 30
         self.tuning = Tuning()
+        self.ticks = 0
 
     # --- creation -----------------------------------------------------------------------
     def add_kizen_job(
@@ -281,13 +284,14 @@ class World:
                 selected_total=rng.randint(100, 1500),
                 created_at=now - rng.randint(10, 120),
             )
-        # One job of each platform that never moves, so stall panels and alerts have a subject.
+        # One job of each platform that never moves (last changed 40 minutes ago), so the stall
+        # panels and alerts have a subject from the start.
         stuck = self.add_kizen_job(
             action="custom_object_archive",
             status="in_progress",
             pending=500,
             success=20,
-            started_at=now - 600,
+            started_at=now - 2400,
         )
         stuck.frozen = True
         self.add_fp_batch(
@@ -295,14 +299,32 @@ class World:
             status="in_progress",
             selected_total=80,
             processed=10,
-            created_at=now - 600,
+            created_at=now - 2400,
         ).frozen = True
+        # Scripted endings, so a failure and a cancellation happen within the first minute
+        # whatever the dice say: dashboards and alerts have something to show.
+        for tick, status, fp_status in ((15, "failed", "failed"), (25, "cancelled", "stopped")):
+            job = self.add_kizen_job(
+                action="custom_object_upload",
+                status="in_progress",
+                pending=5000,
+                started_at=now - 30,
+            )
+            job.fate = (tick, status)
+            batch = self.add_fp_batch(
+                action_label="promoters/accept",
+                status="in_progress",
+                selected_total=5000,
+                created_at=now - 30,
+            )
+            batch.fate = (tick, fp_status)
 
     # --- evolution -------------------------------------------------------------------------
     def step(self) -> None:
         """One tick: jobs start, progress, finish, fail, get cancelled; new ones arrive."""
         now = self.clock()
         rng, t = self.rng, self.tuning
+        self.ticks += 1
         for job in [j for j in self.kizen if j.active]:
             self._step_kizen(job, now)
         for batch in [b for b in self.fp.values() if b.active]:
@@ -322,6 +344,9 @@ class World:
 
     def _step_kizen(self, job: KizenJob, now: float) -> None:
         rng, t = self.rng, self.tuning
+        if job.fate is not None and self.ticks >= job.fate[0]:
+            job.status, job.completed_at = job.fate[1], now
+            return
         if job.frozen:
             return
         if job.status == "queued":
@@ -351,6 +376,9 @@ class World:
 
     def _step_fp(self, batch: FPBatch, now: float) -> None:
         rng, t = self.rng, self.tuning
+        if batch.fate is not None and self.ticks >= batch.fate[0]:
+            batch.status, batch.updated_at = batch.fate[1], now
+            return
         if batch.frozen:
             return
         if batch.status == "pending":
