@@ -6,13 +6,14 @@ import asyncio
 import gzip
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
 
 from exporter.collector import ExporterStatus, SnapshotCollector
 from exporter.config import ConfigError
+from exporter.exposition import render
 from exporter.landing import landing_page
 from exporter.logs import log
 from exporter.redact import REDACTOR
@@ -55,26 +56,71 @@ def _accepts_gzip(header: str) -> bool:
 def encode(
     snapshots: Sequence[SourceSnapshot], status: ExporterStatus | None, accept: str
 ) -> tuple[bytes, str]:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshots, status))
-    encoder, content_type = choose_encoder(accept)
-    return encoder(registry), content_type
+    return render(SnapshotCollector(snapshots, status).collect(), accept)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    body: bytes
+    content_type: str
+    gzipped: bool
+
+
+class EncodingCache:
+    """The last few encoded answers, keyed by the very snapshot objects they were built from.
+
+    Scrapes that share one refresh (single flight, `min_interval`) get the same snapshot
+    objects, so they share one encoding too instead of each paying for it. The entries hold the
+    snapshots, so an identity can never be reused by a different snapshot while cached.
+    """
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self._entries: list[tuple[tuple[object, ...], Encoded]] = []
+
+    @staticmethod
+    def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+        # Snapshots by identity (comparing their contents would cost more than encoding).
+        return len(a) == len(b) and all(
+            x is y or (not isinstance(x, SourceSnapshot) and x == y)
+            for x, y in zip(a, b, strict=True)
+        )
+
+    def get(self, key: tuple[object, ...]) -> Encoded | None:
+        return next((enc for k, enc in self._entries if self._same(k, key)), None)
+
+    def put(self, key: tuple[object, ...], encoded: Encoded) -> None:
+        self._entries.insert(0, (key, encoded))
+        del self._entries[self.size :]
+
+
+ENCODINGS = web.AppKey("encodings", EncodingCache)
 
 
 async def _exposition(
     request: web.Request, snapshots: list[SourceSnapshot], status: ExporterStatus | None
 ) -> web.Response:
     accept = request.headers.get("Accept", "")
-    if sum(len(s.jobs) for s in snapshots) > OFFLOAD_JOBS:
-        body, content_type = await asyncio.to_thread(encode, snapshots, status, accept)
-    else:
-        body, content_type = encode(snapshots, status, accept)
-    headers = {"Content-Type": content_type}
-    if len(body) >= GZIP_MIN_BYTES and _accepts_gzip(request.headers.get("Accept-Encoding", "")):
-        body = await asyncio.to_thread(gzip.compress, body, 6)
+    wants_gzip = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
+    cache = request.app[ENCODINGS]
+    # The negotiated format, not the raw header, decides: many Accept strings map to one format.
+    fmt = choose_encoder(accept)[1]
+    key = (*snapshots, status, fmt, wants_gzip)
+    encoded = cache.get(key)
+    if encoded is None:
+        if sum(len(s.jobs) for s in snapshots) > OFFLOAD_JOBS:
+            body, content_type = await asyncio.to_thread(encode, snapshots, status, accept)
+        else:
+            body, content_type = encode(snapshots, status, accept)
+        gzipped = wants_gzip and len(body) >= GZIP_MIN_BYTES
+        if gzipped:
+            body = await asyncio.to_thread(gzip.compress, body, 6)
+        encoded = Encoded(body, content_type, gzipped)
+        cache.put(key, encoded)
+    headers = {"Content-Type": encoded.content_type, "Vary": "Accept, Accept-Encoding"}
+    if encoded.gzipped:
         headers["Content-Encoding"] = "gzip"
-    headers["Vary"] = "Accept, Accept-Encoding"
-    return web.Response(body=body, headers=headers)
+    return web.Response(body=encoded.body, headers=headers)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -127,6 +173,7 @@ async def _on_shutdown(app: web.Application) -> None:
 def make_app(runtime: Runtime, middlewares: Sequence[object] = ()) -> web.Application:
     app = web.Application(middlewares=list(middlewares))  # type: ignore[arg-type]
     app[RUNTIME] = runtime
+    app[ENCODINGS] = EncodingCache()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/probe", probe)
     app.router.add_get("/-/healthy", healthy)

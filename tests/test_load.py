@@ -1,14 +1,20 @@
-"""A bounded load test on loopback: 20 concurrent scrapers for 30 s against the real command in
-demo mode, while /-/healthy is probed. Asserts no errors and flat memory; prints latencies
+"""A bounded load test on loopback: 20 concurrent scrapers for 30 s against the real command,
+while /-/healthy is probed. The simulator runs in a process of its own (as a real upstream
+would), its jobs moving every second. Asserts no errors and flat memory; prints latencies
 (timings are not asserted: shared machines are noisy)."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import aiohttp
 
+from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
+from tests.helpers import source_yaml
 from tests.test_process import Process, free_port
 
 SCRAPERS = 20
@@ -28,8 +34,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def test_twenty_scrapers_for_thirty_seconds() -> None:
-    process = Process(["--demo"], free_port())
+async def test_twenty_scrapers_for_thirty_seconds(tmp_path: Path) -> None:
+    sim_port = free_port()
+    simulator = subprocess.Popen(  # noqa: ASYNC220 - started once, before any awaiting
+        [sys.executable, "-m", "exporter.simulator", "--port", str(sim_port), "--tick", "1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert simulator.stdout is not None
+    simulator.stdout.readline()  # printed once listening
+    base_url = f"http://127.0.0.1:{sim_port}"
+    config = tmp_path / "config.yaml"
+    config.write_text(source_yaml(base_url + KIZEN_PREFIX, base_url + FP_PREFIX))
+    process = Process(["--config.file", str(config)], free_port())
     try:
         process.wait_listening()
         base = f"http://127.0.0.1:{process.port}"
@@ -73,6 +90,8 @@ async def test_twenty_scrapers_for_thirty_seconds() -> None:
     finally:
         if process.proc.poll() is None:
             process.proc.kill()
+        simulator.terminate()
+        simulator.wait()
     assert errors == []
     assert code == 0, err
     assert scrapes > SCRAPERS
