@@ -72,6 +72,7 @@ class SourceRunner:
         self._failing: str | None = None
         self._failing_logged = 0.0
         self._failing_repeats = 0
+        self._failures = 0  # consecutive failed refreshes
 
     @property
     def name(self) -> str:
@@ -129,12 +130,16 @@ class SourceRunner:
         started = time.monotonic()
         deadline = loop.time() + seconds
         error: str | None = None
+        detail: dict[str, object] = {}
         try:
             # The upstream layer honours the deadline per request; this is the backstop for
             # anything else that could wait.
             async with asyncio.timeout_at(deadline + 0.05):
                 await self.refresher.refresh(deadline)
-        except (UpstreamError, SyncInProgress) as exc:
+        except UpstreamError as exc:
+            error = str(exc)
+            detail = {"endpoint": exc.endpoint, "status": exc.status or "none"}
+        except SyncInProgress as exc:
             error = str(exc)
         except TimeoutError:
             error = f"refresh did not finish within {seconds:.2f}s"
@@ -144,13 +149,13 @@ class SourceRunner:
         else:
             self.last_success = time.time()
         duration = time.monotonic() - started
-        self._note_outcome(error)
+        self._note_outcome(error, detail)
         snapshot = self._snapshot(error is None, duration, error)
         self.last = snapshot
         self._last_done = time.monotonic()
         return snapshot
 
-    def _note_outcome(self, error: str | None) -> None:
+    def _note_outcome(self, error: str | None, detail: dict[str, object]) -> None:
         now = time.monotonic()
         if error is None:
             if self._failing is not None:
@@ -159,13 +164,15 @@ class SourceRunner:
                     logging.INFO,
                     "source recovered",
                     source=self.name,
-                    failed_refreshes=self._failing_repeats + 1,
+                    failed_refreshes=self._failures,
                 )
             self._failing = None
             self._failing_repeats = 0
+            self._failures = 0
             return
+        self._failures += 1
         if error != self._failing or now - self._failing_logged >= _REPEAT_LOG_INTERVAL:
-            fields: dict[str, object] = {"source": self.name, "platform": self.platform}
+            fields: dict[str, object] = {"source": self.name, "platform": self.platform, **detail}
             if error == self._failing:
                 fields["repeats_since_last_log"] = self._failing_repeats
             log(logger, logging.WARNING, "refresh failed", **fields, reason=error)

@@ -8,11 +8,13 @@ failing one recovers when the fault clears.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +22,8 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from exporter.simulator import Fault
+from exporter.logs import JsonFormatter, LogfmtFormatter
+from exporter.simulator import Credentials, Fault
 from tests.conftest import Client, ExporterFactory, SimHandle
 from tests.helpers import Samples, one, parse_samples, require_tool, select, source_yaml
 
@@ -64,7 +67,11 @@ class FailingResolver(AbstractResolver):
 
 BIG = b'{"count": 1, "next": null, "results": [' + b" " * (50 * 1024 * 1024) + b"]}"
 NESTED = b"[" * 100_000 + b"]" * 100_000
+CREDS = Credentials()
+# Upstreams that echo the key back in their error pages.
+ECHO = f"<html>invalid key {CREDS.kizen_api_key} / Bearer {CREDS.fp_api_key}</html>".encode()
 CASES = {
+    "echoes-the-key": Case(Fault(status=400, body=ECHO, content_type="text/html"), "400"),
     "latency-beyond-deadline": Case(Fault(status=200, delay=4.0), "timeout"),
     "500": Case(Fault(status=500), "500"),
     "502": Case(
@@ -94,11 +101,41 @@ CASES = {
 }
 
 
+SEEN: list[str] = []  # every body the suite received, grepped for secrets
+
+
 async def scrape(client: Client) -> tuple[str, Samples]:
     response = await client.get("/metrics", headers=TIMEOUT_HEADERS)
     assert response.status == 200
     text = await response.text()
+    SEEN.append(text)
+    SEEN.append(await (await client.get("/")).text())
     return text, parse_samples(text)
+
+
+@pytest.fixture(autouse=True)
+def no_secret_leaves(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """All log output of each case (both formats, debug level) and every page it fetched must
+    be free of the configured keys, whatever the upstream did."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers = [logging.StreamHandler(stream), logging.StreamHandler(stream)]
+    handlers[0].setFormatter(LogfmtFormatter())
+    handlers[1].setFormatter(JsonFormatter())
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    for handler in handlers:
+        root.addHandler(handler)
+    SEEN.clear()
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+        root.setLevel(level)
+    everything = stream.getvalue() + "\n".join(SEEN)
+    for secret in (CREDS.kizen_api_key, CREDS.fp_api_key):
+        assert secret not in everything
 
 
 async def promtool_check(text: str) -> None:
