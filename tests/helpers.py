@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
 import os
 import shutil
+import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import Config, parse_config
+from exporter.logs import JsonFormatter, LogfmtFormatter
 from exporter.simulator import Credentials
 
 Labels = tuple[tuple[str, str], ...]
@@ -86,3 +92,38 @@ def require_tool(name: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@contextmanager
+def capture_logs() -> Iterator[io.StringIO]:
+    """Everything logged meanwhile, at debug level, formatted both as logfmt and as JSON."""
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers = [logging.StreamHandler(stream), logging.StreamHandler(stream)]
+    handlers[0].setFormatter(LogfmtFormatter())
+    handlers[1].setFormatter(JsonFormatter())
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    for handler in handlers:
+        root.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+        root.setLevel(level)
+
+
+async def promtool_check_metrics(text: str) -> str:
+    """Run `promtool check metrics` on exposition text; fail on any finding. Returns its output."""
+    promtool = require_tool("promtool")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr

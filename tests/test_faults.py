@@ -8,11 +8,8 @@ failing one recovers when the fault clears.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import logging
 import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,10 +19,17 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from exporter.logs import JsonFormatter, LogfmtFormatter
 from exporter.simulator import Credentials, Fault
 from tests.conftest import Client, ExporterFactory, SimHandle
-from tests.helpers import Samples, one, parse_samples, require_tool, select, source_yaml
+from tests.helpers import (
+    Samples,
+    capture_logs,
+    one,
+    parse_samples,
+    promtool_check_metrics,
+    select,
+    source_yaml,
+)
 
 TIMEOUT_HEADERS = {"X-Prometheus-Scrape-Timeout-Seconds": "3"}  # a 2.5s deadline
 GAUGES = (
@@ -117,38 +121,12 @@ async def scrape(client: Client) -> tuple[str, Samples]:
 def no_secret_leaves(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """All log output of each case (both formats, debug level) and every page it fetched must
     be free of the configured keys, whatever the upstream did."""
-    stream = io.StringIO()
-    root = logging.getLogger()
-    handlers = [logging.StreamHandler(stream), logging.StreamHandler(stream)]
-    handlers[0].setFormatter(LogfmtFormatter())
-    handlers[1].setFormatter(JsonFormatter())
-    level = root.level
-    root.setLevel(logging.DEBUG)
-    for handler in handlers:
-        root.addHandler(handler)
     SEEN.clear()
-    try:
+    with capture_logs() as stream:
         yield
-    finally:
-        for handler in handlers:
-            root.removeHandler(handler)
-        root.setLevel(level)
     everything = stream.getvalue() + "\n".join(SEEN)
     for secret in (CREDS.kizen_api_key, CREDS.fp_api_key):
         assert secret not in everything
-
-
-async def promtool_check(text: str) -> None:
-    promtool = require_tool("promtool")
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [promtool, "check", "metrics"],
-        input=text,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def seed(sim: SimHandle) -> None:
@@ -191,7 +169,7 @@ async def test_fault(
         sim.sim.set_fault(platform, case.fault)
 
     text, s = await scrape(client)
-    await promtool_check(text)
+    await promtool_check_metrics(text)
     assert one(s, "bulk_up", source=bad) == 0
     assert one(s, "bulk_up", source=good) == 1
     for gauge in GAUGES:
@@ -206,7 +184,7 @@ async def test_fault(
         text, s = await scrape(client)
         assert one(s, "bulk_up", source=bad) == 1
         assert select(s, "bulk_job_info", source=bad)
-        await promtool_check(text)
+        await promtool_check_metrics(text)
 
 
 class RoutingResolver(AbstractResolver):

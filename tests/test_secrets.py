@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +11,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.config import load_config
-from exporter.logs import JsonFormatter, LogfmtFormatter
 from exporter.runtime import Runtime
 from exporter.server import make_app
 from exporter.simulator import Credentials, Fault
 from tests.conftest import SimHandle
-from tests.helpers import source_yaml
+from tests.helpers import capture_logs, source_yaml
 
 CREDS = Credentials()
 SECRETS = (CREDS.kizen_api_key, CREDS.fp_api_key)
@@ -25,21 +23,8 @@ SECRETS = (CREDS.kizen_api_key, CREDS.fp_api_key)
 
 @pytest.fixture
 def captured_logs() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    root = logging.getLogger()
-    handlers = [logging.StreamHandler(stream), logging.StreamHandler(stream)]
-    handlers[0].setFormatter(LogfmtFormatter())
-    handlers[1].setFormatter(JsonFormatter())
-    old_level = root.level
-    root.setLevel(logging.DEBUG)
-    for handler in handlers:
-        root.addHandler(handler)
-    try:
+    with capture_logs() as stream:
         yield stream
-    finally:
-        for handler in handlers:
-            root.removeHandler(handler)
-        root.setLevel(old_level)
 
 
 async def test_secrets_echoed_by_upstream_are_redacted(
