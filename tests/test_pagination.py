@@ -62,15 +62,13 @@ async def test_kizen_concurrency_is_capped(exporter: ExporterFactory, sim: SimHa
         client = await exporter(
             source_yaml(url, None, kizen_extra="    page_size: 10\n    max_concurrency: 3\n")
         )
-        started = time.monotonic()
         s = parse_samples(await (await client.get("/metrics")).text())
-        elapsed = time.monotonic() - started
     finally:
         await server.close()
     assert one(s, "bulk_jobs", **KZ, action="custom_object_upload", phase="completed") == 95
+    # Pages after the first went out concurrently, never more than max_concurrency at once
+    # (timings are not asserted: shared machines are noisy; the benchmark measures them).
     assert peak == 3
-    # Page 1, then 9 pages three at a time: 4 round trips, not 10.
-    assert elapsed < 10 * 0.05
 
 
 async def test_kizen_rows_shifting_between_pages_are_deduplicated(

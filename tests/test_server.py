@@ -98,9 +98,10 @@ async def test_scrape_timeout_header_lowers_the_deadline(
     assert one(s, "bulk_up", source="kz") == 0
     assert one(s, "bulk_up", source="fp") == 1
     assert one(s, "bulk_api_requests_total", source="kz", endpoint="list", code="timeout") == 1
-    # 1.5s - 0.5s margin = 1s deadline, well before the 5s configured timeout.
-    assert 0.9 <= elapsed < 1.9
-    assert 0.9 <= one(s, "bulk_scrape_duration_seconds", source="kz") < 1.5
+    # 1.5s - 0.5s margin = a 1s deadline: Kizen's 2s answer is not waited for, as it would be
+    # with the 5s configured timeout. (Lower bounds only: a loaded machine can be slower.)
+    assert elapsed >= 0.9
+    assert one(s, "bulk_scrape_duration_seconds", source="kz") >= 0.9
 
 
 async def test_concurrent_scrapes_share_one_refresh(

@@ -36,12 +36,12 @@ class ReadResult:
         self.first_skip = self.first_skip or other.first_skip
         self.gone |= other.gone
 
-    def add_rows(self, rows: object, parse: Callable[[object], Job]) -> list[Job]:
-        """Parse each row; keep the good ones, count the bad ones. Returns the new jobs."""
-        added: list[Job] = []
+    def add_rows(self, rows: object, parse: Callable[[object], Job]) -> None:
+        """Parse each row; keep the good ones (the latest sighting of an id wins), count the
+        bad ones."""
         if not isinstance(rows, list):
             self.skip("the list of rows is not a JSON array")
-            return added
+            return
         for row in rows:
             try:
                 job = parse(row)
@@ -49,8 +49,6 @@ class ReadResult:
                 self.skip(str(exc))
                 continue
             self.jobs[job.id] = job
-            added.append(job)
-        return added
 
     def skip(self, reason: str) -> None:
         self.skipped += 1
@@ -87,6 +85,7 @@ class PlatformClient(Protocol):
 
 
 def make_client(source: KizenSource | FirstPromoterSource, upstream: Upstream) -> PlatformClient:
+    # Imported here: the platform modules import ReadResult and Known from this package.
     from exporter.platforms.firstpromoter import FirstPromoterClient
     from exporter.platforms.kizen import KizenClient
 
