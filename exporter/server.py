@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from exporter.collector import ExporterStatus, SnapshotCollector
+from exporter.collector import ExporterStatus
 from exporter.config import ConfigError
-from exporter.exposition import render
+from exporter.exposition import render_scrape
 from exporter.landing import landing_page
 from exporter.logs import log
 from exporter.redact import REDACTOR
@@ -56,7 +56,7 @@ def _accepts_gzip(header: str) -> bool:
 def encode(
     snapshots: Sequence[SourceSnapshot], status: ExporterStatus | None, accept: str
 ) -> tuple[bytes, str]:
-    return render(SnapshotCollector(snapshots, status).collect(), accept)
+    return render_scrape(snapshots, status, accept)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ class SourceSnapshot:
     finished: Mapping[tuple[str, str], int] = field(default_factory=dict)
     items: Mapping[tuple[str, str], int] = field(default_factory=dict)
     requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # Encoded sample lines per format, filled in by the first scrape that renders the snapshot.
+    rendered: dict[bool, list[str]] = field(default_factory=dict, compare=False, repr=False)
 
 
 SourceConfig = KizenSource | FirstPromoterSource

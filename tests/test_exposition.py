@@ -10,7 +10,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.collector import ExporterStatus, SnapshotCollector
 from exporter.config import Settings
-from exporter.exposition import render
+from exporter.exposition import render, render_scrape
 from exporter.jobs import Job, Phase
 from exporter.source import SourceSnapshot
 from exporter.tracker import TrackedJob
@@ -90,3 +90,18 @@ def test_text_and_openmetrics_match_prometheus_client() -> None:
     assert content_type.startswith("application/openmetrics-text")
     assert ours == generate_openmetrics(registry)  # type: ignore[no-untyped-call]
     assert ours.endswith(b"# EOF\n")
+
+
+def test_scrape_rendering_matches_and_reuses_each_source() -> None:
+    snaps = snapshots()
+    status = ExporterStatus(True, 1.7e9)
+    now = time.time()
+    for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
+        expected = render(SnapshotCollector(snaps, status, now=now).collect(), accept)
+        assert render_scrape(snaps, status, accept, now=now) == expected
+        # Again, from the lines cached on the snapshots; and a scrape of one source only.
+        assert render_scrape(snaps, status, accept, now=now) == expected
+        assert render_scrape(snaps[:1], None, accept, now=now) == render(
+            SnapshotCollector(snaps[:1], None, now=now).collect(), accept
+        )
+    assert set(snaps[0].rendered) == {False, True}
