@@ -104,7 +104,6 @@ async def stack(tools: tuple[str, str], tmp_path: Path) -> AsyncIterator[Stack]:
                     "evaluation_interval": "1s",
                 },
                 "rule_files": [
-                    str(ROOT / "prometheus/recording.yml"),
                     str(ROOT / "prometheus/alerts.yml"),
                 ],
                 "alerting": {

@@ -26,9 +26,8 @@ def run(*args: str, cwd: Path = ROOT) -> str:
 
 def test_rule_files_are_valid() -> None:
     promtool = require_tool("promtool")
-    out = run(promtool, "check", "rules", "prometheus/recording.yml", "prometheus/alerts.yml")
-    assert "SUCCESS: 4 rules found" in out
-    assert "SUCCESS: 9 rules found" in out
+    out = run(promtool, "check", "rules", "prometheus/alerts.yml")
+    assert "SUCCESS: 13 rules found" in out
 
 
 def test_alert_rule_unit_tests() -> None:
@@ -42,6 +41,7 @@ def test_every_alert_is_unit_tested_and_documented() -> None:
         rule
         for group in yaml.safe_load((ROOT / "prometheus/alerts.yml").read_text())["groups"]
         for rule in group["rules"]
+        if "alert" in rule
     ]
     tests = (ROOT / "prometheus/tests/alerts_test.yml").read_text()
     runbook = (ROOT / "docs/runbook.md").read_text()
