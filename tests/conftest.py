@@ -7,7 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.runtime import Runtime
-from exporter.server import make_app
+from exporter.server import RUNTIME, make_app
 from exporter.simulator import Simulator, World
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
 from tests.helpers import config_from, source_yaml
@@ -52,6 +52,16 @@ async def sim() -> AsyncIterator[SimHandle]:
 
 
 ExporterFactory = Callable[..., Awaitable[Client]]
+
+
+def last_error(client: Client, source: str) -> str:
+    """The error of the source's last refresh, as the landing page shows it; fails if none."""
+    app = client.app
+    assert app is not None
+    last = app[RUNTIME].sources[source].last
+    assert last is not None
+    assert last.error is not None
+    return last.error
 
 
 @pytest.fixture

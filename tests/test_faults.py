@@ -19,9 +19,8 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from exporter.server import RUNTIME
 from exporter.simulator import Credentials, Fault
-from tests.conftest import Client, ExporterFactory, SimHandle
+from tests.conftest import Client, ExporterFactory, SimHandle, last_error
 from tests.helpers import (
     Samples,
     capture_logs,
@@ -234,12 +233,7 @@ async def test_retry_after_beyond_the_deadline_gives_up_early(
     assert one(s, "bulk_up", source="kz") == 0
     # One attempt, no retry: waiting 30s would go past the deadline, so it gave up at once.
     assert one(s, "bulk_api_requests_total", source="kz", endpoint="list", code="429") == 1
-    app = client.app
-    assert app is not None
-    last = app[RUNTIME].sources["kz"].last
-    assert last is not None
-    assert last.error is not None
-    assert "no time left to retry before the deadline" in last.error
+    assert "no time left to retry before the deadline" in last_error(client, "kz")
 
 
 async def test_rate_limit_spaces_requests(sim: SimHandle, exporter: ExporterFactory) -> None:

@@ -7,7 +7,8 @@ import asyncio
 import random
 import time
 
-from tests.conftest import Client, ExporterFactory, SimHandle
+from exporter.server import RUNTIME
+from tests.conftest import Client, ExporterFactory, SimHandle, last_error
 from tests.helpers import Samples, one, parse_samples, select
 
 
@@ -208,14 +209,7 @@ async def test_a_slow_first_read_finishes_in_the_background(
     assert one(s, "bulk_up", source="kz") == 0
     assert one(s, "bulk_up", source="fp") == 1
     assert select(s, "bulk_jobs", source="kz") == {}
-    app = client.app
-    assert app is not None
-    from exporter.server import RUNTIME
-
-    last = app[RUNTIME].sources["kz"].last
-    assert last is not None
-    assert last.error is not None
-    assert "still running in the background" in last.error
+    assert "still running in the background" in last_error(client, "kz")
     # The read carries on (5 pages x 0.3s); later scrapes take in its result once it is done.
     for _ in range(40):
         await asyncio.sleep(0.25)
@@ -229,8 +223,7 @@ async def test_a_slow_first_read_finishes_in_the_background(
 
 
 def last_errors(client: Client) -> list[object]:
-    from exporter.server import RUNTIME
-
+    """Diagnostics for a failed churn round: each source's last error, requests and tokens."""
     assert client.app is not None
     return [
         (r.last.error if r.last else None, dict(r.upstream.requests), r.upstream.bucket.available)

@@ -8,9 +8,8 @@ import time
 
 import pytest
 
-from exporter.server import RUNTIME
 from exporter.simulator import Fault
-from tests.conftest import ExporterFactory, SimHandle
+from tests.conftest import ExporterFactory, SimHandle, last_error
 from tests.helpers import Samples, one, parse_samples, select
 
 SOURCES = {"kizen": "kz", "firstpromoter": "fp"}
@@ -68,12 +67,7 @@ async def test_failing_platform_is_isolated(
         "bulk_items_processed_total",
     } <= names
     assert {"bulk_jobs", "bulk_pending_items", "bulk_job_info"} <= series_of(s, good)
-    app = client.app
-    assert app is not None
-    last = app[RUNTIME].sources[bad].last
-    assert last is not None
-    assert last.error is not None
-    assert "internal error" not in last.error
+    assert "internal error" not in last_error(client, bad)
     code = EXPECTED_CODE.get(fault, str(FAULTS[fault].status))
     assert sum(select(s, "bulk_api_requests_total", source=bad, code=code).values()) >= 1
 
