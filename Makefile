@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/bulk-progress-exporter --demo
 
-## tools: Debian's prometheus (promtool) and prometheus-alertmanager, when missing
+## tools: Debian's prometheus (promtool), prometheus-alertmanager and chromium, when missing
 tools:
 	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus-alertmanager >/dev/null 2>&1; then \
 	  echo "installing Debian's prometheus and prometheus-alertmanager"; \
@@ -33,6 +33,13 @@ tools:
 	    prometheus prometheus-alertmanager; \
 	fi
 	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null
+	@# chromium: the landing page's browser tests (headless, --dump-dom)
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; \
+	fi
+	@command -v chromium >/dev/null
 
 ## lint: ruff (lint and format), mypy, hadolint
 lint: $(STAMP)

@@ -1,80 +1,276 @@
-"""The HTML landing page: links, and each source's state as of its last refresh."""
+"""The HTML landing page: links, each source's state and active jobs as of its last refresh.
+
+A pure function of its inputs (the sources, demo mode, the time, a redactor), so it can be
+rendered and tested without a server. Plain HTML and CSS, no script; every value that comes
+from configuration or an upstream API is escaped, in text and in attributes alike.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from html import escape
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import quote
 
 from exporter import __version__
-from exporter.redact import REDACTOR
 
 if TYPE_CHECKING:
-    from exporter.runtime import Runtime
+    from exporter.source import SourceSnapshot
+    from exporter.tracker import TrackedJob
+
+# A job whose counts and status have not changed for this long is marked stalled (the same
+# 30 minutes as the stall alert).
+STALL_AFTER = 30 * 60.0
+
+
+class _Limits(Protocol):
+    @property
+    def max_job_series(self) -> int: ...
+
+
+class SourceView(Protocol):
+    """What the page reads of a source's runner."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def platform(self) -> str: ...
+
+    @property
+    def last(self) -> SourceSnapshot | None: ...
+
+    @property
+    def settings(self) -> _Limits: ...
+
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin-top: 1em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }
+body { font-family: system-ui, sans-serif; margin: 1.5em 2em; color: #222; max-width: 90em; }
+h2 { margin-top: 1.5em; } h3 { margin: 1.2em 0 0.3em; }
+table { border-collapse: collapse; margin-top: 0.5em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.5em; text-align: left; vertical-align: top; }
+table.jobs { font-size: 0.92em; } table.jobs td { vertical-align: middle; }
 th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.muted { color: #666; }
 .up { color: #137333; font-weight: bold; } .down { color: #b3261e; font-weight: bold; }
-.error { font-family: monospace; font-size: 0.9em; max-width: 40em; word-break: break-word; }
+.error { font-family: monospace; font-size: 0.9em; max-width: 40em; word-break: break-word;
+  white-space: pre-wrap; }
+.demo { background: #fff4ce; border: 1px solid #e0c35c; padding: 0.6em 1em; }
+.note { background: #f5f7fa; border-left: 4px solid #9aa7b8; padding: 0.4em 0.8em; }
+.unknown { color: #b3261e; }
+.id, .action, .object { font-family: monospace; font-size: 0.9em; }
+.cell { width: max-content; max-width: 22em; overflow-wrap: anywhere; }
+td.progress, td.since, td.up, td.down, td.probe { white-space: nowrap; }
+.bar { display: inline-block; width: 6em; height: 0.8em; background: #e6e6e6;
+  border: 1px solid #bbb; vertical-align: middle; }
+.fill { height: 100%; background: #3b7dd8; }
+tr.stalled { background: #fdecea; }
+tr.stalled .fill { background: #c5221f; }
+.stall-mark { color: #fff; background: #c5221f; padding: 0 0.4em; border-radius: 0.3em;
+  font-weight: bold; font-size: 0.85em; }
 """
+
+
+def _e(value: object) -> str:
+    """Escaped for HTML text and for quoted attribute values."""
+    return escape(str(value), quote=True)
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
 def _ago(timestamp: float | None, now: float) -> str:
     if timestamp is None:
         return "never"
-    seconds = max(0, int(now - timestamp))
-    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(timestamp))
-    return f"{when} ({seconds}s ago)"
+    return f"{_when(timestamp)} ({_duration(now - timestamp)} ago)"
 
 
-def landing_page(runtime: Runtime) -> str:
-    now = time.time()
-    rows = []
-    for runner in runtime.sources.values():
-        snap = runner.last
-        if snap is None:
-            state, up_text, counts, error = "", "not refreshed yet", "", ""
-            refreshed = "never"
+def _percent(progress: float) -> str:
+    if math.isnan(progress):
+        progress = 0.0
+    return f"{min(max(progress, 0.0), 1.0) * 100:.1f}%"
+
+
+def _newest_first(tracked: TrackedJob) -> float:
+    job = tracked.job
+    return job.started_at if job.started_at is not None else tracked.last_change
+
+
+def active_jobs(snap: SourceSnapshot) -> list[TrackedJob]:
+    """The snapshot's queued, running and unknown jobs, newest first."""
+    active = [t for t in snap.jobs if not t.job.phase.terminal]
+    return sorted(active, key=_newest_first, reverse=True)
+
+
+def _job_row(tracked: TrackedJob, now: float) -> str:
+    job = tracked.job
+    since = now - tracked.last_change
+    stalled = since >= STALL_AFTER
+    width = _percent(job.progress)
+    mark = '<span class="stall-mark">stalled</span> ' if stalled else ""
+    # The exporter's phase beside the platform's word, unless they are the same word.
+    phase = (
+        ""
+        if job.status == job.phase.value
+        else f' <span class="muted">({_e(job.phase.value)})</span>'
+    )
+    return (
+        f'<tr class="job{" stalled" if stalled else ""}" data-job-id="{_e(job.id)}">'
+        f'<td class="id"><div class="cell">{_e(job.id)}</div></td>'
+        f'<td class="action"><div class="cell">{_e(job.action)}</div></td>'
+        f'<td class="object"><div class="cell">{_e(job.object)}</div></td>'
+        f'<td class="status">{_e(job.status)}{phase}</td>'
+        f'<td class="progress"><div class="bar"><div class="fill" style="width: {_e(width)}">'
+        f'</div></div> <span class="pct">{_e(width)}</span></td>'
+        f'<td class="num pending">{job.pending}</td>'
+        f'<td class="num succeeded">{job.succeeded}</td>'
+        f'<td class="num failed">{job.failed}</td>'
+        f'<td class="since" title="{_e(_when(tracked.last_change))}">{mark}'
+        f"{_e(_duration(since))} ago</td>"
+        "</tr>"
+    )
+
+
+_JOB_HEADER = (
+    "<tr><th>job id</th><th>action</th><th>object</th><th>status (phase)</th><th>progress</th>"
+    "<th>pending</th><th>succeeded</th><th>failed</th><th>last change</th></tr>"
+)
+
+
+def _source_section(source: SourceView, now: float, redact: Callable[[str], str]) -> str:
+    snap = source.last
+    head = (
+        f'<section class="source" id="source-{_e(source.name)}" data-source="{_e(source.name)}">'
+        f'<h3>{_e(source.name)} <span class="muted">({_e(source.platform)})</span></h3>'
+    )
+    if snap is None:
+        body = (
+            '<p class="state not-refreshed">Not refreshed yet: its jobs appear once '
+            "<code>/metrics</code> or <code>/probe</code> for this source has been scraped.</p>"
+        )
+    elif not snap.up:
+        body = (
+            '<p class="state unknown">Job counts unknown: the last refresh, '
+            f"{_e(_ago(snap.refreshed_at, now))}, failed; no stale jobs are shown. "
+            f"Last successful refresh: {_e(_ago(snap.last_success, now))}.</p>"
+            f'<p>Last error: <span class="error">{_e(redact(snap.error or "unknown error"))}'
+            "</span></p>"
+        )
+    else:
+        jobs = active_jobs(snap)
+        limit = max(0, source.settings.max_job_series)
+        shown = jobs[:limit]
+        if not jobs:
+            body = '<p class="state none">No active jobs.</p>'
         else:
-            state = "up" if snap.up else "down"
-            up_text = "1 (up)" if snap.up else "0 (down)"
+            count = (
+                f"{len(jobs)} active"
+                if len(shown) == len(jobs)
+                else f"the newest {len(shown)} of {len(jobs)} active (max_job_series)"
+            )
+            rows = "\n".join(_job_row(t, now) for t in shown)
+            body = (
+                f'<p class="state">{_e(count)} jobs, newest first, as of the refresh '
+                f"{_e(_ago(snap.refreshed_at, now))}. Stalled: no change for "
+                f"{int(STALL_AFTER // 60)} minutes or more.</p>"
+                f'<table class="jobs">\n{_JOB_HEADER}\n{rows}\n</table>'
+            )
+    return f"{head}\n{body}\n</section>"
+
+
+def _summary_row(source: SourceView, now: float, redact: Callable[[str], str]) -> str:
+    snap = source.last
+    if snap is None:
+        state, up_text, counts, error = "", "not refreshed yet", "", ""
+        refreshed = "never"
+    else:
+        state = "up" if snap.up else "down"
+        up_text = "1 (up)" if snap.up else "0 (down)"
+        if snap.up:
             phases = Counter(t.job.phase.value for t in snap.jobs)
             counts = ", ".join(f"{p}: {n}" for p, n in sorted(phases.items())) or "no jobs"
-            error = snap.error or ""
-            refreshed = _ago(snap.refreshed_at, now)
-        rows.append(
-            "<tr>"
-            f"<td>{escape(runner.name)}</td>"
-            f"<td>{escape(runner.platform)}</td>"
-            f"<td>{escape(refreshed)}</td>"
-            f'<td class="{state}">{escape(up_text)}</td>'
-            f"<td>{escape(counts)}</td>"
-            f'<td class="error">{escape(REDACTOR(error))}</td>'
-            f'<td><a href="/probe?source={escape(runner.name)}">probe</a></td>'
-            "</tr>"
-        )
-    table = "\n".join(rows) or '<tr><td colspan="7">no sources configured</td></tr>'
+        else:
+            counts = "unknown (refresh failed)"
+        error = redact(snap.error or "")
+        refreshed = _ago(snap.refreshed_at, now)
+    probe = "/probe?source=" + quote(source.name, safe="")
+    return (
+        f'<tr data-source="{_e(source.name)}">'
+        f"<td>{_e(source.name)}</td>"
+        f"<td>{_e(source.platform)}</td>"
+        f"<td>{_e(refreshed)}</td>"
+        f'<td class="{state}">{_e(up_text)}</td>'
+        f'<td class="counts{" unknown" if snap is not None and not snap.up else ""}">'
+        f"{_e(counts)}</td>"
+        f'<td class="error">{_e(error)}</td>'
+        f'<td class="probe"><a href="{_e(probe)}">{_e(probe)}</a></td>'
+        "</tr>"
+    )
+
+
+def landing_page(
+    sources: Iterable[SourceView],
+    *,
+    demo: bool,
+    now: float,
+    redact: Callable[[str], str],
+) -> str:
+    """The page for these sources as of their last refresh; `redact` masks secrets in errors."""
+    sources = list(sources)
+    refreshed = [s.last.refreshed_at for s in sources if s.last is not None]
+    last = (
+        f"The last refresh was {_e(_ago(max(refreshed), now))}."
+        if refreshed
+        else "Nothing has been refreshed since the exporter started."
+    )
+    banner = (
+        '<p class="demo"><strong>Demo mode</strong>: this page shows simulated data from the '
+        "built-in simulator of Kizen and FirstPromoter, not a real account.</p>"
+        if demo
+        else ""
+    )
+    summary = "\n".join(_summary_row(s, now, redact) for s in sources)
+    summary = summary or '<tr><td colspan="7">no sources configured</td></tr>'
+    sections = "\n".join(_source_section(s, now, redact) for s in sources)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head><meta charset="utf-8"><title>bulk-progress-exporter</title><style>{_STYLE}</style></head>
 <body>
 <h1>bulk-progress-exporter</h1>
-<p>Version {escape(__version__)}. Watches Kizen bulk actions and FirstPromoter batch processes.</p>
+{banner}
+<p>Version {_e(__version__)}. Watches Kizen bulk actions and FirstPromoter batch processes.</p>
+<p class="note">Data is refreshed when <code>/metrics</code> or <code>/probe</code> is scraped;
+this page shows each source as of its last refresh and never contacts an upstream API.
+{last}</p>
 <ul>
 <li><a href="/metrics">/metrics</a>: every source, refreshed on each scrape</li>
-<li>/probe?source=NAME: one source</li>
+<li>/probe?source=NAME: one source (links below)</li>
 <li><a href="/-/healthy">/-/healthy</a> and <a href="/-/ready">/-/ready</a></li>
 </ul>
 <h2>Sources</h2>
-<table>
+<table class="sources">
 <tr><th>source</th><th>platform</th><th>last refresh</th><th>up</th><th>jobs by phase</th>
-<th>last error</th><th></th></tr>
-{table}
+<th>last error</th><th>probe</th></tr>
+{summary}
 </table>
+<h2>Active jobs</h2>
+{sections}
 </body>
 </html>
 """

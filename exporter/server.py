@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +30,11 @@ TIMEOUT_MARGIN = 0.5
 # Above this many jobs, encoding moves to a worker thread so the loop keeps serving.
 OFFLOAD_JOBS = 2000
 GZIP_MIN_BYTES = 1024
+# The landing page runs no script and loads nothing: only its own inline styles.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 def scrape_budget(request: web.Request) -> float | None:
@@ -162,7 +168,13 @@ async def reload(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    return web.Response(text=landing_page(runtime), content_type="text/html")
+    page = landing_page(
+        runtime.sources.values(),
+        demo=bool(getattr(runtime, "demo", False)),
+        now=time.time(),
+        redact=getattr(runtime, "redactor", REDACTOR),
+    )
+    return web.Response(text=page, content_type="text/html", headers=PAGE_HEADERS)
 
 
 async def _on_shutdown(app: web.Application) -> None:
