@@ -33,6 +33,8 @@ tools:
 	    prometheus prometheus-alertmanager; \
 	fi
 	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null
+	@# helm (pinned, into .tools/bin): the Helm chart's lint and render tests
+	bash scripts/install-helm.sh
 	@# chromium: the landing page's browser tests (headless, --dump-dom)
 	@if ! command -v chromium >/dev/null 2>&1; then \
 	  echo "installing Debian's chromium"; \

@@ -1,0 +1,106 @@
+{{/*
+The chart's name, or nameOverride.
+*/}}
+{{- define "bulk-progress-exporter.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name of the release's objects. At most 52 characters: the StatefulSet's controller adds
+"-" and a 10-character revision hash to its name in a label value, limited to 63 characters.
+*/}}
+{{- define "bulk-progress-exporter.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 52 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "bulk-progress-exporter.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels every object carries.
+*/}}
+{{- define "bulk-progress-exporter.labels" -}}
+helm.sh/chart: {{ include "bulk-progress-exporter.chart" . }}
+{{ include "bulk-progress-exporter.selectorLabels" . }}
+app.kubernetes.io/version: {{ include "bulk-progress-exporter.imageTag" . | trunc 63 | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Selector labels: stable over upgrades, so no chart or version label.
+*/}}
+{{- define "bulk-progress-exporter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "bulk-progress-exporter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "bulk-progress-exporter.imageTag" -}}
+{{- .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "bulk-progress-exporter.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "bulk-progress-exporter.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret mounted under secretsMountPath: existingSecret, or the one the chart makes from
+`secrets`, or none.
+*/}}
+{{- define "bulk-progress-exporter.secretName" -}}
+{{- if .Values.existingSecret }}
+{{- .Values.existingSecret }}
+{{- else if .Values.secrets }}
+{{- include "bulk-progress-exporter.fullname" . }}
+{{- end }}
+{{- end }}
+
+{{- define "bulk-progress-exporter.configPath" -}}
+/etc/bulk-progress-exporter/config.yaml
+{{- end }}
+
+{{- define "bulk-progress-exporter.webConfigDir" -}}
+/etc/bulk-progress-exporter/web
+{{- end }}
+
+{{/*
+Refuse values that would put a secret where it does not belong. An api_key in the config may
+only name an environment variable (`${VAR}`, no default), whose value comes from a Secret.
+*/}}
+{{- define "bulk-progress-exporter.validate" -}}
+{{- if and .Values.existingSecret .Values.secrets }}
+{{- fail "existingSecret and secrets are both set: choose one (existingSecret names a Secret you manage; secrets makes one from values)" }}
+{{- end }}
+{{- $config := .Values.config | default dict }}
+{{- if not (kindIs "map" $config) }}
+{{- fail "config must be a mapping: the exporter's config.yaml" }}
+{{- end }}
+{{- $sources := get $config "sources" | default list }}
+{{- if not (kindIs "slice" $sources) }}
+{{- fail "config.sources must be a list" }}
+{{- end }}
+{{- range $i, $source := $sources }}
+{{- if and (kindIs "map" $source) (hasKey $source "api_key") }}
+{{- $key := get $source "api_key" }}
+{{- if not (regexMatch "^\\$\\{[A-Za-z_][A-Za-z0-9_]*\\}$" (toString $key)) }}
+{{- fail (printf "config.sources[%d].api_key (source %q): an inline API key would be stored in a ConfigMap, which is no place for a secret. Put the key in a Secret (set existingSecret, or secrets) and use api_key_file: %s/<key> instead, or api_key: ${VAR} with VAR set in env from a secretKeyRef. See docs/kubernetes.md." $i (toString (get $source "name")) $.Values.secretsMountPath) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
