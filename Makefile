@@ -42,6 +42,14 @@ tools:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium; \
 	fi
 	@command -v chromium >/dev/null
+	@# podman and co.: tests/test_image.py builds the image (scripts/build-image.sh) and runs it
+	@if ! dpkg -s podman runc debootstrap uidmap slirp4netns fuse-overlayfs >/dev/null 2>&1; then \
+	  echo "installing Debian's podman, runc, debootstrap, uidmap, slirp4netns and fuse-overlayfs"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    podman runc debootstrap uidmap slirp4netns fuse-overlayfs; \
+	fi
+	@dpkg -s podman runc debootstrap uidmap slirp4netns fuse-overlayfs >/dev/null
 
 ## lint: ruff (lint and format), mypy, hadolint
 lint: $(STAMP)
