@@ -74,7 +74,7 @@ class Podman:
 
     def cleanup(self) -> None:
         for name in self.containers:
-            self("rm", "--force", "--time", "0", name)
+            self("rm", "--force", "--volumes", "--time", "0", name)
         for name in self.volumes:
             self("volume", "rm", "--force", name)
         self.containers.clear()
