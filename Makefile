@@ -33,6 +33,14 @@ tools:
 	    prometheus prometheus-alertmanager; \
 	fi
 	@command -v promtool >/dev/null && command -v prometheus-alertmanager >/dev/null
+	@# node and the pinned @grafana/schema + typescript: the dashboards' schema check
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	  echo "installing Debian's nodejs and npm"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm; \
+	fi
+	@[ tests/dashboard-schema/node_modules/.package-lock.json -nt tests/dashboard-schema/package-lock.json ] || \
+	  npm ci --prefix tests/dashboard-schema --no-audit --no-fund --loglevel=error
 	@# helm (pinned, into .tools/bin): the Helm chart's lint and render tests
 	bash scripts/install-helm.sh
 	@# chromium: the landing page's browser tests (headless, --dump-dom)
