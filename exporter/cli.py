@@ -1,37 +1,37 @@
-"""Command line: flags (each also settable by a BULK_EXPORTER_* variable) and the serve loop."""
+"""Command line: flags (each also settable by a BULK_EXPORTER_* variable), validation of
+their values, `--config.check`, and handing over to the service."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import logging
 import os
 import platform
-import signal
-import ssl
+import socket
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-
-from aiohttp import web
 
 from exporter import __version__, logs
 from exporter.config import Config, ConfigError, load_config, summary
-from exporter.logs import log
-from exporter.runtime import Runtime
-from exporter.server import make_app
+from exporter.redact import Redactor
+from exporter.runtime import Shard
+from exporter.service import Listen, Service
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
-
-logger = logging.getLogger("exporter")
 
 ENV_PREFIX = "BULK_EXPORTER_"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+LOG_LEVELS = ("debug", "info", "warn", "error")
+LOG_FORMATS = ("logfmt", "json")
 
 
 def env_name(flag: str) -> str:
     return ENV_PREFIX + flag.lstrip("-").upper().replace(".", "_").replace("-", "_")
+
+
+class UsageError(Exception):
+    """A flag or BULK_EXPORTER_* variable with a value that cannot be used."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,72 +40,149 @@ class _Parser(argparse.ArgumentParser):
         self.exit(1, f"{self.prog}: error: {message}\n")
 
 
+def _choice(allowed: Sequence[str]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+    if number < 1:
+        raise ValueError("must be 1 or more")
+    return number
+
+
+def _shard_index(value: str) -> str:
+    if value != "auto":
+        try:
+            if int(value) < 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError("must be a shard number from 0, or auto") from None
+    return value
+
+
+@dataclass(frozen=True)
+class _Flag:
+    name: str
+    dest: str
+    default: str | None
+    help: str
+    check: Callable[[str], object] | None = None
+    metavar: str | None = None
+
+
+FLAGS = (
+    _Flag("--config.file", "config_file", "config.yaml", "configuration file", metavar="PATH"),
+    _Flag(
+        "--web.listen-address",
+        "listen_address",
+        ":9840",
+        "address to listen on: host:port, :port or [::]:port",
+        metavar="ADDR",
+    ),
+    _Flag(
+        "--web.config.file",
+        "web_config_file",
+        None,
+        "TLS and basic auth configuration, in exporter-toolkit format",
+        metavar="PATH",
+    ),
+    _Flag("--log.level", "log_level", "info", "log level", _choice(LOG_LEVELS)),
+    _Flag("--log.format", "log_format", "logfmt", "log format", _choice(LOG_FORMATS)),
+    _Flag(
+        "--storage.path",
+        "storage_path",
+        None,
+        "keep each source's state in this directory across restarts",
+        metavar="DIR",
+    ),
+    _Flag(
+        "--shard.index",
+        "shard_index",
+        "0",
+        "this replica's shard (0-based) or auto: the host name's trailing number",
+        _shard_index,
+        metavar="N|auto",
+    ),
+    _Flag("--shard.count", "shard_count", "1", "replicas the sources are split over", _count),
+)
+SWITCHES = (
+    ("--config.check", "config_check", "validate the configuration, print a summary and exit"),
+    ("--demo", "demo", "run against the built-in simulator of both APIs"),
+)
+
+
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The exporter's flags; a variable's value is the default its flag overrides."""
     parser = _Parser(
         prog="bulk-progress-exporter",
         description="Prometheus exporter for Kizen bulk actions and FirstPromoter batch "
         f"processes. Every flag can also be set as {ENV_PREFIX}<FLAG>; the flag wins.",
     )
-
-    def value(flag: str, default: str | None, **kwargs: object) -> None:
+    for flag in FLAGS:
         parser.add_argument(
-            flag,
-            default=env.get(env_name(flag), default),
-            help=f"{kwargs.pop('help')} (env {env_name(flag)}; default: %(default)s)",
-            **kwargs,  # type: ignore[arg-type]
+            flag.name,
+            dest=flag.dest,
+            default=env.get(env_name(flag.name), flag.default),
+            metavar=flag.metavar,
+            help=f"{flag.help} (env {env_name(flag.name)}; default: {flag.default})",
         )
-
-    def switch(flag: str, dest: str, help_text: str) -> None:
-        raw = env.get(env_name(flag), "").strip().lower()
-        if raw not in _TRUE | _FALSE:
-            parser.error(f"{env_name(flag)}={raw!r} is not a boolean (true/false)")
+    for name, dest, text in SWITCHES:
         parser.add_argument(
-            flag,
+            name,
             dest=dest,
             action="store_true",
-            default=raw in _TRUE,
-            help=f"{help_text} (env {env_name(flag)})",
+            default=None,
+            help=f"{text} (env {env_name(name)})",
         )
-
-    value(
-        "--config.file",
-        "config.yaml",
-        dest="config_file",
-        metavar="PATH",
-        help="configuration file",
-    )
-    value(
-        "--web.listen-address",
-        ":9840",
-        dest="listen_address",
-        metavar="ADDR",
-        help="address to listen on: host:port, :port or [::]:port",
-    )
-    value(
-        "--web.config.file",
-        None,
-        dest="web_config_file",
-        metavar="PATH",
-        help="TLS and basic auth configuration, in exporter-toolkit format",
-    )
-    value(
-        "--log.level",
-        "info",
-        dest="log_level",
-        help="log level",
-        choices=["debug", "info", "warn", "error"],
-    )
-    value(
-        "--log.format", "logfmt", dest="log_format", help="log format", choices=["logfmt", "json"]
-    )
-    switch(
-        "--config.check",
-        "config_check",
-        "validate the configuration, print a redacted summary and exit",
-    )
-    switch("--demo", "demo", "run against the built-in simulator of both APIs")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     return parser
+
+
+@dataclass(frozen=True)
+class Options:
+    config_file: str
+    listen_address: str
+    web_config_file: str | None
+    log_level: str
+    log_format: str
+    storage_path: str | None
+    shard_index: str
+    shard_count: str
+    config_check: bool
+    demo: bool
+    version: bool
+
+
+def parse_options(argv: Sequence[str] | None, env: Mapping[str, str]) -> Options:
+    """Parse and check every value; a bad one names its flag, or its variable and value."""
+    values = vars(build_parser(env).parse_args(argv))
+    given = set(argv if argv is not None else sys.argv[1:])
+    for flag in FLAGS:
+        value = values[flag.dest]
+        if flag.check is None or value is None:
+            continue
+        try:
+            flag.check(value)
+        except ValueError as exc:
+            from_flag = any(a == flag.name or a.startswith(flag.name + "=") for a in given)
+            where = flag.name if from_flag else f"{env_name(flag.name)}={value!r}"
+            raise UsageError(f"{where}: {exc}") from None
+    for name, dest, _ in SWITCHES:
+        if values[dest] is None:
+            raw = env.get(env_name(name), "").strip().lower()
+            if raw not in _TRUE | _FALSE:
+                raise UsageError(f"{env_name(name)}={raw!r}: must be true or false")
+            values[dest] = raw in _TRUE
+    return Options(**values)
 
 
 def parse_listen_address(address: str) -> tuple[str | None, int]:
@@ -122,33 +199,44 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
     return (host or None), port
 
 
-@dataclass
-class Options:
-    config_file: str
-    listen_address: str
-    web_config_file: str | None
-    log_level: str
-    log_format: str
-    config_check: bool
-    demo: bool
-    version: bool
+def resolve_shard(index: str, count: str, hostname: str | None = None) -> Shard:
+    """`--shard.index`/`--shard.count` as a Shard; `auto` takes the host name's trailing
+    number (a StatefulSet pod's ordinal)."""
+    total = int(count)
+    if index == "auto":
+        name = hostname if hostname is not None else socket.gethostname()
+        digits = len(name) - len(name.rstrip("0123456789"))
+        if digits == 0:
+            raise UsageError(f"--shard.index auto: the host name {name!r} does not end in a number")
+        number = int(name[-digits:])
+    else:
+        number = int(index)
+    if number >= total:
+        raise UsageError(f"--shard.index {number} is not below --shard.count {total}")
+    return Shard(number, total)
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
-    parser = build_parser(env)
-    opts = Options(**vars(parser.parse_args(argv)))
+    try:
+        opts = parse_options(argv, env)
+    except UsageError as exc:
+        return _error(str(exc))
     if opts.version:
         print(f"bulk-progress-exporter {__version__} (Python {platform.python_version()})")
         return 0
-    if opts.log_level not in logs.LEVELS or opts.log_format not in ("logfmt", "json"):
-        parser.error("invalid --log.level or --log.format")
-    logs.setup(opts.log_level, opts.log_format)
+    redactor = Redactor()
+    logs.setup(opts.log_level, opts.log_format, redactor)
     try:
         host, port = parse_listen_address(opts.listen_address)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        shard = resolve_shard(opts.shard_index, opts.shard_count)
+    except (ValueError, UsageError) as exc:
+        return _error(str(exc))
 
     config: Config | None = None
     if not opts.demo:
@@ -172,91 +260,20 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 print(f"error: {problem}", file=sys.stderr)
             return 1
 
+    service = Service(
+        config=config,
+        config_file=opts.config_file,
+        listen=Listen(opts.listen_address, host, port, web_config),
+        shard=shard,
+        redactor=redactor,
+        storage_path=opts.storage_path,
+        demo=opts.demo,
+        config_check=opts.config_check,
+    )
     try:
-        asyncio.run(serve(opts, config, host, port, web_config))
+        asyncio.run(service.run())
     except OSError as exc:
-        print(
-            f"error: cannot listen on {opts.listen_address}: {exc.strerror or exc}", file=sys.stderr
-        )
-        return 1
+        return _error(f"cannot listen on {opts.listen_address}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         pass
     return 0
-
-
-async def serve(
-    opts: Options,
-    config: Config | None,
-    host: str | None,
-    port: int,
-    web_config: WebConfig | None,
-) -> None:
-    loop = asyncio.get_running_loop()
-    demo = None
-    if opts.demo:
-        from exporter.demo import Demo
-
-        demo = Demo()
-        config = await demo.start()
-        if opts.config_check:
-            print(summary(config))
-            await demo.stop()
-            return
-    assert config is not None
-    runtime = Runtime(config, None if opts.demo else opts.config_file)
-    middlewares = web_config.middlewares() if web_config else []
-    ssl_context: ssl.SSLContext | None = web_config.ssl_context() if web_config else None
-    app = make_app(runtime, middlewares)
-    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access"))
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
-    try:
-        await site.start()
-    except OSError:
-        await runner.cleanup()
-        if demo is not None:
-            await demo.stop()
-        raise
-
-    scheme = "https" if ssl_context else "http"
-    shown = host if host not in (None, "0.0.0.0", "::") else "localhost"
-    if shown and ":" in shown:
-        shown = f"[{shown}]"
-    url = f"{scheme}://{shown}:{port}/"
-    log(
-        logger,
-        logging.INFO,
-        "listening",
-        address=opts.listen_address,
-        url=url,
-        sources=len(config.sources),
-        demo=opts.demo,
-        version=__version__,
-    )
-    if opts.demo:
-        print(f"bulk-progress-exporter demo: open {url} (metrics at {url}metrics)", flush=True)
-
-    stop = asyncio.Event()
-
-    reloads: set[asyncio.Task[None]] = set()
-
-    def request_reload() -> None:
-        async def run() -> None:
-            with contextlib.suppress(ConfigError):  # logged; the old configuration keeps serving
-                await runtime.reload()
-
-        task = loop.create_task(run())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    loop.add_signal_handler(signal.SIGHUP, request_reload)
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log(logger, logging.INFO, "shutting down")
-        runtime.ready = False
-        await runner.cleanup()
-        if demo is not None:
-            await demo.stop()

@@ -1,7 +1,9 @@
-"""Turns source snapshots into metric families, fresh for every scrape.
+"""Turns source snapshots into metric families, fresh for every snapshot.
 
-Nothing here keeps state between scrapes: a registry is built per request around a
-`SnapshotCollector`, so a job or source that disappears simply is not yielded again.
+Nothing here keeps state between scrapes: families are built from already-fetched snapshots,
+so a job or source that disappears simply is not yielded again. Every value is converted to
+a float while building, so a value that cannot be a sample fails here (for its source alone)
+rather than in the encoder.
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from exporter import __version__
@@ -31,6 +38,7 @@ class ExporterStatus:
 
     reload_successful: bool
     reload_success_timestamp: float
+    state_write_failures: int = 0
 
 
 def emitted_jobs(snapshot: SourceSnapshot, now: float) -> list[TrackedJob]:
@@ -55,18 +63,62 @@ def emitted_jobs(snapshot: SourceSnapshot, now: float) -> list[TrackedJob]:
     return active + [t for _, t in finished[: limit - len(active)]]
 
 
-class SnapshotCollector(Collector):
-    """Yields the contract's metric families from already-fetched snapshots.
+def source_families(snapshots: Sequence[SourceSnapshot], now: float) -> Iterator[Metric]:
+    """The families sources contribute to, always the same ones in the same order.
 
-    A scrape of one healthy Kizen source `kp` with one running import (action `upload` here,
-    for brevity) looks like::
+    One healthy Kizen source `kp` with one running import (action `upload` here, for
+    brevity) gives, among others::
 
         bulk_up{platform="kizen",source="kp"} 1.0
         bulk_jobs{platform="kizen",source="kp",action="upload",phase="running"} 1.0
         bulk_pending_items{platform="kizen",source="kp",action="upload"} 120.0
         bulk_job_progress_ratio{platform="kizen",source="kp",job_id="5f0c…",action="upload"} 0.4
         bulk_jobs_finished_total{platform="kizen",source="kp",action="upload",phase="failed"} 0.0
+        bulk_job_duration_seconds_bucket{platform="kizen",source="kp",action="upload",\
+phase="completed",le="60.0"} 3.0
     """
+    yield from _source_health(snapshots)
+    yield from _counters(snapshots)
+    yield from _histograms(snapshots)
+    yield from _aggregates(snapshots)
+    yield from _per_job(snapshots, now)
+
+
+def exporter_families(status: ExporterStatus) -> Iterator[Metric]:
+    """The exporter's own series, served once per replica on /metrics::
+
+    bulk_build_info{python_version="3.11.7",version="0.1.0"} 1.0
+    bulk_config_last_reload_successful 1.0
+    bulk_state_write_failures_total 0.0
+    """
+    build = GaugeMetricFamily(
+        "bulk_build_info",
+        "Always 1: the exporter's version and the Python running it.",
+        labels=["version", "python_version"],
+    )
+    build.add_metric([__version__, _platform.python_version()], 1.0)
+    ok = GaugeMetricFamily(
+        "bulk_config_last_reload_successful",
+        "1 when the last configuration (re)load succeeded, else 0.",
+    )
+    ok.add_metric([], 1.0 if status.reload_successful else 0.0)
+    when = GaugeMetricFamily(
+        "bulk_config_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful configuration load.",
+        unit="seconds",
+    )
+    when.add_metric([], float(status.reload_success_timestamp))
+    writes = CounterMetricFamily(
+        "bulk_state_write_failures",
+        "State writes to --storage.path that failed (the exporter keeps serving).",
+    )
+    writes.add_metric([], float(status.state_write_failures))
+    yield from (build, ok, when, writes)
+
+
+class SnapshotCollector(Collector):
+    """Yields the contract's metric families from already-fetched snapshots (and, on
+    /metrics, the exporter's own)."""
 
     def __init__(
         self,
@@ -82,164 +134,192 @@ class SnapshotCollector(Collector):
         return []  # an unchecked collector: the families depend on the snapshots
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._source_health()
-        yield from self._counters()
-        yield from self._aggregates()
-        yield from self._per_job()
+        yield from source_families(self.snapshots, self.now)
         if self.status is not None:
-            yield from self._exporter()
+            yield from exporter_families(self.status)
 
-    def _source_health(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            "bulk_up", "1 when this scrape's refresh of the source succeeded, else 0.", labels=BASE
-        )
-        duration = GaugeMetricFamily(
-            "bulk_scrape_duration_seconds",
-            "How long this scrape's refresh of the source took.",
-            labels=BASE,
-            unit="seconds",
-        )
-        last = GaugeMetricFamily(
-            "bulk_last_success_timestamp_seconds",
-            "Unix time of the source's last successful refresh.",
-            labels=BASE,
-            unit="seconds",
-        )
-        for s in self.snapshots:
-            labels = [s.platform, s.name]
-            up.add_metric(labels, 1.0 if s.up else 0.0)
-            duration.add_metric(labels, s.duration)
-            if s.last_success is not None:
-                last.add_metric(labels, s.last_success)
-        yield from (up, duration, last)
 
-    def _counters(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
-            "bulk_api_requests",
-            "Upstream API requests made, by endpoint and HTTP status (or timeout / error).",
-            labels=[*BASE, "endpoint", "code"],
-        )
-        finished = CounterMetricFamily(
-            "bulk_jobs_finished",
-            "Jobs seen reaching completed, failed or cancelled since the exporter's baseline.",
-            labels=[*BASE, "action", "phase"],
-        )
-        items = CounterMetricFamily(
-            "bulk_items_processed",
-            "Items seen moving to succeeded or failed since the exporter's baseline.",
-            labels=[*BASE, "action", "result"],
-        )
-        for s in self.snapshots:
-            for (endpoint, code), value in sorted(s.requests.items()):
-                requests.add_metric([s.platform, s.name, endpoint, code], value)
-            # Zero series for every known action, so rate() and increase() see the first event.
-            for action in sorted(s.actions):
-                for phase in TERMINAL:
-                    finished.add_metric(
-                        [s.platform, s.name, action, phase], s.finished.get((action, phase), 0)
-                    )
-                for result in RESULTS:
-                    items.add_metric(
-                        [s.platform, s.name, action, result], s.items.get((action, result), 0)
-                    )
-        yield from (requests, finished, items)
+def _source_health(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "bulk_up", "1 when this scrape's refresh of the source succeeded, else 0.", labels=BASE
+    )
+    duration = GaugeMetricFamily(
+        "bulk_scrape_duration_seconds",
+        "How long this scrape's refresh of the source took.",
+        labels=BASE,
+        unit="seconds",
+    )
+    last = GaugeMetricFamily(
+        "bulk_last_success_timestamp_seconds",
+        "Unix time of the source's last successful refresh.",
+        labels=BASE,
+        unit="seconds",
+    )
+    loaded = GaugeMetricFamily(
+        "bulk_history_loaded",
+        "1 once the source's first full read has completed; 0 while it runs in the background "
+        "(the aggregates then hold the active jobs only).",
+        labels=BASE,
+    )
+    for s in snapshots:
+        labels = [s.platform, s.name]
+        up.add_metric(labels, 1.0 if s.up else 0.0)
+        duration.add_metric(labels, float(s.duration))
+        if s.last_success is not None:
+            last.add_metric(labels, float(s.last_success))
+        loaded.add_metric(labels, 1.0 if s.history_loaded else 0.0)
+    yield from (up, duration, last, loaded)
 
-    def _aggregates(self) -> Iterator[Metric]:
-        jobs = GaugeMetricFamily(
-            "bulk_jobs", "Jobs the exporter knows of, by phase.", labels=[*BASE, "action", "phase"]
-        )
-        pending = GaugeMetricFamily(
-            "bulk_pending_items",
-            "Items still pending across queued and running jobs.",
-            labels=[*BASE, "action"],
-        )
-        for s in self.snapshots:
-            if not s.up:
-                continue  # stale numbers are worse than none
-            by_phase: defaultdict[tuple[str, str], int] = defaultdict(int)
-            backlog: defaultdict[str, int] = defaultdict(int)
-            actions = set()
-            for tracked in s.jobs:
-                job = tracked.job
-                actions.add(job.action)
-                by_phase[(job.action, job.phase.value)] += 1
-                if job.phase in PENDING_PHASES:
-                    backlog[job.action] += job.pending
-            for action in sorted(actions):
-                for phase in Phase:
-                    jobs.add_metric(
-                        [s.platform, s.name, action, phase.value], by_phase[(action, phase.value)]
-                    )
-                pending.add_metric([s.platform, s.name, action], backlog[action])
-        yield from (jobs, pending)
 
-    def _per_job(self) -> Iterator[Metric]:
-        job_labels = [*BASE, "job_id", "action"]
-        info = GaugeMetricFamily(
-            "bulk_job_info",
-            "Always 1: one series per emitted job, carrying its object, status and phase.",
-            labels=[*job_labels, "object", "status", "phase"],
-        )
-        items = GaugeMetricFamily(
-            "bulk_job_items", "The job's items by state.", labels=[*job_labels, "state"]
-        )
-        progress = GaugeMetricFamily(
-            "bulk_job_progress_ratio", "The job's progress, from 0 to 1.", labels=job_labels
-        )
-        start = GaugeMetricFamily(
-            "bulk_job_start_timestamp_seconds",
-            "Unix time the job started, when the platform says.",
-            labels=job_labels,
-            unit="seconds",
-        )
-        completion = GaugeMetricFamily(
-            "bulk_job_completion_timestamp_seconds",
-            "Unix time the job finished; present once it is terminal.",
-            labels=job_labels,
-            unit="seconds",
-        )
-        change = GaugeMetricFamily(
-            "bulk_job_last_change_timestamp_seconds",
-            "Unix time the exporter last saw the job's counts or status change.",
-            labels=job_labels,
-            unit="seconds",
-        )
-        for s in self.snapshots:
-            if not s.up:
-                continue
-            for tracked in emitted_jobs(s, self.now):
-                job = tracked.job
-                labels = [s.platform, s.name, job.id, job.action]
-                info.add_metric([*labels, job.object, job.status, job.phase.value], 1.0)
-                for state, value in zip(
-                    ITEM_STATES, (job.pending, job.succeeded, job.failed), strict=True
-                ):
-                    items.add_metric([*labels, state], value)
-                progress.add_metric(labels, job.progress)
-                if job.started_at is not None:
-                    start.add_metric(labels, job.started_at)
-                if job.completed_at is not None:
-                    completion.add_metric(labels, job.completed_at)
-                change.add_metric(labels, tracked.last_change)
-        yield from (info, items, progress, start, completion, change)
+def _counters(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
+    requests = CounterMetricFamily(
+        "bulk_api_requests",
+        "Upstream API requests made, by endpoint and HTTP status (or timeout / error).",
+        labels=[*BASE, "endpoint", "code"],
+    )
+    finished = CounterMetricFamily(
+        "bulk_jobs_finished",
+        "Jobs seen reaching completed, failed or cancelled since the exporter's baseline.",
+        labels=[*BASE, "action", "phase"],
+    )
+    items = CounterMetricFamily(
+        "bulk_items_processed",
+        "Items seen moving to succeeded or failed since the exporter's baseline.",
+        labels=[*BASE, "action", "result"],
+    )
+    skipped = CounterMetricFamily(
+        "bulk_rows_skipped",
+        "Upstream rows the exporter could not use, by endpoint and reason.",
+        labels=[*BASE, "endpoint", "reason"],
+    )
+    for s in snapshots:
+        for (endpoint, code), value in sorted(s.requests.items()):
+            requests.add_metric([s.platform, s.name, endpoint, code], float(value))
+        # Zero series for every known action, so rate() and increase() see the first event.
+        for action in sorted(s.actions):
+            for phase in TERMINAL:
+                value = s.finished.get((action, phase), 0)
+                finished.add_metric([s.platform, s.name, action, phase], float(value))
+            for result in RESULTS:
+                value = s.items.get((action, result), 0)
+                items.add_metric([s.platform, s.name, action, result], float(value))
+        for (endpoint, reason), value in sorted(s.rows_skipped.items()):
+            skipped.add_metric([s.platform, s.name, endpoint, reason], float(value))
+    yield from (requests, finished, items, skipped)
 
-    def _exporter(self) -> Iterator[Metric]:
-        assert self.status is not None
-        build = GaugeMetricFamily(
-            "bulk_build_info",
-            "Always 1: the exporter's version and the Python running it.",
-            labels=["version", "python_version"],
-        )
-        build.add_metric([__version__, _platform.python_version()], 1.0)
-        ok = GaugeMetricFamily(
-            "bulk_config_last_reload_successful",
-            "1 when the last configuration (re)load succeeded, else 0.",
-        )
-        ok.add_metric([], 1.0 if self.status.reload_successful else 0.0)
-        when = GaugeMetricFamily(
-            "bulk_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful configuration load.",
-            unit="seconds",
-        )
-        when.add_metric([], self.status.reload_success_timestamp)
-        yield from (build, ok, when)
+
+def _histograms(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
+    durations = HistogramMetricFamily(
+        "bulk_job_duration_seconds",
+        "Completion time minus start time of jobs seen reaching completed, failed or "
+        "cancelled since the baseline.",
+        labels=[*BASE, "action", "phase"],
+        unit="seconds",
+    )
+    waits = HistogramMetricFamily(
+        "bulk_job_queue_wait_seconds",
+        "Time from a job's creation (or first sighting in the queue) to its start, for jobs "
+        "seen leaving the queue since the baseline.",
+        labels=[*BASE, "action"],
+        unit="seconds",
+    )
+    last = GaugeMetricFamily(
+        "bulk_last_finished_timestamp_seconds",
+        "Completion time of the most recent known job of the action in the phase.",
+        labels=[*BASE, "action", "phase"],
+        unit="seconds",
+    )
+    for s in snapshots:
+        for (action, phase), histogram in sorted(s.durations.items()):
+            durations.add_metric(
+                [s.platform, s.name, action, phase],
+                histogram.cumulative(),
+                float(histogram.total),
+            )
+        for action, histogram in sorted(s.queue_waits.items()):
+            waits.add_metric(
+                [s.platform, s.name, action], histogram.cumulative(), float(histogram.total)
+            )
+        for (action, phase), when in sorted(s.last_finished.items()):
+            last.add_metric([s.platform, s.name, action, phase], float(when))
+    yield from (durations, waits, last)
+
+
+def _aggregates(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
+    jobs = GaugeMetricFamily(
+        "bulk_jobs", "Jobs the exporter knows of, by phase.", labels=[*BASE, "action", "phase"]
+    )
+    pending = GaugeMetricFamily(
+        "bulk_pending_items",
+        "Items still pending across queued and running jobs.",
+        labels=[*BASE, "action"],
+    )
+    for s in snapshots:
+        if not s.up:
+            continue  # stale numbers are worse than none
+        by_phase: defaultdict[tuple[str, str], int] = defaultdict(int)
+        backlog: defaultdict[str, int] = defaultdict(int)
+        actions = set()
+        for tracked in s.jobs:
+            job = tracked.job
+            actions.add(job.action)
+            by_phase[(job.action, job.phase.value)] += 1
+            if job.phase in PENDING_PHASES:
+                backlog[job.action] += job.pending
+        for action in sorted(actions):
+            for phase in Phase:
+                count = by_phase[(action, phase.value)]
+                jobs.add_metric([s.platform, s.name, action, phase.value], float(count))
+            pending.add_metric([s.platform, s.name, action], float(backlog[action]))
+    yield from (jobs, pending)
+
+
+def _per_job(snapshots: Sequence[SourceSnapshot], now: float) -> Iterator[Metric]:
+    job_labels = [*BASE, "job_id", "action"]
+    info = GaugeMetricFamily(
+        "bulk_job_info",
+        "Always 1: one series per emitted job, carrying its object, status and phase.",
+        labels=[*job_labels, "object", "status", "phase"],
+    )
+    items = GaugeMetricFamily(
+        "bulk_job_items", "The job's items by state.", labels=[*job_labels, "state"]
+    )
+    progress = GaugeMetricFamily(
+        "bulk_job_progress_ratio", "The job's progress, from 0 to 1.", labels=job_labels
+    )
+    start = GaugeMetricFamily(
+        "bulk_job_start_timestamp_seconds",
+        "Unix time the job started, when the platform says.",
+        labels=job_labels,
+        unit="seconds",
+    )
+    completion = GaugeMetricFamily(
+        "bulk_job_completion_timestamp_seconds",
+        "Unix time the job finished; present once it is terminal.",
+        labels=job_labels,
+        unit="seconds",
+    )
+    change = GaugeMetricFamily(
+        "bulk_job_last_change_timestamp_seconds",
+        "Unix time the exporter last saw the job's counts or status change.",
+        labels=job_labels,
+        unit="seconds",
+    )
+    for s in snapshots:
+        if not s.up:
+            continue
+        for tracked in emitted_jobs(s, now):
+            job = tracked.job
+            labels = [s.platform, s.name, job.id, job.action]
+            info.add_metric([*labels, job.object, job.status, job.phase.value], 1.0)
+            for state, value in zip(
+                ITEM_STATES, (job.pending, job.succeeded, job.failed), strict=True
+            ):
+                items.add_metric([*labels, state], float(value))
+            progress.add_metric(labels, float(job.progress))
+            if job.started_at is not None:
+                start.add_metric(labels, float(job.started_at))
+            if job.completed_at is not None:
+                completion.add_metric(labels, float(job.completed_at))
+            change.add_metric(labels, float(tracked.last_change))
+    yield from (info, items, progress, start, completion, change)

@@ -1,53 +1,39 @@
-"""The configuration file: its schema, `${VAR}` expansion, `*_file` secrets and error reporting.
+"""Loading the configuration file: limits on what is read, `${VAR}` expansion, validation
+against the registered platforms, `*_file` secrets, and problems reported in one pass.
 
 Loading never raises anything but `ConfigError`, whose lines each name the file, the key path
-and the problem, so the command line can print them without a traceback.
+and the problem in the exporter's own words, with every secret the file holds redacted, so
+the command line and the reload endpoint can show them as they are.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
 
-DEFAULT_BASE_URLS = {
-    "kizen": "https://app.go.kizen.com",
-    "firstpromoter": "https://api.firstpromoter.com/api/v2/company",
-}
-DEFAULT_RATE_LIMITS = {"kizen": "300/m", "firstpromoter": "380/m"}
-FP_STATUSES = ("pending", "in_progress", "completed", "failed", "stopped")
+from exporter.platforms import PLATFORMS, Platforms
+from exporter.platforms.base import SourceConfig
+from exporter.redact import MASK, Redactor
+from exporter.settings import Settings
 
-_DURATION_UNITS = {"y": 365 * 86400.0, "w": 7 * 86400.0, "d": 86400.0, "h": 3600.0}
-_DURATION_RE = re.compile(
-    r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
-)
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_SECRET_BYTES = 4 * 1024
+# Nodes the YAML document may hold once its aliases are expanded (an alias bomb is refused).
+MAX_YAML_NODES = 10_000
+
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KB|KiB|MB|MiB|GB|GiB)?\s*$")
-_SIZE_UNITS = {
-    None: 1,
-    "B": 1,
-    "KB": 1000,
-    "KiB": 1024,
-    "MB": 1000**2,
-    "MiB": 1024**2,
-    "GB": 1000**3,
-    "GiB": 1024**3,
-}
-_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m)\s*$")
+
+Loc = tuple[int | str, ...]
 
 
 class ConfigError(Exception):
@@ -58,215 +44,100 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def parse_duration(value: object) -> float:
-    """Prometheus duration (`500ms`, `1h30m`, `1d`) to seconds."""
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"must be a duration with a unit such as 10s or 5m, not {value!r}")
-    text = value.strip()
-    match = _DURATION_RE.match(text)
-    if not text or match is None:
-        raise ValueError(f"invalid duration {value!r}: use forms like 500ms, 10s, 5m, 1h, 1d")
-    y, w, d, h, m, s, ms = (int(g) if g else 0 for g in match.groups())
-    return (
-        y * _DURATION_UNITS["y"]
-        + w * _DURATION_UNITS["w"]
-        + d * _DURATION_UNITS["d"]
-        + h * _DURATION_UNITS["h"]
-        + m * 60.0
-        + s
-        + ms / 1000.0
-    )
+class FileLimitError(Exception):
+    """A file that must not be read: not a regular file, or larger than allowed."""
 
 
-def parse_size(value: object) -> int:
-    """A byte size: 1048576, 512KiB, 32MiB, 50MB."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    match = _SIZE_RE.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"invalid size {value!r}: use forms like 512KiB, 32MiB or 50MB")
-    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+def read_regular_file(path: Path, limit: int, what: str) -> str:
+    """The text of a regular file of at most `limit` bytes.
 
-
-def format_duration(seconds: float) -> str:
-    if seconds == 0:
-        return "0s"
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    parts = []
-    rest = round(seconds * 1000)
-    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if rest >= size:
-            parts.append(f"{rest // size}{unit}")
-            rest %= size
-    if rest:
-        parts.append(f"{rest}ms")
-    return "".join(parts)
+    Opened without blocking and checked before reading, so a FIFO cannot hang start-up, a
+    reload or shutdown, and a device such as /dev/zero cannot be read without end.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise FileLimitError(f"cannot read {what}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise FileLimitError(f"{what} is not a regular file (a FIFO, device or directory)")
+        if info.st_size > limit:
+            raise FileLimitError(f"{what} is larger than the {limit}-byte limit")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise FileLimitError(f"{what} is larger than the {limit}-byte limit")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FileLimitError(f"{what} is not UTF-8 text") from None
 
 
 @dataclass(frozen=True)
-class RateLimit:
-    """A token bucket: `capacity` tokens, refilled at `per_second` tokens a second."""
+class Config:
+    """A loaded configuration: the defaults and every source, secrets resolved."""
 
-    capacity: float
-    per_second: float
-    text: str
+    defaults: Settings = field(default_factory=Settings)
+    sources: tuple[SourceConfig, ...] = ()
+    platforms: Platforms = PLATFORMS
 
-    @classmethod
-    def parse(cls, value: object) -> RateLimit:
-        if isinstance(value, RateLimit):
-            return value
-        if not isinstance(value, str):
-            raise ValueError(f"must be N/m or N/s, not {value!r}")
-        match = _RATE_RE.match(value)
-        if match is None:
-            raise ValueError(f"invalid rate limit {value!r}: use N/m or N/s, such as 300/m")
-        amount = float(match.group(1))
-        if amount <= 0:
-            raise ValueError("rate limit must be positive")
-        window = 60.0 if match.group(2) == "m" else 1.0
-        return cls(capacity=amount, per_second=amount / window, text=value.strip())
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
-Rate = Annotated[RateLimit, BeforeValidator(RateLimit.parse)]
-Size = Annotated[int, BeforeValidator(parse_size), Field(ge=1024)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
-
-
-class Defaults(_Strict):
-    timeout: PositiveDuration = 10.0
-    min_interval: Duration = 0.0
-    finished_job_retention: Duration = 3600.0
-    max_job_series: int = Field(default=500, ge=0)
-    full_sync_interval: PositiveDuration = 3600.0
-    max_concurrency: int = Field(default=4, ge=1, le=64)
-    max_response_size: Size = 32 * 1024 * 1024
-
-
-class _Overrides(_Strict):
-    """Every key of `defaults`, settable per source; None means inherit."""
-
-    timeout: PositiveDuration | None = None
-    min_interval: Duration | None = None
-    finished_job_retention: Duration | None = None
-    max_job_series: int | None = Field(default=None, ge=0)
-    full_sync_interval: PositiveDuration | None = None
-    max_concurrency: int | None = Field(default=None, ge=1, le=64)
-    max_response_size: Size | None = None
-
-
-SOURCE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
-
-
-class _SourceBase(_Overrides):
-    name: str = Field(pattern=SOURCE_NAME_PATTERN)
-    base_url: str | None = None
-    api_key: SecretStr | None = None
-    api_key_file: str | None = None
-    rate_limit: Rate | None = None
-    incremental: bool = True
-
-    @field_validator("base_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError("must be an http:// or https:// URL")
-        return value.rstrip("/")
-
-    @property
-    def url(self) -> str:
-        return self.base_url or DEFAULT_BASE_URLS[self.platform_name]
-
-    @property
-    def platform_name(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def rate(self) -> RateLimit:
-        return self.rate_limit or RateLimit.parse(DEFAULT_RATE_LIMITS[self.platform_name])
-
-    @property
-    def secret(self) -> str:
-        # Validation guarantees the key is set once loading finished (from api_key_file or inline).
-        assert self.api_key is not None
-        return self.api_key.get_secret_value()
-
-
-class KizenFilters(_Strict):
-    action: str | None = None
-    custom_object_id: str | None = Field(
-        default=None,
-        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-    )
-
-
-class KizenSource(_SourceBase):
-    platform: Literal["kizen"]
-    business_id: str = Field(min_length=1)
-    user_id: str = Field(min_length=1)
-    page_size: int = Field(default=100, ge=1, le=1000)
-    filters: KizenFilters | None = None
-
-    @property
-    def platform_name(self) -> str:
-        return "kizen"
-
-
-class FirstPromoterSource(_SourceBase):
-    platform: Literal["firstpromoter"]
-    account_id: str = Field(min_length=1)
-    statuses: list[Literal["pending", "in_progress", "completed", "failed", "stopped"]] | None = (
-        None
-    )
-
-    @property
-    def platform_name(self) -> str:
-        return "firstpromoter"
-
-
-SourceConfig = Annotated[KizenSource | FirstPromoterSource, Field(discriminator="platform")]
-
-
-class Config(_Strict):
-    defaults: Defaults = Defaults()
-    sources: list[SourceConfig] = Field(default_factory=list)
-
-    def settings(self, source: KizenSource | FirstPromoterSource) -> Settings:
-        return Settings.resolve(self.defaults, source)
+    def settings(self, source: SourceConfig) -> Settings:
+        return self.defaults.overridden_by(source)
 
     def secrets(self) -> list[str]:
         return [s.secret for s in self.sources if s.api_key is not None]
 
-
-@dataclass(frozen=True)
-class Settings:
-    """A source's effective tunables: its own value where set, else the defaults'."""
-
-    timeout: float
-    min_interval: float
-    finished_job_retention: float
-    max_job_series: int
-    full_sync_interval: float
-    max_concurrency: int
-    max_response_size: int = 32 * 1024 * 1024
-
-    @classmethod
-    def resolve(cls, defaults: Defaults, source: _Overrides) -> Settings:
-        values = {}
-        for key in Defaults.model_fields:
-            own = getattr(source, key)
-            values[key] = getattr(defaults, key) if own is None else own
-        return cls(**values)
+    def warnings(self) -> list[str]:
+        if not self.sources:
+            return ["no sources are configured: only the exporter's own metrics will be served"]
+        return []
 
 
-def _path(loc: tuple[int | str, ...]) -> str:
+# --- reading YAML ---------------------------------------------------------------------------
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], path: set[int]) -> int:
+    """How many nodes `node` stands for once every alias is expanded (memoised per node)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in path:
+        raise ConfigError(["a YAML alias refers to a node that contains it"])
+    path.add(key)
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(child, sizes, path) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            total += _expanded_size(k, sizes, path) + _expanded_size(v, sizes, path)
+    path.discard(key)
+    sizes[key] = total
+    return total
+
+
+def _load_yaml(text: str) -> Any:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_YAML_NODES:
+            raise ConfigError(
+                [
+                    f"(top level): the document expands to {size} nodes through YAML aliases; "
+                    f"at most {MAX_YAML_NODES} are allowed"
+                ]
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+# --- ${VAR} expansion -----------------------------------------------------------------------
+
+
+def loc_text(loc: Loc) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -276,9 +147,21 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _expand(
-    value: Any, loc: tuple[int | str, ...], env: Mapping[str, str], problems: list[str]
-) -> Any:
+@dataclass
+class _Problems:
+    """Problems found so far, by key path, and the paths whose value is already known bad."""
+
+    lines: list[tuple[Loc, str]] = field(default_factory=list)
+    spoiled: set[Loc] = field(default_factory=set)
+
+    def add(self, loc: Loc, message: str) -> None:
+        self.lines.append((loc, message))
+
+    def covers(self, loc: Loc) -> bool:
+        return any(loc[: len(bad)] == bad for bad in self.spoiled)
+
+
+def _expand(value: Any, loc: Loc, env: Mapping[str, str], problems: _Problems) -> Any:
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
@@ -287,7 +170,8 @@ def _expand(
                 return env[name]
             if default is not None:
                 return default
-            problems.append(f"{_path(loc)}: environment variable {name} is not set")
+            problems.add(loc, f"environment variable {name} is not set")
+            problems.spoiled.add(loc)
             return ""
 
         return _VAR_RE.sub(substitute, value)
@@ -298,157 +182,288 @@ def _expand(
     return value
 
 
-def _error_loc(error: Any) -> tuple[int | str, ...]:
-    loc = list(error["loc"])
-    # Drop the discriminator tag pydantic inserts after a list index ("sources", 0, "kizen", ...).
-    cleaned: list[int | str] = []
-    for i, part in enumerate(loc):
-        if i > 0 and isinstance(loc[i - 1], int) and part in DEFAULT_BASE_URLS:
-            continue
-        # A validator type annotation such as "function-before[...]" is not a key.
-        if isinstance(part, str) and "[" in part:
-            continue
-        cleaned.append(part)
-    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        cleaned.append("platform")
-    return tuple(cleaned)
+# --- validation messages ----------------------------------------------------------------------
+
+_PATTERN_MEANINGS = {
+    r"^[a-z0-9][a-z0-9_-]*$": (
+        "must start with a lowercase letter or digit and hold only a-z, 0-9, _ and -"
+    ),
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$": (
+        "must be a UUID such as 0b7c6f2e-1d2a-4c3b-9e8f-5a6b7c8d9e0f"
+    ),
+}
+_TYPE_WORDS = {
+    "string_type": "must be text",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping of keys to values",
+    "model_type": "must be a mapping of keys to values",
+    "model_attributes_type": "must be a mapping of keys to values",
+    "missing": "required key is missing",
+    "string_too_short": "must not be empty",
+}
 
 
-def _error_message(error: Any) -> str:
+def _message(error: Any, allowed: list[str]) -> str:
     kind = error["type"]
+    ctx = error.get("ctx") or {}
     if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
-    if kind == "union_tag_invalid":
-        return f"unknown platform {error['input'].get('platform')!r}: use kizen or firstpromoter"
-    if kind == "union_tag_not_found":
-        return "required key is missing (kizen or firstpromoter)"
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
+        return f"unknown key (allowed here: {', '.join(allowed)})" if allowed else "unknown key"
+    if kind in _TYPE_WORDS:
+        return _TYPE_WORDS[kind]
+    if kind == "string_pattern_mismatch":
+        return _PATTERN_MEANINGS.get(str(ctx.get("pattern")), "has characters that are not allowed")
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}".replace("'", "")
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        words = {
+            "greater_than": "above",
+            "greater_than_equal": "at least",
+            "less_than": "below",
+            "less_than_equal": "at most",
+        }
+        bound = next(iter(ctx.values()), "")
+        return f"must be {words[kind]} {bound}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return "has a value that is not allowed here"
 
 
-def _post_checks(config: Config, base_dir: Path, problems: list[str]) -> Config:
+def _clean_loc(raw: tuple[Any, ...]) -> Loc:
+    # Pydantic adds validator and type tags ("function-before[...]", "float") to locations.
+    return tuple(p for p in raw if isinstance(p, int) or ("[" not in p and p not in _TYPE_TAGS))
+
+
+_TYPE_TAGS = frozenset({"float", "int", "str", "bool", "list", "dict", "none"})
+
+
+def _allowed_keys(model: type[BaseModel] | None) -> list[str]:
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _validate(
+    adapter: TypeAdapter[Any], value: Any, loc: Loc, model: type[BaseModel] | None, p: _Problems
+) -> Any:
+    """The validated value, or None after recording every problem under `loc`."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = (*loc, *_clean_loc(error["loc"]))
+            if p.covers(where):
+                continue  # already reported: an unset variable
+            allowed = _allowed_keys(model) if len(where) == len(loc) + 1 else []
+            p.add(where, _message(error, allowed))
+        return None
+
+
+@functools.cache
+def _adapter(model: type[BaseModel]) -> TypeAdapter[Any]:
+    return TypeAdapter(model)
+
+
+# --- sources ---------------------------------------------------------------------------------
+
+
+def _read_secret_file(value: str, base_dir: Path) -> str:
+    path = Path(value)
+    if not path.is_absolute():
+        path = base_dir / path
+    secret = read_regular_file(path, MAX_SECRET_BYTES, str(path)).strip()
+    if not secret:
+        raise FileLimitError(f"{path} is empty")
+    return secret
+
+
+def _source(
+    raw: Any, loc: Loc, platforms: Platforms, base_dir: Path, p: _Problems
+) -> SourceConfig | None:
+    if not isinstance(raw, dict):
+        p.add(loc, "must be a mapping of keys to values")
+        return None
+    platform = raw.get("platform")
+    if platform is None:
+        p.add((*loc, "platform"), f"required key is missing ({' or '.join(platforms)})")
+        return None
+    if not isinstance(platform, str) or platform not in platforms:
+        p.add((*loc, "platform"), f"unknown platform {platform!r}: use {' or '.join(platforms)}")
+        return None
+    model = platforms[platform]
+    has_key, has_file = raw.get("api_key") is not None, raw.get("api_key_file") is not None
+    source = _validate(_adapter(model), raw, loc, model, p)
+    if has_key and has_file:
+        p.add((*loc, "api_key_file"), "api_key and api_key_file are both set")
+        return None
+    if not has_key and not has_file:
+        p.add((*loc, "api_key"), "required key is missing (or api_key_file)")
+        return None
+    if source is None:
+        return None
+    assert isinstance(source, SourceConfig)
+    if has_file:
+        assert source.api_key_file is not None
+        try:
+            secret = _read_secret_file(source.api_key_file, base_dir)
+        except FileLimitError as exc:
+            p.add((*loc, "api_key_file"), str(exc))
+            return None
+        return source.model_copy(update={"api_key": SecretStr(secret)})
+    if not source.secret.strip() and not p.covers((*loc, "api_key")):
+        p.add((*loc, "api_key"), "is empty")
+        return None
+    return source
+
+
+def _duplicate_names(raw_sources: list[Any], p: _Problems) -> None:
     seen: dict[str, int] = {}
-    resolved = []
-    for i, source in enumerate(config.sources):
-        if source.name in seen:
-            problems.append(
-                f"sources[{i}].name: duplicate source name {source.name!r} "
-                f"(first used by sources[{seen[source.name]}])"
+    for i, raw in enumerate(raw_sources):
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            p.add(
+                ("sources", i, "name"),
+                f"duplicate source name {name!r} (first used by sources[{seen[name]}])",
             )
-        seen.setdefault(source.name, i)
-        if source.api_key is not None and source.api_key_file is not None:
-            problems.append(f"sources[{i}].api_key_file: api_key and api_key_file are both set")
-        elif source.api_key_file is not None:
-            key_path = Path(source.api_key_file)
-            if not key_path.is_absolute():
-                key_path = base_dir / key_path
-            try:
-                secret = key_path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                problems.append(
-                    f"sources[{i}].api_key_file: cannot read {key_path}: {exc.strerror}"
-                )
+        seen.setdefault(name, i)
+
+
+def _raw_secrets(raw: Any) -> Iterator[str]:
+    """Every value under an `api_key` key, valid or not, so that refused text can be redacted."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if key == "api_key" and isinstance(value, str):
+                yield value
             else:
-                if not secret:
-                    problems.append(f"sources[{i}].api_key_file: {key_path} is empty")
-                source = source.model_copy(update={"api_key": SecretStr(secret)})
-        elif source.api_key is None:
-            problems.append(f"sources[{i}].api_key: required key is missing (or api_key_file)")
-        elif not source.api_key.get_secret_value().strip():
-            problems.append(f"sources[{i}].api_key: is empty")
-        resolved.append(source)
-    return config.model_copy(update={"sources": resolved})
+                yield from _raw_secrets(value)
+    elif isinstance(raw, list):
+        for value in raw:
+            yield from _raw_secrets(value)
+
+
+def _build(
+    data: Any, platforms: Platforms, base_dir: Path, p: _Problems
+) -> tuple[Settings | None, list[SourceConfig]]:
+    if not isinstance(data, dict):
+        p.add((), "must be a mapping with defaults and sources")
+        return None, []
+    for key in data:
+        if key not in ("defaults", "sources"):
+            p.add((str(key),), "unknown key (allowed here: defaults, sources)")
+    defaults: Settings | None = Settings()
+    if data.get("defaults") is not None:
+        defaults = _validate(_adapter(Settings), data["defaults"], ("defaults",), Settings, p)
+    raw_sources = data.get("sources")
+    if raw_sources is None:
+        return defaults, []
+    if not isinstance(raw_sources, list):
+        p.add(("sources",), "must be a list of sources")
+        return defaults, []
+    _duplicate_names(raw_sources, p)
+    sources = [
+        _source(raw, ("sources", i), platforms, base_dir, p) for i, raw in enumerate(raw_sources)
+    ]
+    return defaults, [s for s in sources if s is not None]
 
 
 def parse_config(
-    text: str, *, filename: str, env: Mapping[str, str] | None = None, base_dir: Path | None = None
+    text: str,
+    *,
+    filename: str,
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+    platforms: Platforms = PLATFORMS,
 ) -> Config:
     env = os.environ if env is None else env
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError([f"{filename}: {where}invalid YAML: {problem}"]) from None
+    except ConfigError as exc:
+        raise ConfigError([f"{filename}: {line}" for line in exc.problems]) from None
+    except RecursionError:
+        raise ConfigError([f"{filename}: (top level): the YAML is nested too deeply"]) from None
     if raw is None:
         raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{filename}: (top level): must be a mapping with defaults and sources"])
-    problems: list[str] = []
-    expanded = _expand(raw, (), env, problems)
-    if problems:
-        raise ConfigError([f"{filename}: {p}" for p in problems])
-    try:
-        config = Config.model_validate(expanded)
-    except ValidationError as exc:
-        lines = [f"{filename}: {_path(_error_loc(e))}: {_error_message(e)}" for e in exc.errors()]
-        raise ConfigError(lines) from None
-    config = _post_checks(config, base_dir or Path.cwd(), problems)
-    if problems:
-        raise ConfigError([f"{filename}: {p}" for p in problems])
-    return config
+    p = _Problems()
+    expanded = _expand(raw, (), env, p)
+    defaults, sources = _build(expanded, platforms, base_dir or Path.cwd(), p)
+    if p.lines or defaults is None:
+        redact = Redactor([*_raw_secrets(expanded), *(s.secret for s in sources)])
+        raise ConfigError([redact(f"{filename}: {loc_text(loc)}: {m}") for loc, m in p.lines])
+    return Config(defaults=defaults, sources=tuple(sources), platforms=platforms)
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path, env: Mapping[str, str] | None = None, platforms: Platforms = PLATFORMS
+) -> Config:
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{file}: cannot read the configuration file: {exc.strerror}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{file}: the configuration file is not UTF-8 text"]) from None
-    return parse_config(text, filename=str(file), env=env, base_dir=file.parent)
+        text = read_regular_file(file, MAX_CONFIG_BYTES, "the configuration file")
+    except FileLimitError as exc:
+        raise ConfigError([f"{file}: {exc}"]) from None
+    return parse_config(
+        text, filename=str(file), env=env, base_dir=file.parent, platforms=platforms
+    )
 
 
-SECRET_MASK = "<secret>"
+# --- the --config.check summary ---------------------------------------------------------------
+
+
+def shown(value: object) -> str:
+    """A value on one line: control characters escaped, credentials in URLs masked."""
+    text = str(value)
+    if "://" in text:
+        text = _mask_url_password(text)
+    if text.isprintable():
+        return text
+    return text.encode("unicode_escape").decode("ascii")
+
+
+def _mask_url_password(text: str) -> str:
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text
+    if parts.password is None:
+        return text
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
 
 
 def summary(config: Config) -> str:
     """A redacted, human-readable description of what the exporter will do."""
-    d = config.defaults
-    lines = [
-        "defaults:",
-        f"  timeout: {format_duration(d.timeout)}",
-        f"  min_interval: {format_duration(d.min_interval)}",
-        f"  finished_job_retention: {format_duration(d.finished_job_retention)}",
-        f"  max_job_series: {d.max_job_series}",
-        f"  full_sync_interval: {format_duration(d.full_sync_interval)}",
-        f"  max_concurrency: {d.max_concurrency}",
-        f"  max_response_size: {d.max_response_size} bytes",
-        f"sources: {len(config.sources)}",
-    ]
+    lines = ["defaults:"]
+    lines += [f"  {key}: {value}" for key, value in config.defaults.described()]
+    lines.append(f"sources: {len(config.sources)}")
     for source in config.sources:
-        s = config.settings(source)
+        settings = config.settings(source)
         lines += [
-            f"  - name: {source.name}",
+            f"  - name: {shown(source.name)}",
             f"    platform: {source.platform_name}",
-            f"    base_url: {source.url}",
+            f"    base_url: {shown(source.url)}",
         ]
-        if isinstance(source, KizenSource):
-            lines += [
-                f"    business_id: {source.business_id}",
-                f"    user_id: {source.user_id}",
-                f"    page_size: {source.page_size}",
-            ]
-            if source.filters is not None:
-                shown = source.filters.model_dump(exclude_none=True)
-                lines.append(f"    filters: {shown}")
-        else:
-            lines.append(f"    account_id: {source.account_id}")
-            if source.statuses is not None:
-                lines.append(f"    statuses: [{', '.join(source.statuses)}]")
-        key_origin = f"from {source.api_key_file}" if source.api_key_file else "inline"
+        described = {**source.identifiers(), **source.options()}
+        lines += [f"    {key}: {shown(value)}" for key, value in described.items()]
+        origin = f"from {shown(source.api_key_file)}" if source.api_key_file else "inline"
         lines += [
-            f"    api_key: {SECRET_MASK} ({key_origin})",
-            f"    rate_limit: {source.rate.text}",
+            f"    api_key: {MASK} ({origin})",
+            f"    rate_limit: {shown(source.rate.text)}",
             f"    incremental: {str(source.incremental).lower()}",
-            f"    timeout: {format_duration(s.timeout)}, min_interval: "
-            f"{format_duration(s.min_interval)}, max_concurrency: {s.max_concurrency}, "
-            f"max_job_series: {s.max_job_series}, finished_job_retention: "
-            f"{format_duration(s.finished_job_retention)}, full_sync_interval: "
-            f"{format_duration(s.full_sync_interval)}",
+            "    " + ", ".join(f"{key}: {value}" for key, value in settings.described()),
         ]
-    return "\n".join(lines)
+    lines += [f"warning: {w}" for w in config.warnings()]
+    redact = Redactor(config.secrets())
+    return redact("\n".join(lines))

@@ -10,6 +10,8 @@ DEMO_TICK = 1.0
 
 
 class Demo:
+    """Owns the simulator that demo mode reads from."""
+
     def __init__(self, seed: int = 7) -> None:
         world = World(seed=seed)
         world.populate()
@@ -34,7 +36,7 @@ sources:
     account_id: {creds.fp_account_id}
     api_key: {creds.fp_api_key}
 """
-        return parse_config(yaml_text, filename="<demo>")
+        return parse_config(yaml_text, filename="<demo>", env={})
 
     async def stop(self) -> None:
         await self.running.stop()

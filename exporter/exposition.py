@@ -1,83 +1,112 @@
-"""Encoding metric families as Prometheus text (0.0.4) or OpenMetrics (1.0.0).
+"""A scrape's answer, encoded by prometheus_client's own encoders.
 
-The output is byte for byte what prometheus_client's encoders give for the families the
-collector builds (a test holds it to that), about twice as fast: the label names are the
-exporter's own and known to be valid, so they are not re-validated and re-escaped on every
-sample. And a source's lines are encoded once per snapshot, however many scrapes share it.
+The families of one source are built once per snapshot and kept on it, so every scrape that
+shares the snapshot (single flight, `min_interval`, several Prometheus servers) reuses them;
+an answer for several sources merges them under one header per family. Content negotiation
+(text 0.0.4, OpenMetrics 1.0, the escaping schemes newer servers ask for) is the library's.
+
+Whatever goes wrong building or encoding one source's families fails that source alone:
+it is answered as `bulk_up 0` with the reason, never as a failed scrape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import cast
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
+from prometheus_client.registry import Collector, CollectorRegistry
 
-from exporter.collector import ExporterStatus, SnapshotCollector
+from exporter.collector import ExporterStatus, exporter_families, source_families
+from exporter.logs import log
 from exporter.source import SourceSnapshot
 
-OPENMETRICS = "application/openmetrics-text"
-# The families a source contributes to, in the order the collector yields them.
-SOURCE_FAMILIES = tuple(f.name for f in SnapshotCollector([]).collect())
-# Go's float formatting, as Prometheus writes it ("1.0", "1.7e+09", "+Inf", "NaN").
-_float = cast(Callable[[float], str], floatToGoString)
+logger = logging.getLogger("exporter.exposition")
+
+Encoder = Callable[[CollectorRegistry], bytes]
+_FAMILIES = "families"
 
 
-def _escape_value(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return value
+class _Families(Collector):
+    """Already-built families, as the library's encoders take them."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+    def describe(self) -> Iterable[Metric]:
+        return []
 
 
-def _sample_line(sample: Sample) -> str:
-    labels = sample.labels
-    if labels:
-        inner = ",".join(f'{k}="{_escape_value(labels[k])}"' for k in sorted(labels))
-        return f"{sample.name}{{{inner}}} {_float(sample.value)}\n"
-    return f"{sample.name} {_float(sample.value)}\n"
+def _registry(families: list[Metric]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return registry
 
 
-def _header(family: Metric, openmetrics: bool) -> str:
-    if openmetrics:
-        help_text = (
-            family.documentation.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _build(snapshot: SourceSnapshot, now: float) -> list[Metric]:
+    return list(source_families([snapshot], now))
+
+
+def families_of(snapshot: SourceSnapshot, now: float | None = None) -> list[Metric]:
+    """One source's families, built once per snapshot; a snapshot whose families cannot be
+    built is reported as failed instead."""
+    cached = snapshot.cache.get(_FAMILIES)
+    if cached is None:
+        moment = time.time() if now is None else now
+        try:
+            cached = _build(snapshot, moment)
+        except Exception as exc:  # one source's bad data must not fail the answer
+            cached = _failed(snapshot, f"cannot build its metrics: {type(exc).__name__}", moment)
+        snapshot.cache[_FAMILIES] = cached
+    families: list[Metric] = cached
+    return families
+
+
+def _failed(snapshot: SourceSnapshot, reason: str, now: float) -> list[Metric]:
+    log(logger, logging.ERROR, "source left out of the answer", source=snapshot.name, reason=reason)
+    failed = snapshot.failed(reason)
+    try:
+        return _build(failed, now)
+    except Exception:
+        # Even its counters are unusable: report only that it is down.
+        bare = SourceSnapshot(
+            name=snapshot.name,
+            platform=snapshot.platform,
+            up=False,
+            duration=0.0,
+            refreshed_at=snapshot.refreshed_at,
+            last_success=None,
+            error=reason,
+            settings=snapshot.settings,
         )
-        unit = f"# UNIT {family.name} {family.unit}\n" if family.unit else ""
-        return f"# HELP {family.name} {help_text}\n# TYPE {family.name} {family.type}\n{unit}"
-    name = family.name + "_total" if family.type == "counter" else family.name
-    help_text = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
-    return f"# HELP {name} {help_text}\n# TYPE {name} {family.type}\n"
+        return _build(bare, now)
 
 
-def _samples(family: Metric) -> str:
-    return "".join(map(_sample_line, family.samples))
+def _merged(per_source: Sequence[list[Metric]], frame: list[Metric]) -> list[Metric]:
+    """One family per name, holding every source's samples in source order."""
+    merged = []
+    for i, empty in enumerate(frame):
+        family = Metric(empty.name, empty.documentation, empty.type, empty.unit)
+        family.samples = [sample for families in per_source for sample in families[i].samples]
+        merged.append(family)
+    return merged
 
 
-def _is_openmetrics(content_type: str) -> bool:
-    return content_type.startswith(OPENMETRICS)
-
-
-def render(families: Iterable[Metric], accept: str) -> tuple[bytes, str]:
-    """Any metric families, encoded for a scrape's Accept header: (body, content type)."""
-    content_type = choose_encoder(accept)[1]
-    openmetrics = _is_openmetrics(content_type)
-    out = [_header(f, openmetrics) + _samples(f) for f in families]
-    if openmetrics:
-        out.append("# EOF\n")
-    return "".join(out).encode(), content_type
-
-
-def _source_lines(snapshot: SourceSnapshot, openmetrics: bool, now: float | None) -> list[str]:
-    """One source's sample lines, family by family, encoded once per snapshot: every scrape
-    that shares the snapshot (single flight, `min_interval`) reuses them."""
-    lines = snapshot.rendered.get(openmetrics)
-    if lines is None:
-        families = SnapshotCollector([snapshot], None, now).collect()
-        lines = snapshot.rendered[openmetrics] = [_samples(f) for f in families]
-    return lines
+def _encode_all(
+    encoder: Encoder,
+    snapshots: Sequence[SourceSnapshot],
+    status: ExporterStatus | None,
+    now: float,
+) -> bytes:
+    frame = list(source_families([], now))
+    per_source = [families_of(s, now) for s in snapshots]
+    exporter = list(exporter_families(status)) if status is not None else []
+    return encoder(_registry([*_merged(per_source, frame), *exporter]))
 
 
 def render_scrape(
@@ -86,20 +115,20 @@ def render_scrape(
     accept: str,
     now: float | None = None,
 ) -> tuple[bytes, str]:
-    """A scrape's answer: the same bytes as `render(SnapshotCollector(...).collect(), accept)`,
-    assembled from each source's cached lines under one header per family."""
-    content_type = choose_encoder(accept)[1]
-    openmetrics = _is_openmetrics(content_type)
-    per_source = [_source_lines(s, openmetrics, now) for s in snapshots]
-    out: list[str] = []
-    # With no snapshots the collector yields every family empty (and the exporter's own
-    # families, with their samples, after them): the frame to fill in.
-    for i, family in enumerate(SnapshotCollector([], status).collect()):
-        out.append(_header(family, openmetrics))
-        if i < len(SOURCE_FAMILIES):
-            out.extend(lines[i] for lines in per_source)
-        else:
-            out.append(_samples(family))
-    if openmetrics:
-        out.append("# EOF\n")
-    return "".join(out).encode(), content_type
+    """A scrape's answer for the given Accept header: (body, content type)."""
+    encoder, content_type = choose_encoder(accept)
+    moment = time.time() if now is None else now
+    try:
+        return _encode_all(encoder, snapshots, status, moment), content_type
+    except Exception:
+        pass
+    # Some source's families would not encode: find it, answer it as failed, keep the rest.
+    kept = []
+    for snapshot in snapshots:
+        try:
+            encoder(_registry(families_of(snapshot, moment)))
+        except Exception as exc:
+            snapshot = snapshot.failed(f"cannot encode its metrics: {type(exc).__name__}")
+            snapshot.cache[_FAMILIES] = _failed(snapshot, snapshot.error or "", moment)
+        kept.append(snapshot)
+    return _encode_all(encoder, kept, status, moment), content_type

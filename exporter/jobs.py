@@ -20,10 +20,16 @@ class Phase(enum.StrEnum):
     def terminal(self) -> bool:
         return self in TERMINAL_PHASES
 
-    @property
-    def active(self) -> bool:
-        """Queued and running jobs, and jobs whose status we cannot place (they may still move)."""
-        return not self.terminal
+
+class QueueClock(enum.Enum):
+    """Which end of a job's queue wait its platform publishes.
+
+    START_KNOWN: the start time (the exporter notes when it first saw the job queued).
+    CREATION_KNOWN: the creation time (the exporter notes when it first saw the job started).
+    """
+
+    START_KNOWN = "start"
+    CREATION_KNOWN = "creation"
 
 
 TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED})
@@ -61,8 +67,46 @@ class Job:
         )
 
 
+# Limits on what an upstream row may hold (see "Limits and hostile input" in the README).
+MAX_LABEL_LENGTH = 200
+MAX_ID_LENGTH = 100
+# Above this a count is not exactly representable as a float sample value.
+MAX_COUNT = 2**53
+
+SKIP_REASONS = ("not_an_object", "missing_id", "bad_field")
+
+
 class RowError(ValueError):
-    """An upstream row that cannot be turned into a Job; the row is skipped, never fatal."""
+    """An upstream row that cannot be turned into a Job; the row is skipped, never fatal.
+
+    `kind` is the `reason` label of `bulk_rows_skipped_total`: not_an_object, missing_id or
+    bad_field.
+    """
+
+    def __init__(self, message: str, kind: str = "bad_field") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def require_object(row: object) -> dict[str, object]:
+    if not isinstance(row, dict):
+        raise RowError("row is not a JSON object", "not_an_object")
+    return row
+
+
+def require_id(value: object, *, integer: bool = False) -> str:
+    """A row's id as text: missing_id when absent, bad_field when malformed or too long."""
+    if value is None or value == "":
+        raise RowError("id is missing", "missing_id")
+    if integer:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise RowError("id is not an integer")
+    elif not isinstance(value, str):
+        raise RowError("id is not a string")
+    text = str(value)
+    if len(text) > MAX_ID_LENGTH:
+        raise RowError(f"id is longer than {MAX_ID_LENGTH} characters")
+    return text
 
 
 def clamp_ratio(value: float) -> float:
@@ -98,8 +142,11 @@ def require_str(row: dict[str, object], field: str) -> str:
 
 
 def label(value: str) -> str:
-    """Interned: actions, statuses and object names repeat across thousands of jobs, and each
-    tracked job would otherwise hold its own copy."""
+    """A label value cut to MAX_LABEL_LENGTH (ending in `…`), interned: actions, statuses and
+    object names repeat across thousands of jobs, and each tracked job would otherwise hold its
+    own copy."""
+    if len(value) > MAX_LABEL_LENGTH:
+        value = value[: MAX_LABEL_LENGTH - 1] + "…"
     return sys.intern(value)
 
 
@@ -110,6 +157,8 @@ def require_count(row: dict[str, object], field: str) -> int:
         raise RowError(f"{field} is missing or not an integer")
     if value < 0:
         raise RowError(f"{field} is negative")
+    if value > MAX_COUNT:
+        raise RowError(f"{field} is above 2^53")
     return value
 
 

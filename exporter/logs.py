@@ -1,4 +1,4 @@
-"""Structured logging (logfmt or JSON) with every line passed through the secret redactor.
+"""Structured logging (logfmt or JSON) with every line passed through a secret redactor.
 
 Call sites attach key/value pairs with `log(logger, level, msg, key=value, ...)`; the
 formatter renders them after `ts`, `level`, `logger` and `msg`.
@@ -10,9 +10,15 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-from exporter.redact import REDACTOR
+Redact = Callable[[str], str]
+
+
+def _unchanged(text: str) -> str:
+    return text
+
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -23,7 +29,7 @@ LEVELS = {
 _LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn"}
 
 
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
+def _fields(record: logging.LogRecord, redact: Redact) -> dict[str, Any]:
     out: dict[str, Any] = {
         "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         + f".{int(record.msecs):03d}Z",
@@ -37,7 +43,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
         out["err"] = f"{type(exc).__name__}: {exc}"
     # Redact values before encoding too: escaping could otherwise split a secret the final
     # pass over the line would no longer recognise.
-    return {k: REDACTOR(v) if isinstance(v, str) else v for k, v in out.items()}
+    return {k: redact(v) if isinstance(v, str) else v for k, v in out.items()}
 
 
 def _logfmt_value(value: Any) -> str:
@@ -47,20 +53,28 @@ def _logfmt_value(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-class LogfmtFormatter(logging.Formatter):
+class _RedactingFormatter(logging.Formatter):
+    def __init__(self, redact: Redact = _unchanged) -> None:
+        super().__init__()
+        self.redact = redact
+
+
+class LogfmtFormatter(_RedactingFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = " ".join(f"{k}={_logfmt_value(v)}" for k, v in _fields(record).items())
-        return REDACTOR(line)
+        fields = _fields(record, self.redact)
+        return self.redact(" ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items()))
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(_RedactingFormatter):
     def format(self, record: logging.LogRecord) -> str:
-        return REDACTOR(json.dumps(_fields(record), ensure_ascii=False, default=str))
+        fields = _fields(record, self.redact)
+        return self.redact(json.dumps(fields, ensure_ascii=False, default=str))
 
 
-def setup(level: str = "info", fmt: str = "logfmt") -> None:
+def setup(level: str = "info", fmt: str = "logfmt", redact: Redact = _unchanged) -> None:
+    """Send every log line to stderr in `fmt`, through `redact`."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    handler.setFormatter(JsonFormatter(redact) if fmt == "json" else LogfmtFormatter(redact))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])

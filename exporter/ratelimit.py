@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from exporter.config import RateLimit
+from exporter.settings import RateLimit
 
 
 class RateLimitWait(Exception):

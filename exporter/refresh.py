@@ -3,8 +3,10 @@
 Incremental (the default): a full read is the baseline; after it, a scrape reads only what
 can have changed (`PlatformClient.read_changes`), and a full read every `full_sync_interval`
 corrects drift and forgets jobs the platform no longer lists. A full read runs as its own task
-with a long deadline: when it does not fit in a scrape, it carries on in the background (within
-the rate limit, yielding to scrapes) and a later scrape takes in its result.
+with a long deadline. The first one is awaited while it can finish within the scrape; when it
+cannot (a large history), the active jobs are read on their own and become the baseline, and
+the full read carries on and is taken in by a later scrape. Periodic full reads run as
+background work that yields rate-limit tokens and connection slots to scrapes.
 """
 
 from __future__ import annotations
@@ -13,24 +15,38 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 
-from exporter.config import Settings
 from exporter.logs import log
-from exporter.platforms import Known, PlatformClient, ReadResult
+from exporter.platforms.base import Known, PlatformClient, ReadResult
+from exporter.settings import Settings
 from exporter.tracker import JobTracker
-from exporter.upstream import BACKGROUND, UpstreamError
+from exporter.upstream import Budget, Progress, UpstreamError
 
 logger = logging.getLogger("exporter.refresh")
 
 # However long a full read takes in the background, it gives up after this.
 SYNC_DEADLINE = 3600.0
+# A cold refresh keeps this share of its time (at least MIN_ACTIVE_READ seconds) for reading
+# the active jobs on their own when the first full read will not finish in time; a paged
+# full read tells much earlier, from its first page, how long it will take.
+ACTIVE_READ_SHARE = 0.25
+MIN_ACTIVE_READ = 0.5
+_POLL = 0.05
 
 
-class SyncInProgress(Exception):
-    """The first full read has not finished: there is nothing true to report yet."""
+@dataclass(frozen=True)
+class RefreshState:
+    """What a refresher remembers beyond the tracker, kept across restarts with it."""
+
+    since: float | None  # Unix time the last successful read began
+    last_full: float | None  # Unix time the last full read finished
+    history_loaded: bool
 
 
 class Refresher:
+    """Owns the reading schedule of one source: baseline, incremental reads, full reads."""
+
     def __init__(
         self,
         name: str,
@@ -45,82 +61,127 @@ class Refresher:
         self.tracker = tracker
         self.settings = settings
         self.incremental = incremental
+        self.history_loaded = False
         self._sync: asyncio.Task[ReadResult] | None = None
+        self._progress = Progress()
+        self._sync_loop_start = 0.0
         self._sync_started = 0.0
         self._sync_logged = False
-        self._last_full: float | None = None  # monotonic time the last full read finished
-        self._since: float | None = None  # Unix time the last successful read began
+        self._last_full: float | None = None
+        self._since: float | None = None
+
+    @property
+    def state(self) -> RefreshState:
+        return RefreshState(self._since, self._last_full, self.history_loaded)
+
+    def restore(self, state: RefreshState) -> None:
+        self._since = state.since
+        self._last_full = state.last_full
+        self.history_loaded = state.history_loaded
 
     async def refresh(self, deadline: float) -> None:
-        """Bring the tracker up to date, or raise UpstreamError / SyncInProgress."""
+        """Bring the tracker up to date within `deadline` (event-loop time), or raise
+        UpstreamError."""
+        budget = Budget(deadline)
         if not self.incremental:
             started = time.time()
-            self._take(await self.client.read_all(deadline), started)
+            self._take(await self.client.read_all(budget), started)
+            self.history_loaded = True
             return
-        if self._sync is None and self._full_read_due():
-            self._start_sync()
-        if self.tracker.baseline is None:
-            assert self._sync is not None
-            loop = asyncio.get_running_loop()
-            await asyncio.wait({self._sync}, timeout=max(0.0, deadline - loop.time()))
-            if not self._sync.done():
-                self._note_background()
-                raise SyncInProgress(
-                    "the first full read is still running in the background; "
-                    "nothing to report until it completes"
-                )
-            self._finish_sync(baseline=True)
+        if self.tracker.baseline is None or self._since is None:
+            await self._cold(budget)
             return
         if self._sync is not None and self._sync.done():
-            self._finish_sync(baseline=False)
+            self._finish_sync()
+        elif self._sync is None and self._full_read_due():
+            self._start_sync(background=True)
         elif self._sync is not None:
             self._note_background()
         started = time.time()
-        assert self._since is not None
         known = Known(
             active=self.tracker.active_ids, ids=self.tracker.jobs.keys(), since=self._since
         )
-        result = await self.client.read_changes(deadline, known)
+        result = await self.client.read_changes(budget, known)
         if result.complete:
-            self._last_full = time.monotonic()
+            self._full_done()
         self._take(result, started)
 
-    def _full_read_due(self) -> bool:
-        if self.tracker.baseline is None or self._last_full is None:
-            return True
-        return time.monotonic() - self._last_full >= self.settings.full_sync_interval
+    async def _cold(self, budget: Budget) -> None:
+        """The first refresh: a full read when it fits, else the active jobs on their own."""
+        if self._sync is None:
+            self._start_sync(background=False)
+        assert self._sync is not None
+        if await self._full_read_fits(self._sync, budget.deadline):
+            self._finish_sync()  # raises the full read's UpstreamError, if it failed
+            return
+        self._note_background()
+        started = time.time()
+        self._take(await self.client.read_active(budget), started)
 
-    def _start_sync(self) -> None:
-        background = self.tracker.baseline is not None
+    async def _full_read_fits(self, sync: asyncio.Task[ReadResult], deadline: float) -> bool:
+        """Wait for the first full read while it can finish before `deadline`, keeping time
+        for an active-only read. True when it finished (or failed); False when it will not
+        fit, as soon as its progress shows it."""
+        loop = asyncio.get_running_loop()
+        progress = self._progress
+        reserve = max(MIN_ACTIVE_READ, (deadline - loop.time()) * ACTIVE_READ_SHARE)
+        while not sync.done():
+            now = loop.time()
+            if now >= deadline - reserve:
+                return False
+            if progress.pages is not None and progress.done >= 1:
+                elapsed = now - self._sync_loop_start
+                per_page = elapsed / progress.done
+                remaining = progress.pages - progress.done
+                if progress.done <= progress.workers:
+                    # Only the first, serial page is in: the rest go `workers` at a time.
+                    eta = per_page * remaining / progress.workers
+                else:
+                    eta = per_page * remaining
+                # An active-only read takes about one page's round trip, twice for safety.
+                if now + eta > deadline - max(2 * per_page, _POLL):
+                    return False
+            await asyncio.wait({sync}, timeout=min(_POLL * 2, max(0.0, deadline - now)))
+        return True
+
+    def _full_read_due(self) -> bool:
+        if self._last_full is None:
+            return True
+        return time.time() - self._last_full >= self.settings.full_sync_interval
+
+    def _start_sync(self, *, background: bool) -> None:
         self.tracker.begin_sync()
         self._sync_started = time.time()
         self._sync_logged = False
-
-        async def run() -> ReadResult:
-            # The first full read runs at full speed (there are no scrapes to yield to yet).
-            BACKGROUND.set(background)
-            loop = asyncio.get_running_loop()
-            return await self.client.read_all(
-                loop.time() + max(SYNC_DEADLINE, self.settings.timeout)
-            )
-
-        self._sync = asyncio.create_task(run(), name=f"full-read-{self.name}")
+        loop = asyncio.get_running_loop()
+        self._sync_loop_start = loop.time()
+        self._progress = Progress()
+        deadline = loop.time() + max(SYNC_DEADLINE, self.settings.timeout)
+        budget = Budget(deadline, background=background, progress=self._progress)
+        self._sync = asyncio.create_task(
+            self.client.read_all(budget), name=f"full-read-{self.name}"
+        )
 
     def _note_background(self) -> None:
         if not self._sync_logged:
             self._sync_logged = True
             log(logger, logging.INFO, "full read continues in the background", source=self.name)
 
-    def _finish_sync(self, *, baseline: bool) -> None:
+    def _full_done(self) -> None:
+        self._last_full = time.time()
+        self.history_loaded = True
+
+    def _finish_sync(self) -> None:
+        """Take in a finished full read. Its failure is raised while there is no baseline;
+        after that it costs nothing but its correction, and is tried again later."""
         task, self._sync = self._sync, None
         assert task is not None
         assert task.done()
         try:
             result = task.result()
         except UpstreamError as exc:
-            if baseline:
+            if self.tracker.baseline is None:
                 raise
-            # A failed periodic full read costs nothing but its correction; try again next time.
             log(
                 logger,
                 logging.WARNING,
@@ -128,7 +189,8 @@ class Refresher:
                 source=self.name,
                 reason=str(exc),
             )
-            self._last_full = time.monotonic()
+            if self.history_loaded:
+                self._last_full = time.time()
             return
         took = time.time() - self._sync_started
         if self._sync_logged:
@@ -141,7 +203,7 @@ class Refresher:
                 seconds=f"{took:.1f}",
             )
         self._take(result, self._sync_started, protect=self.tracker.touched)
-        self._last_full = time.monotonic()
+        self._full_done()
 
     def _take(self, result: ReadResult, started: float, protect: set[str] | None = None) -> None:
         if result.skipped:
@@ -150,9 +212,10 @@ class Refresher:
                 logging.WARNING,
                 "skipped malformed rows",
                 source=self.name,
-                count=result.skipped,
+                count=sum(result.skipped.values()),
                 first_reason=result.first_skip,
             )
+            self.tracker.count_skipped(result.skipped)
         self.tracker.apply(
             result.jobs.values(),
             time.time(),

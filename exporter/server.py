@@ -17,7 +17,6 @@ from exporter.config import ConfigError
 from exporter.exposition import render_scrape
 from exporter.landing import landing_page
 from exporter.logs import log
-from exporter.redact import REDACTOR
 from exporter.runtime import Runtime
 from exporter.source import SourceSnapshot
 
@@ -37,7 +36,8 @@ PAGE_HEADERS = {
 }
 
 
-def scrape_budget(request: web.Request) -> float | None:
+def scrape_wait(request: web.Request) -> float | None:
+    """How long this scrape may wait: its timeout header minus a margin, None without one."""
     value = request.headers.get(TIMEOUT_HEADER)
     if value is None:
         return None
@@ -59,12 +59,6 @@ def _accepts_gzip(header: str) -> bool:
     return False
 
 
-def encode(
-    snapshots: Sequence[SourceSnapshot], status: ExporterStatus | None, accept: str
-) -> tuple[bytes, str]:
-    return render_scrape(snapshots, status, accept)
-
-
 @dataclass(frozen=True)
 class Encoded:
     body: bytes
@@ -77,11 +71,13 @@ class EncodingCache:
 
     Scrapes that share one refresh (single flight, `min_interval`) get the same snapshot
     objects, so they share one encoding too instead of each paying for it. The entries hold the
-    snapshots, so an identity can never be reused by a different snapshot while cached.
+    snapshots, so an identity can never be reused by a different snapshot while cached. Bounded
+    in entries and in bytes: an answer larger than the byte budget is not kept at all.
     """
 
-    def __init__(self, size: int = 8) -> None:
+    def __init__(self, size: int = 8, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.size = size
+        self.max_bytes = max_bytes
         self._entries: list[tuple[tuple[object, ...], Encoded]] = []
 
     @staticmethod
@@ -96,8 +92,20 @@ class EncodingCache:
         return next((enc for k, enc in self._entries if self._same(k, key)), None)
 
     def put(self, key: tuple[object, ...], encoded: Encoded) -> None:
+        if len(encoded.body) > self.max_bytes:
+            return
         self._entries.insert(0, (key, encoded))
         del self._entries[self.size :]
+        total = 0
+        for i, (_, entry) in enumerate(self._entries):
+            total += len(entry.body)
+            if total > self.max_bytes:
+                del self._entries[i:]
+                break
+
+    @property
+    def bytes(self) -> int:
+        return sum(len(e.body) for _, e in self._entries)
 
 
 ENCODINGS = web.AppKey("encodings", EncodingCache)
@@ -115,9 +123,9 @@ async def _exposition(
     encoded = cache.get(key)
     if encoded is None:
         if sum(len(s.jobs) for s in snapshots) > OFFLOAD_JOBS:
-            body, content_type = await asyncio.to_thread(encode, snapshots, status, accept)
+            body, content_type = await asyncio.to_thread(render_scrape, snapshots, status, accept)
         else:
-            body, content_type = encode(snapshots, status, accept)
+            body, content_type = render_scrape(snapshots, status, accept)
         gzipped = wants_gzip and len(body) >= GZIP_MIN_BYTES
         if gzipped:
             body = await asyncio.to_thread(gzip.compress, body, 6)
@@ -131,18 +139,27 @@ async def _exposition(
 
 async def metrics(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    snapshots = await runtime.scrape(budget=scrape_budget(request))
+    snapshots = await runtime.scrape(wait=scrape_wait(request))
     return await _exposition(request, snapshots, runtime.status)
 
 
 async def probe(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    name = request.query.get("source")
+    name = request.query.get("source") or request.query.get("target")
     if not name:
-        return web.Response(status=400, text="missing the source parameter: /probe?source=NAME\n")
+        return web.Response(
+            status=400, text="missing the source parameter: /probe?source=NAME (or target=NAME)\n"
+        )
     if name not in runtime.sources:
-        return web.Response(status=400, text=f"unknown source {name!r}\n")
-    snapshots = await runtime.scrape([name], budget=scrape_budget(request))
+        shard = runtime.shard_of(name)
+        if shard is None:
+            return web.Response(status=400, text=f"unknown source {name!r}\n")
+        return web.Response(
+            status=400,
+            text=f"source {name!r} belongs to shard {shard} of {runtime.shard.count}; "
+            f"this replica is shard {runtime.shard.index}\n",
+        )
+    snapshots = await runtime.scrape([name], wait=scrape_wait(request))
     return await _exposition(request, snapshots, None)
 
 
@@ -160,9 +177,8 @@ async def reload(request: web.Request) -> web.Response:
     try:
         await request.app[RUNTIME].reload()
     except ConfigError as exc:
-        return web.Response(
-            status=500, text=REDACTOR("failed to reload config:\n" + str(exc)) + "\n"
-        )
+        redact = request.app[RUNTIME].redactor
+        return web.Response(status=500, text=redact("failed to reload config:\n" + str(exc)) + "\n")
     return web.Response(text="config reloaded\n")
 
 
@@ -170,9 +186,9 @@ async def index(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     page = landing_page(
         runtime.sources.values(),
-        demo=bool(getattr(runtime, "demo", False)),
+        demo=runtime.demo,
         now=time.time(),
-        redact=getattr(runtime, "redactor", REDACTOR),
+        redact=runtime.redactor,
     )
     return web.Response(text=page, content_type="text/html", headers=PAGE_HEADERS)
 

@@ -4,31 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
 
-from exporter.config import FirstPromoterSource, KizenSource, Settings
 from exporter.logs import log
-from exporter.platforms import PlatformClient, auth_headers, make_client
+from exporter.platforms.base import SourceConfig
 from exporter.ratelimit import TokenBucket
-from exporter.redact import REDACTOR
-from exporter.refresh import Refresher, SyncInProgress
-from exporter.tracker import JobTracker, TrackedJob
+from exporter.refresh import Refresher
+from exporter.settings import Settings
+from exporter.tracker import Histogram, JobTracker, TrackedJob
 from exporter.upstream import Upstream, UpstreamError
 
 logger = logging.getLogger("exporter.source")
 
-# A refresh that keeps failing the same way is logged once, then summarised this often.
+# A refresh that keeps failing is logged once, then summarised this often.
 _REPEAT_LOG_INTERVAL = 300.0
-# The lowest deadline a refresh is given, whatever the scrape timeout header says.
-MIN_TIMEOUT = 0.1
+# The shortest a scrape waits for a refresh, whatever its timeout header says.
+MIN_WAIT = 0.1
+
+Redact = Callable[[str], str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SourceSnapshot:
-    """What one scrape reports about one source; immutable, safe to encode off the loop."""
+    """What one scrape reports about one source; immutable, safe to encode off the loop.
+
+    Compared by identity: scrapes that share a refresh share the very same snapshot, and
+    with it its encoding.
+    """
 
     name: str
     platform: str
@@ -43,121 +51,53 @@ class SourceSnapshot:
     finished: Mapping[tuple[str, str], int] = field(default_factory=dict)
     items: Mapping[tuple[str, str], int] = field(default_factory=dict)
     requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    # Encoded sample lines per format, filled in by the first scrape that renders the snapshot.
-    rendered: dict[bool, list[str]] = field(default_factory=dict, compare=False, repr=False)
+    durations: Mapping[tuple[str, str], Histogram] = field(default_factory=dict)
+    queue_waits: Mapping[str, Histogram] = field(default_factory=dict)
+    last_finished: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    rows_skipped: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    history_loaded: bool = False
+    # Built once per snapshot by the exposition layer and shared by the scrapes that use it.
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
-
-SourceConfig = KizenSource | FirstPromoterSource
-
-
-class SourceRunner:
-    def __init__(self, config: SourceConfig, settings: Settings) -> None:
-        self.config = config
-        self.settings = settings
-        self.upstream = Upstream(
-            config.url,
-            auth_headers(config),
-            TokenBucket(config.rate),
-            settings.max_concurrency,
-            source=config.name,
-            max_body=settings.max_response_size,
-        )
-        self.client: PlatformClient = make_client(config, self.upstream)
-        self.tracker = JobTracker()
-        self.refresher = Refresher(
-            config.name, self.client, self.tracker, settings, incremental=config.incremental
-        )
-        self.last: SourceSnapshot | None = None
-        self.last_success: float | None = None
-        self._last_done = 0.0
-        self._inflight: asyncio.Task[SourceSnapshot] | None = None
-        self._failing: str | None = None
-        self._failing_logged = 0.0
-        self._failing_repeats = 0
-        self._failures = 0  # consecutive failed refreshes
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def platform(self) -> str:
-        return self.config.platform_name
-
-    async def snapshot(self, budget: float | None = None) -> SourceSnapshot:
-        """A fresh refresh's result, shared with concurrent callers, or a young one reused.
-
-        `budget` is what the scrape allows (its timeout header minus the margin); the source's
-        own `timeout` applies when that is lower or there is no header.
-        """
-        timeout = self.settings.timeout
-        if budget is not None:
-            timeout = max(MIN_TIMEOUT, min(timeout, budget))
-        if (
-            self.last is not None
-            and self.settings.min_interval > 0
-            and time.monotonic() - self._last_done < self.settings.min_interval
-        ):
-            return self.last
-        if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.create_task(
-                self._refresh(timeout), name=f"refresh-{self.name}"
-            )
-        try:
-            # Shielded: one scraper giving up or disconnecting must not cancel the shared refresh.
-            return await asyncio.wait_for(asyncio.shield(self._inflight), timeout + 0.25)
-        except TimeoutError:
-            return self._snapshot(False, timeout, "the shared refresh did not finish in time")
-
-    def _snapshot(self, up: bool, duration: float, error: str | None) -> SourceSnapshot:
-        tracker = self.tracker
+    def failed(self, error: str) -> SourceSnapshot:
+        """This snapshot as a failed one: no job data, counters kept."""
         return SourceSnapshot(
             name=self.name,
             platform=self.platform,
-            up=up,
-            duration=duration,
-            refreshed_at=time.time(),
+            up=False,
+            duration=self.duration,
+            refreshed_at=self.refreshed_at,
             last_success=self.last_success,
-            error=REDACTOR(error) if error else None,
+            error=error,
             settings=self.settings,
-            jobs=tuple(tracker.jobs.values()) if up else (),
-            actions=frozenset(tracker.actions),
-            finished=dict(tracker.finished),
-            items=dict(tracker.items),
-            requests=dict(self.upstream.requests),
+            actions=self.actions,
+            finished=self.finished,
+            items=self.items,
+            requests=self.requests,
+            durations=self.durations,
+            queue_waits=self.queue_waits,
+            last_finished=self.last_finished,
+            rows_skipped=self.rows_skipped,
+            history_loaded=self.history_loaded,
         )
 
-    async def _refresh(self, seconds: float) -> SourceSnapshot:
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        deadline = loop.time() + seconds
-        error: str | None = None
-        detail: dict[str, object] = {}
-        try:
-            # The upstream layer honours the deadline per request; this is the backstop for
-            # anything else that could wait.
-            async with asyncio.timeout_at(deadline + 0.05):
-                await self.refresher.refresh(deadline)
-        except UpstreamError as exc:
-            error = str(exc)
-            detail = {"endpoint": exc.endpoint, "status": exc.status or "none"}
-        except SyncInProgress as exc:
-            error = str(exc)
-        except TimeoutError:
-            error = f"refresh did not finish within {seconds:.2f}s"
-        except Exception as exc:  # a bug must cost one source one scrape, not the exporter
-            logger.exception("unexpected error refreshing source %s", self.name)
-            error = f"internal error: {type(exc).__name__}"
-        else:
-            self.last_success = time.time()
-        duration = time.monotonic() - started
-        self._note_outcome(error, detail)
-        snapshot = self._snapshot(error is None, duration, error)
-        self.last = snapshot
-        self._last_done = time.monotonic()
-        return snapshot
 
-    def _note_outcome(self, error: str | None, detail: dict[str, object]) -> None:
+class _FailureLog:
+    """Logs a source's failures once per distinct reason, then a summary every few minutes,
+    and its recovery: a source failing the same way on every scrape does not flood the log,
+    even when the failing endpoint alternates."""
+
+    def __init__(self, name: str, platform: str) -> None:
+        self.name = name
+        self.platform = platform
+        self._failing: str | None = None
+        self._logged_at = 0.0
+        self._repeats = 0
+        self._failures = 0
+
+    def note(self, error: str | None, kind: str | None, detail: dict[str, object]) -> None:
+        """`kind` is the error without its endpoint: a source whose list and progress reads
+        fail alike is failing one way."""
         now = time.monotonic()
         if error is None:
             if self._failing is not None:
@@ -168,21 +108,151 @@ class SourceRunner:
                     source=self.name,
                     failed_refreshes=self._failures,
                 )
-            self._failing = None
-            self._failing_repeats = 0
-            self._failures = 0
+            self._failing, self._repeats, self._failures = None, 0, 0
             return
         self._failures += 1
-        if error != self._failing or now - self._failing_logged >= _REPEAT_LOG_INTERVAL:
+        new = self._failing != kind
+        if new or now - self._logged_at >= _REPEAT_LOG_INTERVAL:
             fields: dict[str, object] = {"source": self.name, "platform": self.platform, **detail}
-            if error == self._failing:
-                fields["repeats_since_last_log"] = self._failing_repeats
+            if not new:
+                fields["repeats_since_last_log"] = self._repeats
             log(logger, logging.WARNING, "refresh failed", **fields, reason=error)
-            self._failing_logged = now
-            self._failing_repeats = 0
+            self._logged_at = now
+            self._repeats = 0
         else:
-            self._failing_repeats += 1
-        self._failing = error
+            self._repeats += 1
+        self._failing = kind
+
+
+class SourceRunner:
+    """Owns one source at run time: its upstream, client, tracker and refresher, the refresh
+    in flight, and the last snapshot."""
+
+    def __init__(self, config: SourceConfig, settings: Settings, redact: Redact) -> None:
+        self.config = config
+        self.settings = settings
+        self.redact = redact
+        self.upstream = Upstream(
+            config.url,
+            config.auth_headers(),
+            TokenBucket(config.rate),
+            settings.max_concurrency,
+            source=config.name,
+            max_body=settings.max_response_size,
+            redact=redact,
+        )
+        self.tracker = JobTracker(config.QUEUE_CLOCK, settings.max_actions)
+        self.refresher = Refresher(
+            config.name,
+            config.client(self.upstream, settings),
+            self.tracker,
+            settings,
+            incremental=config.incremental,
+        )
+        self.last: SourceSnapshot | None = None
+        self.last_success: float | None = None
+        self._last_done = 0.0
+        self._inflight: asyncio.Task[SourceSnapshot] | None = None
+        self._failures = _FailureLog(config.name, config.platform_name)
+        # Called after every successful refresh (the state store saves the tracker then).
+        self.on_success: Callable[[SourceRunner], None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def platform(self) -> str:
+        return self.config.platform_name
+
+    async def snapshot(self, wait: float | None = None) -> SourceSnapshot:
+        """A fresh refresh's result, shared with concurrent callers, or a young one reused.
+
+        `wait` is how long this caller can wait (its scrape timeout minus a margin). It never
+        shortens the shared refresh, which keeps the source's own `timeout`: a scraper with a
+        tiny timeout gives up alone and cannot fail the scrapes that share the refresh.
+        """
+        timeout = self.settings.timeout
+        if (
+            self.last is not None
+            and self.settings.min_interval > 0
+            and time.monotonic() - self._last_done < self.settings.min_interval
+        ):
+            return self.last
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.create_task(
+                self._refresh(timeout), name=f"refresh-{self.name}"
+            )
+        patience = timeout + 0.25 if wait is None else max(MIN_WAIT, min(timeout + 0.25, wait))
+        started = time.monotonic()
+        try:
+            # Shielded: one scraper giving up or disconnecting must not cancel the shared refresh.
+            return await asyncio.wait_for(asyncio.shield(self._inflight), patience)
+        except TimeoutError:
+            waited = time.monotonic() - started
+            return self._snapshot(
+                False, waited, f"the refresh did not finish within this scrape's {waited:.2f}s"
+            )
+
+    def _snapshot(self, up: bool, duration: float, error: str | None) -> SourceSnapshot:
+        t = self.tracker
+        return SourceSnapshot(
+            name=self.name,
+            platform=self.platform,
+            up=up,
+            duration=duration,
+            refreshed_at=time.time(),
+            last_success=self.last_success,
+            error=self.redact(error) if error else None,
+            settings=self.settings,
+            jobs=tuple(t.jobs.values()) if up else (),
+            actions=frozenset(t.actions),
+            finished=dict(t.finished),
+            items=dict(t.items),
+            requests=dict(self.upstream.requests),
+            durations=copy.deepcopy(t.durations),
+            queue_waits=copy.deepcopy(t.queue_waits),
+            last_finished=dict(t.last_finished),
+            rows_skipped=dict(t.rows_skipped),
+            history_loaded=self.refresher.history_loaded,
+        )
+
+    async def _refresh(self, seconds: float) -> SourceSnapshot:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        deadline = loop.time() + seconds
+        error: str | None = None
+        kind: str | None = None
+        detail: dict[str, object] = {}
+        try:
+            # The upstream layer honours the deadline per request; this is the backstop for
+            # anything else that could wait.
+            async with asyncio.timeout_at(deadline + 0.05):
+                await self.refresher.refresh(deadline)
+        except UpstreamError as exc:
+            error, kind = str(exc), exc.reason
+            url = urlsplit(self.config.url)
+            detail = {
+                "endpoint": exc.endpoint,
+                "status": exc.status or "none",
+                "host": url.hostname,
+                "port": url.port or (443 if url.scheme == "https" else 80),
+            }
+        except TimeoutError:
+            error = kind = f"refresh did not finish within {seconds:.2f}s"
+        except Exception as exc:  # a bug must cost one source one scrape, not the exporter
+            logger.exception("unexpected error refreshing source %s", self.name)
+            error = kind = f"internal error: {type(exc).__name__}"
+        else:
+            self.last_success = time.time()
+            if self.on_success is not None:
+                self.on_success(self)
+        duration = time.monotonic() - started
+        self._failures.note(self.redact(error) if error else None, kind, detail)
+        snapshot = self._snapshot(error is None, duration, error)
+        self.last = snapshot
+        self._last_done = time.monotonic()
+        return snapshot
 
     async def close(self) -> None:
         await self.refresher.close()

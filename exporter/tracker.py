@@ -1,47 +1,103 @@
-"""Per-source memory across scrapes: every job's last record, when it last changed, counters.
+"""Per-source memory across scrapes: every job's last record, when it last changed, counters,
+histograms and the most recent finish of each action.
 
 The first successful refresh is the baseline: what is already finished then is history and
-never counted. After it, a job reaching completed/failed/cancelled counts once, and items count
-by the increase of each job's succeeded and failed numbers between sightings.
+never counted. After it, a job reaching completed/failed/cancelled counts once (in
+`finished` and, when its start and completion are known, in `durations`), items count by the
+increase of each job's succeeded and failed numbers between sightings, and a job seen leaving
+the queue has its wait observed once (`queue_waits`).
+
+The tracker records which jobs changed since it was last saved (`dirty`, `removed`), so that
+the state store writes only those.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from exporter.jobs import Job
+from exporter.jobs import Job, Phase, QueueClock
+from exporter.logs import log
+
+logger = logging.getLogger("exporter.tracker")
 
 # How long a job that dropped out of the list is remembered, so that if it shows up again
 # (rows shift between pages, a filter flaps) its finish and items are not counted twice.
 FORGET_AFTER = 24 * 3600.0
+# Upper bounds (seconds) of the duration and queue-wait histograms' buckets; +Inf follows.
+BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
+OTHER_ACTION = "_other"
 
 
 @dataclass(frozen=True, slots=True)
 class TrackedJob:
+    """A job as last seen, with what the exporter remembers about it."""
+
     job: Job
     last_change: float
+    # When the exporter first saw it queued (the queue's start, where the platform gives none).
+    first_queued: float | None = None
+    # Its finish has been counted, or it was history at the baseline: never count it again.
+    counted: bool = False
+    # Its queue wait has been observed, or cannot be: never observe it again.
+    waited: bool = False
+    # When it dropped out of the list; None while it is listed.
+    gone_since: float | None = None
 
 
-@dataclass(slots=True)
-class _Gone:
-    tracked: TrackedJob
-    counted: bool
-    since: float
+@dataclass
+class Histogram:
+    """Observations by bucket (not cumulative; the last is +Inf), their sum and count."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        index = next((i for i, bound in enumerate(BUCKETS) if value <= bound), len(BUCKETS))
+        self.counts[index] += 1
+        self.total += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, n in zip((*map(str, BUCKETS), "+Inf"), self.counts, strict=True):
+            running += n
+            out.append((f"{float(bound)}" if bound != "+Inf" else bound, float(running)))
+        return out
 
 
 class JobTracker:
-    def __init__(self) -> None:
+    """Owns one source's job memory and everything counted from it."""
+
+    def __init__(self, queue_clock: QueueClock, max_actions: int = 100) -> None:
+        self.queue_clock = queue_clock
+        self.max_actions = max_actions
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: the next refresh is a new baseline."""
         self.jobs: dict[str, TrackedJob] = {}
+        self.gone: dict[str, TrackedJob] = {}
         self.baseline: float | None = None
         self.finished: Counter[tuple[str, str]] = Counter()
         self.items: Counter[tuple[str, str]] = Counter()
+        self.durations: dict[tuple[str, str], Histogram] = {}
+        self.queue_waits: dict[str, Histogram] = {}
+        self.last_finished: dict[tuple[str, str], float] = {}
+        self.rows_skipped: Counter[tuple[str, str]] = Counter()
         self.actions: set[str] = set()
-        self._counted: set[str] = set()
-        self._gone: dict[str, _Gone] = {}
+        self._folded_logged = False
         # Ids taken in since a background full read began: newer than what that read saw.
         self.touched: set[str] = set()
+        # What changed since the state was last saved.
+        self.dirty: set[str] = set()
+        self.removed: set[str] = set()
+        self.counters_dirty = False
 
     def begin_sync(self) -> None:
         """A background full read starts: from now on, note what incremental reads update."""
@@ -69,13 +125,13 @@ class JobTracker:
         first = self.baseline is None
         if first:
             self.baseline = now
+            self.counters_dirty = True
         seen: set[str] = set()
         for job in jobs:
             seen.add(job.id)
             if job.id in protect:
                 continue
-            self.actions.add(job.action)
-            self._take(job, now, first)
+            self._take(self._fold_action(job), now, first)
         if not complete:
             self.touched |= seen
         forget = [j for j in self.jobs if j not in seen and j not in protect] if complete else []
@@ -83,59 +139,149 @@ class JobTracker:
             self._forget(job_id, now)
         self._prune(now)
 
+    def count_skipped(self, skipped: Counter[tuple[str, str]]) -> None:
+        if skipped:
+            self.rows_skipped.update(skipped)
+            self.counters_dirty = True
+
+    def _fold_action(self, job: Job) -> Job:
+        """Actions beyond the first `max_actions` are reported as `_other`."""
+        if job.action in self.actions:
+            return job
+        if len(self.actions) < self.max_actions:
+            self.actions.add(job.action)
+            self.counters_dirty = True
+            return job
+        if not self._folded_logged:
+            self._folded_logged = True
+            log(
+                logger,
+                logging.WARNING,
+                "more distinct actions than max_actions; reporting the rest as _other",
+                max_actions=self.max_actions,
+                first_folded=job.action,
+            )
+        self.actions.add(OTHER_ACTION)
+        return replace(job, action=OTHER_ACTION)
+
+    def _history(self, job: Job) -> bool:
+        """A job first seen already finished, and finished (or started) before the baseline."""
+        assert self.baseline is not None
+        if not job.phase.terminal:
+            return False
+        started = job.started_at is not None and job.started_at < self.baseline
+        completed = job.completed_at is not None and job.completed_at < self.baseline
+        return started or completed
+
+    def _put(self, tracked: TrackedJob) -> None:
+        self.jobs[tracked.job.id] = tracked
+        self.dirty.add(tracked.job.id)
+        self.removed.discard(tracked.job.id)
+
     def _take(self, job: Job, now: float, first: bool) -> None:
         prev = self.jobs.get(job.id)
-        if prev is None and job.id in self._gone:
-            gone = self._gone.pop(job.id)
-            prev = self.jobs[job.id] = gone.tracked
-            if gone.counted:
-                self._counted.add(job.id)
+        returned = prev is None and job.id in self.gone
+        if returned:
+            prev = replace(self.gone.pop(job.id), gone_since=None)
+        if job.phase.terminal and job.completed_at is not None:
+            self._note_finish(job)
         if prev is None:
-            self.jobs[job.id] = TrackedJob(job, job.started_at if job.started_at else now)
-            history = first or (
-                job.phase.terminal
-                and job.started_at is not None
-                and self.baseline is not None
-                and job.started_at < self.baseline
-            )
-            if history:
-                if job.phase.terminal:
-                    self._counted.add(job.id)
-                return
-            self._count_items(job.action, job.succeeded, job.failed)
-            self._count_finish(job)
+            self._take_new(job, now, first)
             return
-        if prev.job == job:
+        if prev.job == job and not returned:
             return
         self._count_items(
             job.action,
             max(0, job.succeeded - prev.job.succeeded),
             max(0, job.failed - prev.job.failed),
         )
-        self._count_finish(job)
         changed = not job.same_state(prev.job)
-        self.jobs[job.id] = TrackedJob(job, now if changed else prev.last_change)
+        tracked = replace(prev, job=job, last_change=now if changed else prev.last_change)
+        if tracked.first_queued is None and job.phase is Phase.QUEUED:
+            tracked = replace(tracked, first_queued=now)
+        self._put(self._finish(self._leave_queue(tracked, prev.job.phase, now)))
+
+    def _take_new(self, job: Job, now: float, first: bool) -> None:
+        tracked = TrackedJob(
+            job,
+            job.started_at if job.started_at else now,
+            first_queued=now if job.phase is Phase.QUEUED else None,
+        )
+        if first or self._history(job):
+            # Known at the baseline: its finish, if any, is history; a queued job's wait is
+            # still observed when it leaves the queue after the baseline.
+            waited = job.phase is not Phase.QUEUED
+            self._put(replace(tracked, counted=job.phase.terminal, waited=waited))
+            return
+        self._count_items(job.action, job.succeeded, job.failed)
+        self._put(self._finish(self._leave_queue(tracked, None, now)))
 
     def _count_items(self, action: str, succeeded: int, failed: int) -> None:
         if succeeded:
             self.items[(action, "succeeded")] += succeeded
         if failed:
             self.items[(action, "failed")] += failed
+        if succeeded or failed:
+            self.counters_dirty = True
 
-    def _count_finish(self, job: Job) -> None:
-        if job.phase.terminal and job.id not in self._counted:
-            self._counted.add(job.id)
-            self.finished[(job.action, job.phase.value)] += 1
+    def _finish(self, tracked: TrackedJob) -> TrackedJob:
+        job = tracked.job
+        if not job.phase.terminal or tracked.counted:
+            return tracked
+        key = (job.action, job.phase.value)
+        self.finished[key] += 1
+        if job.started_at is not None and job.completed_at is not None:
+            self.durations.setdefault(key, Histogram()).observe(
+                max(0.0, job.completed_at - job.started_at)
+            )
+        self.counters_dirty = True
+        return replace(tracked, counted=True)
+
+    def _leave_queue(self, tracked: TrackedJob, before: Phase | None, now: float) -> TrackedJob:
+        """Observe the queue wait of a job seen leaving the queue, once."""
+        job = tracked.job
+        if tracked.waited or job.phase in (Phase.QUEUED, Phase.UNKNOWN):
+            return tracked
+        wait: float | None = None
+        if self.queue_clock is QueueClock.START_KNOWN:
+            # The platform says when it started; the exporter saw when it was queued.
+            queued = tracked.first_queued
+            if before is Phase.QUEUED and queued is not None and job.started_at is not None:
+                wait = job.started_at - queued
+        elif job.started_at is not None:
+            # The platform says when it was created; the exporter sees when it started.
+            wait = now - job.started_at
+        if wait is not None:
+            self.queue_waits.setdefault(job.action, Histogram()).observe(max(0.0, wait))
+            self.counters_dirty = True
+        return replace(tracked, waited=True)
+
+    def _note_finish(self, job: Job) -> None:
+        assert job.completed_at is not None
+        key = (job.action, job.phase.value)
+        if job.completed_at > self.last_finished.get(key, float("-inf")):
+            self.last_finished[key] = job.completed_at
+            self.counters_dirty = True
 
     def _forget(self, job_id: str, now: float) -> None:
         tracked = self.jobs.pop(job_id)
-        counted = job_id in self._counted
-        self._counted.discard(job_id)
-        self._gone[job_id] = _Gone(tracked, counted, now)
+        self.gone[job_id] = replace(tracked, gone_since=now)
+        self.dirty.add(job_id)
 
     def _prune(self, now: float) -> None:
-        if not self._gone:
+        if not self.gone:
             return
-        expired = [k for k, g in self._gone.items() if now - g.since > FORGET_AFTER]
+        expired = [
+            k
+            for k, g in self.gone.items()
+            if g.gone_since is not None and now - g.gone_since > FORGET_AFTER
+        ]
         for job_id in expired:
-            del self._gone[job_id]
+            del self.gone[job_id]
+            self.dirty.discard(job_id)
+            self.removed.add(job_id)
+
+    def mark_saved(self) -> None:
+        self.dirty.clear()
+        self.removed.clear()
+        self.counters_dirty = False

@@ -1,20 +1,21 @@
 """HTTP to one upstream account: rate limit, concurrency cap, deadline, retries, body limits.
 
-Every attempt is counted by (endpoint, code) for `bulk_api_requests_total`, where code is the
-HTTP status, `timeout` (no answer before the deadline) or `error` (no answer at all).
+Every request sent is counted once by (endpoint, code) for `bulk_api_requests_total`, where
+code is the HTTP status, `timeout` (no answer before the deadline) or `error` (no answer at
+all). Waiting for a token or a connection slot sends nothing and counts nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import email.utils
 import json
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -22,32 +23,50 @@ import aiohttp
 from exporter import __version__
 from exporter.logs import log
 from exporter.ratelimit import RateLimitWait, TokenBucket
-from exporter.redact import REDACTOR
 
 logger = logging.getLogger("exporter.upstream")
 
-DEFAULT_MAX_BODY = 32 * 1024 * 1024
-_SNIPPET = 200
+SNIPPET_LENGTH = 200
+# An error body is redacted before it is cut to SNIPPET_LENGTH; only its start is looked at.
+_SNIPPET_SCAN = 64 * 1024
 _MAX_ATTEMPTS = 4
 _BACKOFF_BASE = 0.25
 _BACKOFF_CAP = 4.0
 USER_AGENT = f"bulk-progress-exporter/{__version__}"
 
 Params = Sequence[tuple[str, str]] | Mapping[str, str]
+Redact = Callable[[str], str]
 
-# Set inside a background full sync: its requests yield rate-limit tokens and connection slots
-# to scrapes. A context variable, so every task the sync starts inherits it.
-BACKGROUND: contextvars.ContextVar[bool] = contextvars.ContextVar("background", default=False)
+
+@dataclass
+class Progress:
+    """How far a paged read has got, filled in by the client as pages arrive, so that whoever
+    waits for the read can tell early whether it will finish in time."""
+
+    pages: int | None = None  # how many pages the read expects, once known
+    done: int = 0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a read may spend: until `deadline` (an event-loop time), and whether it is
+    background work (a long full read) that yields tokens and connection slots to scrapes.
+    `progress`, when given, is where a paged read reports how far it has got."""
+
+    deadline: float
+    background: bool = False
+    progress: Progress | None = None
 
 
 class UpstreamError(Exception):
-    """The upstream could not give a usable answer; the message is already redacted."""
+    """The upstream could not give a usable answer. Whoever raises it has redacted `reason`."""
 
     def __init__(self, endpoint: str, reason: str, status: int | None = None) -> None:
         self.endpoint = endpoint
-        self.reason = REDACTOR(reason)
+        self.reason = reason
         self.status = status
-        super().__init__(f"{endpoint}: {self.reason}")
+        super().__init__(f"{endpoint}: {reason}")
 
 
 class NotFound(UpstreamError):
@@ -68,23 +87,29 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _snippet(body: bytes) -> str:
-    text = body[:_SNIPPET].decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return text + ("…" if len(body) > _SNIPPET else "")
+def snippet(body: bytes, redact: Redact) -> str:
+    """The start of a body for an error message: redacted first, then shortened, so a secret
+    that straddles the cut can never be shown in part."""
+    text = " ".join(body[:_SNIPPET_SCAN].decode("utf-8", "replace").split())
+    text = redact(text)
+    if len(text) > SNIPPET_LENGTH:
+        return text[:SNIPPET_LENGTH] + "…"
+    return text
 
 
-def decode_json(endpoint: str, body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        # RecursionError: deeply nested JSON is refused rather than crashing the refresh.
-        detail = "nested too deeply" if isinstance(exc, RecursionError) else _snippet(body)
-        raise UpstreamError(endpoint, f"response is not valid JSON: {detail}") from None
+@dataclass(frozen=True)
+class _Answer:
+    """The outcome of sending one request. `code` is what `bulk_api_requests_total` counts."""
+
+    code: str
+    status: int | None = None
+    body: bytes = b""
+    retry_after: float | None = None
+    failure: str | None = None  # set when no usable answer came (timeout, error, too large)
 
 
 class Upstream:
-    """One aiohttp session and request budget for one configured source."""
+    """One aiohttp session, token bucket, connection cap and request counter for one source."""
 
     def __init__(
         self,
@@ -94,7 +119,8 @@ class Upstream:
         max_concurrency: int,
         *,
         source: str,
-        max_body: int = DEFAULT_MAX_BODY,
+        max_body: int,
+        redact: Redact,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
@@ -103,6 +129,7 @@ class Upstream:
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self.source = source
         self.max_body = max_body
+        self.redact = redact
         self.requests: Counter[tuple[str, str]] = Counter()
         self._session: aiohttp.ClientSession | None = None
 
@@ -117,10 +144,9 @@ class Upstream:
             )
         return self._session
 
-    @property
-    def workers(self) -> int:
+    def workers(self, budget: Budget) -> int:
         """How many requests one read may keep in flight: all slots, or half in background."""
-        if BACKGROUND.get():
+        if budget.background:
             return max(1, self.max_concurrency // 2)
         return self.max_concurrency
 
@@ -128,36 +154,45 @@ class Upstream:
         if self._session is not None and not self._session.closed:
             await self._session.close()
 
-    async def get_json(self, endpoint: str, path: str, params: Params, deadline: float) -> Any:
-        """GET base_url+path and decode its JSON body, retrying what is worth retrying.
+    def decode_json(self, endpoint: str, body: bytes) -> Any:
+        try:
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            # RecursionError: deeply nested JSON is refused rather than crashing the refresh.
+            if isinstance(exc, RecursionError):
+                detail = "nested too deeply"
+            else:
+                detail = snippet(body, self.redact)
+            raise UpstreamError(endpoint, f"response is not valid JSON: {detail}") from None
 
-        `deadline` is an event-loop time; nothing here waits past it.
-        """
+    async def get_json(self, endpoint: str, path: str, params: Params, budget: Budget) -> Any:
+        """GET base_url+path and decode its JSON body, retrying what is worth retrying,
+        never waiting past the budget's deadline."""
         loop = asyncio.get_running_loop()
         url = self.base_url + path
         attempt = 0
         while True:
             attempt += 1
-            status, body, retry_after = await self._attempt(endpoint, url, params, deadline)
-            if status == 200:
-                return decode_json(endpoint, body)
-            retryable = status is None or status == 429 or status >= 500
-            reason = (
-                "connection failed"
-                if status is None
-                else f"HTTP {status}: {_snippet(body)}"
-                if body
-                else f"HTTP {status}"
-            )
-            if status == 404:
-                raise NotFound(endpoint, reason, status)
+            answer = await self._send(endpoint, url, params, budget)
+            self.requests[(endpoint, answer.code)] += 1
+            if answer.status == 200 and answer.failure is None:
+                return self.decode_json(endpoint, answer.body)
+            reason = self._reason(answer)
+            if answer.status == 404:
+                raise NotFound(endpoint, reason, 404)
+            retryable = answer.code == "error" or answer.status == 429
+            retryable = retryable or (answer.status is not None and answer.status >= 500)
+            if answer.failure is not None and answer.code != "error":
+                retryable = False  # a timeout or an oversized body will not improve
             if not retryable or attempt >= _MAX_ATTEMPTS:
-                raise UpstreamError(endpoint, reason, status)
+                raise UpstreamError(endpoint, reason, answer.status)
             backoff = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1)))
-            delay = max(backoff, retry_after or 0.0)
-            if loop.time() + delay >= deadline:
+            delay = max(backoff, answer.retry_after or 0.0)
+            if loop.time() + delay >= budget.deadline:
                 raise UpstreamError(
-                    endpoint, f"{reason} (no time left to retry before the deadline)", status
+                    endpoint,
+                    f"{reason} (no time left to retry before the deadline)",
+                    answer.status,
                 )
             log(
                 logger,
@@ -171,69 +206,69 @@ class Upstream:
             )
             await asyncio.sleep(delay)
 
-    async def _attempt(
-        self, endpoint: str, url: str, params: Params, deadline: float
-    ) -> tuple[int | None, bytes, float | None]:
-        """One request. Returns (status, body, Retry-After); status None = connection failed."""
-        loop = asyncio.get_running_loop()
+    def _reason(self, answer: _Answer) -> str:
+        if answer.failure is not None:
+            return answer.failure
+        if answer.body:
+            return f"HTTP {answer.status}: {snippet(answer.body, self.redact)}"
+        return f"HTTP {answer.status}"
+
+    async def _send(self, endpoint: str, url: str, params: Params, budget: Budget) -> _Answer:
+        """Wait for a connection slot and a token, then send one request."""
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(budget.deadline):
                 await self._semaphore.acquire()
         except TimeoutError:
             raise UpstreamError(endpoint, "deadline reached waiting for a request slot") from None
         try:
             try:
-                await self.bucket.acquire(deadline, background=BACKGROUND.get())
+                await self.bucket.acquire(budget.deadline, background=budget.background)
             except RateLimitWait as exc:
                 raise UpstreamError(endpoint, str(exc)) from None
-            started = False
-            try:
-                async with asyncio.timeout_at(deadline):
-                    started = True
-                    # No redirects: one could carry the key's headers to another host.
-                    async with self._client().get(
-                        url, params=params, allow_redirects=False
-                    ) as response:
-                        body = await self._read_body(endpoint, response)
-                        code = response.status
-                        retry_after = _retry_after(response.headers.get("Retry-After"))
-            except TimeoutError:
-                if started:
-                    self.requests[(endpoint, "timeout")] += 1
-                raise UpstreamError(endpoint, "no answer before the deadline") from None
-            except UpstreamError:
-                raise
-            except (aiohttp.ClientError, OSError) as exc:
-                self.requests[(endpoint, "error")] += 1
-                log(
-                    logger,
-                    logging.DEBUG,
-                    "upstream connection failed",
-                    source=self.source,
-                    endpoint=endpoint,
-                    err=f"{type(exc).__name__}: {exc}",
-                )
-                if loop.time() >= deadline:
-                    raise UpstreamError(endpoint, f"connection failed: {exc}") from None
-                return None, b"", None
-            self.requests[(endpoint, str(code))] += 1
-            return code, body, retry_after
+            return await self._exchange(endpoint, url, params, budget.deadline)
         finally:
             self._semaphore.release()
 
-    async def _read_body(self, endpoint: str, response: aiohttp.ClientResponse) -> bytes:
+    async def _exchange(self, endpoint: str, url: str, params: Params, deadline: float) -> _Answer:
+        """The HTTP exchange itself, its outcome as an `_Answer` (never raised)."""
+        try:
+            async with (
+                asyncio.timeout_at(deadline),
+                # No redirects: one could carry the key's headers to another host.
+                self._client().get(url, params=params, allow_redirects=False) as response,
+            ):
+                status = response.status
+                too_large = await self._read_body(response)
+                if isinstance(too_large, str):
+                    return _Answer(str(status), status, failure=too_large)
+                return _Answer(
+                    str(status),
+                    status,
+                    too_large,
+                    _retry_after(response.headers.get("Retry-After")),
+                )
+        except TimeoutError:
+            return _Answer("timeout", failure="no answer before the deadline")
+        except (aiohttp.ClientError, OSError) as exc:
+            detail = self.redact(f"{type(exc).__name__}: {exc}")
+            log(
+                logger,
+                logging.DEBUG,
+                "upstream connection failed",
+                source=self.source,
+                endpoint=endpoint,
+                err=detail,
+            )
+            return _Answer("error", failure=f"connection failed: {detail}")
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes | str:
+        """The body, or why it was not read whole (over `max_body`)."""
         length = response.content_length
         if length is not None and length > self.max_body:
-            self.requests[(endpoint, str(response.status))] += 1
-            raise UpstreamError(
-                endpoint, f"response of {length} bytes is over the {self.max_body}-byte limit"
-            )
+            return f"response of {length} bytes is over the {self.max_body}-byte limit"
         chunks = bytearray()
         async for chunk in response.content.iter_chunked(64 * 1024):
             chunks += chunk
             if len(chunks) > self.max_body:
-                self.requests[(endpoint, str(response.status))] += 1
-                raise UpstreamError(
-                    endpoint, f"response is over the {self.max_body}-byte limit; stopped reading"
-                )
+                return f"response is over the {self.max_body}-byte limit; stopped reading"
         return bytes(chunks)

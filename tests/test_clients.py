@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from exporter.config import FirstPromoterSource, KizenSource
 from exporter.jobs import Phase
-from exporter.platforms import auth_headers, make_client
+from exporter.platforms.firstpromoter import FirstPromoterSource
+from exporter.platforms.kizen import KizenSource
 from exporter.ratelimit import TokenBucket
-from exporter.upstream import Upstream
+from exporter.redact import Redactor
+from exporter.upstream import Budget, Upstream
 from tests.conftest import SimHandle
 from tests.helpers import config_from, source_yaml
 
@@ -20,24 +21,30 @@ async def test_read_one_for_both_platforms(sim: SimHandle) -> None:
     )
     batch = sim.world.add_fp_batch(status="stopped", selected_total=9, processed=4)
     config = config_from(source_yaml(sim.kizen_url, sim.fp_url))
-    deadline = asyncio.get_running_loop().time() + 5
+    budget = Budget(asyncio.get_running_loop().time() + 5)
     for source in config.sources:
         upstream = Upstream(
-            source.url, auth_headers(source), TokenBucket(source.rate), 2, source=source.name
+            source.url,
+            source.auth_headers(),
+            TokenBucket(source.rate),
+            2,
+            source=source.name,
+            max_body=config.settings(source).max_response_size,
+            redact=Redactor(),
         )
-        client = make_client(source, upstream)
+        client = source.client(upstream, config.settings(source))
         try:
             if isinstance(source, KizenSource):
-                found = await client.read_one(job.id, deadline)
+                found = await client.read_one(job.id, budget)
                 assert found is not None
                 assert (found.phase, found.succeeded, found.failed) == (Phase.FAILED, 2, 3)
-                gone = await client.read_one("00000000-0000-4000-8000-000000000000", deadline)
+                gone = await client.read_one("00000000-0000-4000-8000-000000000000", budget)
             else:
                 assert isinstance(source, FirstPromoterSource)
-                found = await client.read_one(str(batch.id), deadline)
+                found = await client.read_one(str(batch.id), budget)
                 assert found is not None
                 assert (found.phase, found.succeeded, found.pending) == (Phase.CANCELLED, 4, 5)
-                gone = await client.read_one("424242", deadline)
+                gone = await client.read_one("424242", budget)
             assert gone is None
             assert upstream.requests[("detail", "200")] == 1
             assert upstream.requests[("detail", "404")] == 1

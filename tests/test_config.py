@@ -9,13 +9,10 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import main
-from exporter.config import (
-    ConfigError,
-    FirstPromoterSource,
-    KizenSource,
-    load_config,
-    parse_duration,
-)
+from exporter.config import ConfigError, load_config
+from exporter.platforms.firstpromoter import FirstPromoterSource
+from exporter.platforms.kizen import KizenSource
+from exporter.settings import parse_duration
 
 GOOD = """
 defaults:
@@ -68,8 +65,9 @@ def test_good_config_resolves_defaults_and_overrides(tmp_path: Path) -> None:
     assert fp.url == "https://api.firstpromoter.com/api/v2/company"
     assert kizen.rate.capacity == 5
     assert kizen.rate.per_second == 5
-    assert fp.rate.capacity == 380
-    assert fp.rate.per_second == pytest.approx(380 / 60)
+    # The contract's default: a quarter of FirstPromoter's per-account limit.
+    assert fp.rate.capacity == 100
+    assert fp.rate.per_second == pytest.approx(100 / 60)
     ks, fs = config.settings(kizen), config.settings(fp)
     assert (ks.timeout, fs.timeout) == (3.0, 7.0)
     assert ks.max_job_series == fs.max_job_series == 50
@@ -119,7 +117,7 @@ def test_good_config_resolves_defaults_and_overrides(tmp_path: Path) -> None:
         ),
         (
             "sources:\n  - {name: Bad Name, platform: firstpromoter, account_id: c, api_key: kk}\n",
-            "config.yaml: sources[0].name: String should match pattern",
+            "config.yaml: sources[0].name: must start with a lowercase letter or digit",
         ),
         (
             "sources:\n  - {name: a, platform: firstpromoter, account_id: c, api_key: kk,"

@@ -1,21 +1,24 @@
-"""The exporter's own encoder gives exactly what prometheus_client's encoders give."""
+"""Answers are prometheus_client's own encodings: parsed back with its parsers, checked by
+promtool, shared across scrapes, and one bad source never fails the answer."""
 
 from __future__ import annotations
 
 import time
 
-from prometheus_client.exposition import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_om,
+)
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.collector import ExporterStatus, SnapshotCollector
-from exporter.config import Settings
-from exporter.exposition import render, render_scrape
+from exporter.collector import ExporterStatus
+from exporter.exposition import families_of, render_scrape
 from exporter.jobs import Job, Phase
+from exporter.settings import Settings
 from exporter.source import SourceSnapshot
-from exporter.tracker import TrackedJob
+from exporter.tracker import Histogram, TrackedJob
+from tests.helpers import promtool_check_metrics
 
-SETTINGS = Settings(
+SETTINGS = Settings.model_construct(
     timeout=10,
     min_interval=0,
     finished_job_retention=3600,
@@ -61,6 +64,11 @@ def snapshots() -> list[SourceSnapshot]:
         finished={("plain", "failed"): 3},
         items={('quo"te', "succeeded"): 10**12},
         requests={("list", "200"): 7, ("detail", "timeout"): 1},
+        durations={("plain", "completed"): Histogram([1, 0, 2] + [0] * 13, 42.5)},
+        queue_waits={"plain": Histogram([0] * 15 + [1], 90000.0)},
+        last_finished={("plain", "completed"): now - 5},
+        rows_skipped={("list", "bad_field"): 2},
+        history_loaded=True,
     )
     down = SourceSnapshot(
         name="fp",
@@ -75,33 +83,92 @@ def snapshots() -> list[SourceSnapshot]:
     return [up, down]
 
 
-def test_text_and_openmetrics_match_prometheus_client() -> None:
+def _samples(families: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in families:  # type: ignore[attr-defined]
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+async def test_both_formats_parse_back_to_the_same_samples() -> None:
     snaps = snapshots()
-    status = ExporterStatus(False, 1.5e9)
-    registry = CollectorRegistry(auto_describe=False)
-    collector = SnapshotCollector(snaps, status, now=time.time())
-    registry.register(collector)
-
-    ours, content_type = render(collector.collect(), "text/plain")
-    assert content_type.startswith("text/plain; version=0.0.4")
-    assert ours == generate_latest(registry)
-
-    ours, content_type = render(collector.collect(), "application/openmetrics-text; version=1.0.0")
-    assert content_type.startswith("application/openmetrics-text")
-    assert ours == generate_openmetrics(registry)  # type: ignore[no-untyped-call]
-    assert ours.endswith(b"# EOF\n")
-
-
-def test_scrape_rendering_matches_and_reuses_each_source() -> None:
-    snaps = snapshots()
-    status = ExporterStatus(True, 1.7e9)
+    status = ExporterStatus(False, 1.5e9, state_write_failures=2)
     now = time.time()
-    for accept in ("text/plain", "application/openmetrics-text; version=1.0.0"):
-        expected = render(SnapshotCollector(snaps, status, now=now).collect(), accept)
-        assert render_scrape(snaps, status, accept, now=now) == expected
-        # Again, from the lines cached on the snapshots; and a scrape of one source only.
-        assert render_scrape(snaps, status, accept, now=now) == expected
-        assert render_scrape(snaps[:1], None, accept, now=now) == render(
-            SnapshotCollector(snaps[:1], None, now=now).collect(), accept
-        )
-    assert set(snaps[0].rendered) == {False, True}
+    text, content_type = render_scrape(snaps, status, "text/plain", now=now)
+    assert content_type.startswith("text/plain; version=0.0.4")
+    om, om_type = render_scrape(
+        snaps, status, "application/openmetrics-text; version=1.0.0", now=now
+    )
+    assert om_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert om.endswith(b"# EOF\n")
+    from_text = _samples(parse_text(text.decode()))
+    from_om = _samples(parse_om(om.decode()))  # type: ignore[no-untyped-call]
+    # OpenMetrics adds nothing but names counters' samples alike; the values agree.
+    assert from_text == {k: v for k, v in from_om.items() if not k[0].endswith("_created")}
+    key = (
+        "bulk_items_processed_total",
+        (("action", 'quo"te'), ("platform", "kizen"), ("result", "succeeded"), ("source", "kz")),
+    )
+    assert from_text[key] == 10**12
+    labels = (("action", "new\nline"), ("job_id", "job-3"), ("platform", "kizen"), ("source", "kz"))
+    assert from_text[("bulk_job_progress_ratio", labels)] == 3 / 17
+    bucket = (
+        "bulk_job_duration_seconds_bucket",
+        (
+            ("action", "plain"),
+            ("le", "15.0"),
+            ("phase", "completed"),
+            ("platform", "kizen"),
+            ("source", "kz"),
+        ),
+    )
+    assert from_text[bucket] == 3
+    assert from_text[("bulk_state_write_failures_total", ())] == 2
+    assert from_text[("bulk_up", (("platform", "firstpromoter"), ("source", "fp")))] == 0
+    await promtool_check_metrics(text.decode())
+
+
+def test_the_library_negotiates_what_prometheus_3_asks_for() -> None:
+    accept = (
+        "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+        "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;"
+        "escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+    )
+    body, content_type = render_scrape(snapshots(), None, accept)
+    assert content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert body.endswith(b"# EOF\n")
+    assert _samples(parse_om(body.decode()))  # type: ignore[no-untyped-call]
+
+
+def test_families_are_built_once_per_snapshot_and_shared() -> None:
+    snaps = snapshots()
+    now = time.time()
+    first = families_of(snaps[0], now)
+    assert families_of(snaps[0], now) is first
+    one, _ = render_scrape(snaps[:1], None, "text/plain", now=now)
+    again, _ = render_scrape(snaps[:1], None, "text/plain", now=now)
+    assert one == again
+
+
+def test_a_source_whose_values_cannot_be_encoded_fails_alone() -> None:
+    good, _ = snapshots()
+    bad = SourceSnapshot(
+        name="huge",
+        platform="kizen",
+        up=True,
+        duration=0.1,
+        refreshed_at=time.time(),
+        last_success=time.time(),
+        error=None,
+        settings=SETTINGS,
+        actions=frozenset({"a"}),
+        items={("a", "succeeded"): 10**401},
+    )
+    body, _ = render_scrape([good, bad], ExporterStatus(True, 1.7e9), "text/plain")
+    samples = _samples(parse_text(body.decode()))
+    assert samples[("bulk_up", (("platform", "kizen"), ("source", "huge")))] == 0
+    assert samples[("bulk_up", (("platform", "kizen"), ("source", "kz")))] == 1
+    assert not any(
+        dict(k[1]).get("source") == "huge" and k[0] == "bulk_items_processed_total" for k in samples
+    )

@@ -160,8 +160,15 @@ async def test_fault(
         urls[platform] = case.base_url(sim, platform)
     # Incremental off: each scrape reads everything, so the fault hits every scrape.
     off = "    incremental: false\n"
+    # The source's own timeout (2s) is what bounds its refresh; the scrape waits 2.5s.
     client = await exporter(
-        source_yaml(urls["kizen"], urls["firstpromoter"], kizen_extra=off, fp_extra=off)
+        source_yaml(
+            urls["kizen"],
+            urls["firstpromoter"],
+            defaults="  timeout: 2s\n",
+            kizen_extra=off,
+            fp_extra=off,
+        )
     )
     if case.fault is not None:
         _, s = await scrape(client)  # a healthy baseline first

@@ -8,7 +8,7 @@ import random
 import time
 
 from exporter.server import RUNTIME
-from tests.conftest import Client, ExporterFactory, SimHandle, last_error
+from tests.conftest import Client, ExporterFactory, SimHandle
 from tests.helpers import Samples, one, parse_samples, select
 
 
@@ -197,29 +197,41 @@ async def test_incremental_false_reads_everything_every_time(
     assert sim.count("firstpromoter") == 2
 
 
-async def test_a_slow_first_read_finishes_in_the_background(
+async def test_a_slow_first_read_serves_the_active_jobs_at_once(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
-    history(sim, 40)
+    history(sim, 100)
+    running = [sim.world.add_kizen_job(status="in_progress", pending=7) for _ in range(3)]
     sim.sim.latency["kizen"] = 0.3
-    client = await exporter(kizen_extra="    page_size: 10\n    max_concurrency: 1\n")
-    headers = {"X-Prometheus-Scrape-Timeout-Seconds": "1"}  # 0.5s: too short for 5 pages
-    response = await client.get("/metrics", headers=headers)
-    s = parse_samples(await response.text())
-    assert one(s, "bulk_up", source="kz") == 0
-    assert one(s, "bulk_up", source="fp") == 1
-    assert select(s, "bulk_jobs", source="kz") == {}
-    assert "still running in the background" in last_error(client, "kz")
-    # The read carries on (5 pages x 0.3s); later scrapes take in its result once it is done.
+    # 11 pages at 0.3s, one at a time: 3.3s, more than the source's 2s timeout.
+    client = await exporter(
+        defaults="  timeout: 2s\n", kizen_extra="    page_size: 10\n    max_concurrency: 1\n"
+    )
+    started = time.monotonic()
+    s = parse_samples(await (await client.get("/metrics")).text())
+    first_scrape = time.monotonic() - started
+    # The first scrape serves the active jobs, read on their own, as the baseline.
+    assert one(s, "bulk_up", source="kz") == 1
+    assert one(s, "bulk_history_loaded", source="kz") == 0
+    assert one(s, "bulk_jobs", source="kz", action="custom_object_upload", phase="running") == 3
+    assert one(s, "bulk_jobs", source="kz", action="custom_object_upload", phase="completed") == 0
+    assert {dict(k)["job_id"] for k in select(s, "bulk_job_info", source="kz")} >= {
+        j.id for j in running
+    }
+    assert first_scrape < 2.0
+    # The full read carries on; a later scrape takes it in: history, never counted.
     for _ in range(40):
         await asyncio.sleep(0.25)
-        s = parse_samples(await (await client.get("/metrics", headers=headers)).text())
-        if one(s, "bulk_up", source="kz") == 1:
+        s = parse_samples(await (await client.get("/metrics")).text())
+        if one(s, "bulk_history_loaded", source="kz") == 1:
             break
+    assert one(s, "bulk_history_loaded", source="kz") == 1
     assert one(s, "bulk_up", source="kz") == 1
-    assert one(s, "bulk_jobs", source="kz", action="custom_object_upload", phase="completed") == 40
-    # The pages were read once: nothing was thrown away and started again.
-    assert sim.count("kizen", "list") <= 5 + 2
+    assert one(s, "bulk_jobs", source="kz", action="custom_object_upload", phase="completed") == 100
+    assert sum(select(s, "bulk_jobs_finished_total", source="kz").values()) == 0
+    assert sum(select(s, "bulk_items_processed_total", source="kz").values()) == 0
+    # The full read's pages were read once: nothing was thrown away and started again.
+    assert sim.count("kizen", "list") <= 11 + 2 * 20
 
 
 def last_errors(client: Client) -> list[object]:

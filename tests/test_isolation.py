@@ -43,10 +43,11 @@ async def test_failing_platform_is_isolated(
     sim: SimHandle, exporter: ExporterFactory, failing: str, fault: str
 ) -> None:
     seed(sim)
-    client = await exporter()
+    # The sources' own 1s timeout bounds their refresh, which the slow-drip body cannot meet;
+    # the scrape (2s header) waits 1.5s for it.
+    client = await exporter(defaults="  timeout: 1s\n")
     await client.get("/metrics")  # the baseline, while healthy
     sim.sim.set_fault(failing, FAULTS[fault])
-    # A 2s scrape timeout: a 1.5s deadline, which the slow-drip body cannot meet.
     response = await client.get("/metrics", headers={"X-Prometheus-Scrape-Timeout-Seconds": "2"})
     assert response.status == 200
     s = parse_samples(await response.text())

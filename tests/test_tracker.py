@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from exporter.jobs import Job, Phase
+from exporter.jobs import Job, Phase, QueueClock
 from exporter.tracker import JobTracker
 
 T0 = 1_000_000.0
@@ -35,7 +35,7 @@ def job(
 
 
 def test_baseline_history_is_not_counted() -> None:
-    t = JobTracker()
+    t = JobTracker(QueueClock.START_KNOWN)
     t.apply([job("1", Phase.COMPLETED, ok=5), job("2", ok=3)], T0, complete=True)
     assert sum(t.finished.values()) == 0
     assert sum(t.items.values()) == 0
@@ -51,7 +51,7 @@ def test_baseline_history_is_not_counted() -> None:
 
 
 def test_new_jobs_after_baseline() -> None:
-    t = JobTracker()
+    t = JobTracker(QueueClock.START_KNOWN)
     t.apply([], T0, complete=True)
     t.apply(
         [
@@ -68,7 +68,7 @@ def test_new_jobs_after_baseline() -> None:
 
 
 def test_unchanged_job_keeps_last_change_and_decreases_are_ignored() -> None:
-    t = JobTracker()
+    t = JobTracker(QueueClock.START_KNOWN)
     t.apply([job("1", ok=5)], T0, complete=True)
     t.apply([job("1", ok=5)], T0 + 60, complete=True)
     assert t.jobs["1"].last_change == T0 - 100
@@ -82,7 +82,7 @@ def test_unchanged_job_keeps_last_change_and_decreases_are_ignored() -> None:
 
 
 def test_a_job_that_drops_out_and_returns_is_not_counted_twice() -> None:
-    t = JobTracker()
+    t = JobTracker(QueueClock.START_KNOWN)
     t.apply([job("1")], T0, complete=True)
     t.apply([job("1", Phase.COMPLETED, ok=10, pending=0)], T0 + 10, complete=True)
     t.apply([], T0 + 20, complete=True)
@@ -94,7 +94,7 @@ def test_a_job_that_drops_out_and_returns_is_not_counted_twice() -> None:
 
 
 def test_finish_counted_once_even_if_status_flaps() -> None:
-    t = JobTracker()
+    t = JobTracker(QueueClock.START_KNOWN)
     t.apply([job("1")], T0, complete=True)
     t.apply([job("1", Phase.FAILED)], T0 + 1, complete=True)
     t.apply([job("1", Phase.RUNNING)], T0 + 2, complete=True)

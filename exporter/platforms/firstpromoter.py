@@ -1,40 +1,59 @@
-"""FirstPromoter API v2: `GET /batch_processes`, `/batch_processes/progress` and `/{id}`."""
+"""FirstPromoter API v2 batch processes: `GET /batch_processes`, `/batch_processes/progress`
+and `/batch_processes/{id}`.
+
+Auth is a Bearer token plus the `Account-ID` header. The list is documented as unpaginated;
+the progress endpoint maps every batch id to a percentage and is the cheap way to see them all.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Mapping
+from typing import ClassVar, Literal
 from urllib.parse import quote
 
-from exporter.config import FirstPromoterSource
+from pydantic import Field
+
 from exporter.jobs import (
     Job,
     Phase,
+    QueueClock,
     RowError,
     clamp_ratio,
     label,
     optional_count,
     parse_timestamp,
     require_count,
+    require_id,
+    require_object,
     require_str,
 )
 from exporter.logs import log
-from exporter.platforms import BY_ID_LIMIT, Known, ReadResult, pooled
-from exporter.upstream import NotFound, Upstream, UpstreamError
+from exporter.platforms.base import (
+    BY_ID_LIMIT,
+    Known,
+    PlatformClient,
+    ReadResult,
+    SourceConfig,
+    pooled,
+)
+from exporter.settings import Settings
+from exporter.upstream import Budget, NotFound, Upstream, UpstreamError
 
 logger = logging.getLogger("exporter.platforms.firstpromoter")
 
 LIST_PATH = "/batch_processes"
 PROGRESS_PATH = "/batch_processes/progress"
-PHASES = {
+PHASES: Mapping[str, Phase] = {
     "pending": Phase.QUEUED,
     "in_progress": Phase.RUNNING,
     "completed": Phase.COMPLETED,
     "failed": Phase.FAILED,
     "stopped": Phase.CANCELLED,
 }
-ACTIVE = ("pending", "in_progress")
+Status = Literal["pending", "in_progress", "completed", "failed", "stopped"]
+ACTIVE: tuple[Status, ...] = ("pending", "in_progress")
 # The list is documented as unpaginated; in case it is paginated like FirstPromoter's other
 # lists, ask for pages of PER_PAGE and stop on an empty, short, oversized or repeated page.
 PER_PAGE = 100
@@ -43,13 +62,36 @@ MAX_PAGES = 1000
 ProgressMap = Mapping[str, float]
 
 
+class FirstPromoterSource(SourceConfig):
+    """A FirstPromoter account."""
+
+    DEFAULT_BASE_URL: ClassVar[str] = "https://api.firstpromoter.com/api/v2/company"
+    PHASES: ClassVar[Mapping[str, Phase]] = PHASES
+    QUEUE_CLOCK: ClassVar[QueueClock] = QueueClock.CREATION_KNOWN
+
+    platform: Literal["firstpromoter"]
+    account_id: str = Field(min_length=1)
+    statuses: list[Status] | None = None
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secret}", "Account-ID": self.account_id}
+
+    def identifiers(self) -> dict[str, str]:
+        return {"account_id": self.account_id}
+
+    def options(self) -> dict[str, str]:
+        if self.statuses is None:
+            return {}
+        return {"statuses": f"[{', '.join(self.statuses)}]"}
+
+    def client(self, upstream: Upstream, settings: Settings) -> PlatformClient:
+        return FirstPromoterClient(self, upstream, settings)
+
+
 def parse_row(row: object, progress: ProgressMap | None = None) -> Job:
     """Map one BatchProcess object to a Job; RowError if it is unusable."""
-    if not isinstance(row, dict):
-        raise RowError("row is not a JSON object")
-    raw_id = row.get("id")
-    if not isinstance(raw_id, int) or isinstance(raw_id, bool):
-        raise RowError("id is missing or not an integer")
+    row = require_object(row)
+    job_id = require_id(row.get("id"), integer=True)
     status = require_str(row, "status")
     phase = PHASES.get(status, Phase.UNKNOWN)
     processed = require_count(row, "processed_count")
@@ -58,7 +100,6 @@ def parse_row(row: object, progress: ProgressMap | None = None) -> Job:
     total = optional_count(row, "total")
     basis = selected if selected is not None else total
     pending = max((basis if basis is not None else 0) - processed - failed, 0)
-    job_id = str(raw_id)
     percent: float | None = (progress or {}).get(job_id)
     if percent is None:
         field = row.get("progress")
@@ -89,49 +130,77 @@ def parse_row(row: object, progress: ProgressMap | None = None) -> Job:
 def parse_progress(body: object) -> dict[str, float]:
     if not isinstance(body, dict):
         raise UpstreamError("progress", "response is not a JSON object of id: percent")
-    return {
-        str(k): v for k, v in body.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    }
+    out: dict[str, float] = {}
+    for key, value in body.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        try:
+            out[str(key)] = float(value)
+        except OverflowError:  # a 400-digit integer is no percentage
+            continue
+    return out
 
 
 class FirstPromoterClient:
-    def __init__(self, source: FirstPromoterSource, upstream: Upstream) -> None:
+    """Reads one FirstPromoter account's batch processes."""
+
+    def __init__(self, source: FirstPromoterSource, upstream: Upstream, settings: Settings) -> None:
         self.source = source
         self.upstream = upstream
+        self.max_jobs = settings.max_jobs
 
-    def status_params(self, statuses: list[str] | None) -> list[tuple[str, str]]:
+    @staticmethod
+    def _status_params(statuses: list[Status] | None) -> list[tuple[str, str]]:
         return [("filters[status][]", s) for s in statuses or ()]
 
-    async def read_progress(
-        self, deadline: float, statuses: list[str] | None = None
-    ) -> dict[str, float]:
+    async def _progress(self, budget: Budget, statuses: list[Status] | None) -> dict[str, float]:
         body = await self.upstream.get_json(
-            "progress", PROGRESS_PATH, self.status_params(statuses), deadline
+            "progress", PROGRESS_PATH, self._status_params(statuses), budget
         )
-        return parse_progress(body)
+        progress = parse_progress(body)
+        if len(progress) > self.max_jobs:
+            raise UpstreamError(
+                "progress",
+                f"the account lists {len(progress)} batches, more than max_jobs ({self.max_jobs})",
+            )
+        return progress
 
-    async def read_all(self, deadline: float) -> ReadResult:
-        statuses: list[str] | None = list(self.source.statuses) if self.source.statuses else None
-        return await self.read_list(deadline, statuses)
-
-    async def read_list(self, deadline: float, statuses: list[str] | None) -> ReadResult:
+    async def _read(
+        self, budget: Budget, statuses: list[Status] | None, *, complete: bool
+    ) -> tuple[ReadResult, dict[str, float]]:
         rows, progress = await asyncio.gather(
-            self._rows(deadline, statuses), self.read_progress(deadline, statuses)
+            self._rows(budget, statuses), self._progress(budget, statuses)
         )
-        result = ReadResult()
-        result.add_rows(rows, lambda row: parse_row(row, progress))
+        result = ReadResult(complete=complete)
+        result.add_rows("list", rows, lambda row: parse_row(row, progress))
+        return result, progress
+
+    async def read_all(self, budget: Budget) -> ReadResult:
+        statuses = list(self.source.statuses) if self.source.statuses else None
+        result, _ = await self._read(budget, statuses, complete=True)
         return result
 
-    async def _rows(self, deadline: float, statuses: list[str] | None) -> list[object]:
+    def _active_statuses(self) -> list[Status]:
+        configured = self.source.statuses
+        return [s for s in ACTIVE if configured is None or s in configured]
+
+    async def read_active(self, budget: Budget) -> ReadResult:
+        statuses = self._active_statuses()
+        if not statuses:
+            return ReadResult(complete=False)
+        result, _ = await self._read(budget, statuses, complete=False)
+        return result
+
+    async def _rows(self, budget: Budget, statuses: list[Status] | None) -> list[object]:
         rows: list[object] = []
         seen: set[object] = set()
         for page in range(1, MAX_PAGES + 1):
             params = [
-                *self.status_params(statuses),
+                *self._status_params(statuses),
                 ("page", str(page)),
                 ("per_page", str(PER_PAGE)),
             ]
-            body = await self.upstream.get_json("list", LIST_PATH, params, deadline)
+            body = await self.upstream.get_json("list", LIST_PATH, params, budget)
             if not isinstance(body, list):
                 raise UpstreamError("list", "response is not a JSON array of batch processes")
             ids = {r.get("id") for r in body if isinstance(r, dict)}
@@ -139,6 +208,10 @@ class FirstPromoterClient:
                 break
             seen |= ids
             rows.extend(body)
+            if len(rows) > self.max_jobs:
+                raise UpstreamError(
+                    "list", f"the list holds more than max_jobs ({self.max_jobs}) batches"
+                )
             if len(body) != PER_PAGE:
                 # Short: the last page. Longer than asked: the server ignores pagination.
                 break
@@ -153,11 +226,11 @@ class FirstPromoterClient:
         return rows
 
     async def read_one(
-        self, job_id: str, deadline: float, progress: ProgressMap | None = None
+        self, job_id: str, budget: Budget, progress: ProgressMap | None = None
     ) -> Job | None:
         try:
             body = await self.upstream.get_json(
-                "detail", f"{LIST_PATH}/{quote(job_id, safe='')}", {}, deadline
+                "detail", f"{LIST_PATH}/{quote(job_id, safe='')}", {}, budget
             )
         except NotFound:
             return None
@@ -166,29 +239,30 @@ class FirstPromoterClient:
         except RowError as exc:
             raise UpstreamError("detail", f"unusable row: {exc}") from None
 
-    async def read_changes(self, deadline: float, known: Known) -> ReadResult:
+    async def read_changes(self, budget: Budget, known: Known) -> ReadResult:
         """The active batches, and the progress map of every batch (one cheap request that
         lists every id): ids never seen before, and active batches that left the active list,
         are read by id; ids the map no longer lists are gone."""
-        configured = self.source.statuses
-        active_statuses = [s for s in ACTIVE if configured is None or s in configured]
-        progress_task = self.read_progress(deadline, list(configured) if configured else None)
+        configured = list(self.source.statuses) if self.source.statuses else None
+        active_statuses = self._active_statuses()
+        # The progress map of every configured status, beside the active rows: it lists ids.
+        progress_read = self._progress(budget, configured)
         if active_statuses:
             rows, progress = await asyncio.gather(
-                self._rows(deadline, active_statuses), progress_task
+                self._rows(budget, active_statuses), progress_read
             )
         else:
-            rows, progress = [], await progress_task
+            rows, progress = [], await progress_read
         result = ReadResult(complete=False)
-        result.add_rows(rows, lambda row: parse_row(row, progress))
+        result.add_rows("list", rows, lambda row: parse_row(row, progress))
         listed = progress.keys()
         result.gone = {job_id for job_id in known.ids if job_id not in listed}
         wanted = [i for i in listed if i not in known.ids and i not in result.jobs]
         wanted += [i for i in known.active if i not in result.jobs and i in listed]
         if len(wanted) > BY_ID_LIMIT:
-            return await self.read_all(deadline)
+            return await self.read_all(budget)
         fetched = await pooled(
-            wanted, lambda i: self.read_one(i, deadline, progress), self.upstream.workers
+            wanted, lambda i: self.read_one(i, budget, progress), self.upstream.workers(budget)
         )
         for job_id, job in fetched.items():
             if job is None:

@@ -1,0 +1,199 @@
+"""What every platform provides, and the pieces their clients share.
+
+A platform is one module under `exporter/platforms/` defining a `SourceConfig` subclass: its
+configuration keys, default base URL and rate limit, status vocabulary, auth headers,
+non-secret identifiers and client. `exporter.platforms.PLATFORMS` registers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar, get_args
+
+from pydantic import Field, SecretStr, field_validator
+
+from exporter.jobs import Job, Phase, QueueClock, RowError
+from exporter.settings import Rate, RateLimit, SettingOverrides, Settings
+from exporter.upstream import Budget, Upstream, UpstreamError
+
+T = TypeVar("T")
+K = TypeVar("K")
+
+SOURCE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+# An incremental read falls back to a full read when it would need more by-id reads than this.
+BY_ID_LIMIT = 50
+
+
+@dataclass
+class ReadResult:
+    """Jobs read in one refresh, deduplicated by id, plus the rows that had to be skipped.
+
+    `complete` says whether `jobs` is the whole list: when it is, whatever is not in it is
+    gone. Every client states it; there is no default.
+    """
+
+    complete: bool
+    jobs: dict[str, Job] = field(default_factory=dict)
+    # (endpoint, reason) -> rows skipped; reason is a RowError kind.
+    skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    first_skip: str | None = None
+    # Ids the platform answered 404 for, or no longer lists: to be forgotten.
+    gone: set[str] = field(default_factory=set)
+
+    def merge(self, other: ReadResult) -> None:
+        self.jobs.update(other.jobs)
+        self.skipped.update(other.skipped)
+        self.first_skip = self.first_skip or other.first_skip
+        self.gone |= other.gone
+
+    def add_rows(self, endpoint: str, rows: list[object], parse: Callable[[object], Job]) -> None:
+        """Parse each row; keep the good ones (the latest sighting of an id wins), count the
+        bad ones."""
+        for row in rows:
+            try:
+                job = parse(row)
+            except RowError as exc:
+                self.skip(endpoint, exc)
+                continue
+            self.jobs[job.id] = job
+
+    def skip(self, endpoint: str, error: RowError) -> None:
+        self.skipped[(endpoint, error.kind)] += 1
+        if self.first_skip is None:
+            self.first_skip = str(error)
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the exporter already knows of a source, for an incremental read."""
+
+    active: Collection[str]  # ids of jobs last seen queued, running or unknown
+    ids: Collection[str]  # every id it tracks
+    since: float  # Unix time the previous successful read began
+
+
+class PlatformClient(Protocol):
+    """What a refresh needs from a platform."""
+
+    async def read_all(self, budget: Budget) -> ReadResult:
+        """Every job the account lists (within the configured filters); `complete`."""
+        ...
+
+    async def read_active(self, budget: Budget) -> ReadResult:
+        """Only the queued and running jobs; not `complete`."""
+        ...
+
+    async def read_one(self, job_id: str, budget: Budget) -> Job | None:
+        """One job by id; None when the platform no longer knows it."""
+        ...
+
+    async def read_changes(self, budget: Budget, known: Known) -> ReadResult:
+        """What changed since `known`: active jobs, jobs that finished, new jobs; a
+        full read (`complete`) when that would be cheaper."""
+        ...
+
+
+class SourceConfig(SettingOverrides):
+    """One configured source: the keys every platform shares. A platform subclasses it with
+    `platform: Literal["<name>"]`, its own keys and the class variables below."""
+
+    DEFAULT_BASE_URL: ClassVar[str]
+    # A quarter or less of what the platforms allow: the account's own integrations share it.
+    DEFAULT_RATE_LIMIT: ClassVar[str] = "100/m"
+    PHASES: ClassVar[Mapping[str, Phase]]
+    QUEUE_CLOCK: ClassVar[QueueClock]
+
+    name: str = Field(pattern=SOURCE_NAME_PATTERN)
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    api_key_file: str | None = None
+    rate_limit: Rate | None = None
+    incremental: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")) or len(value.split("/")[2]) == 0:
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @property
+    def platform_name(self) -> str:
+        return platform_name_of(type(self))
+
+    @property
+    def url(self) -> str:
+        return self.base_url or self.DEFAULT_BASE_URL
+
+    @property
+    def rate(self) -> RateLimit:
+        return self.rate_limit or RateLimit.parse(self.DEFAULT_RATE_LIMIT)
+
+    @property
+    def secret(self) -> str:
+        # Loading guarantees the key is set (inline or from api_key_file).
+        assert self.api_key is not None
+        return self.api_key.get_secret_value()
+
+    def phase(self, status: str) -> Phase:
+        return self.PHASES.get(status, Phase.UNKNOWN)
+
+    def auth_headers(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def identifiers(self) -> dict[str, str]:
+        """The non-secret keys that say which account this is (shown, and kept with state)."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, str]:
+        """Platform-specific keys for the config summary, as text."""
+        return {}
+
+    def client(self, upstream: Upstream, settings: Settings) -> PlatformClient:
+        raise NotImplementedError
+
+
+def platform_name_of(model: type[SourceConfig]) -> str:
+    """A platform's `platform:` value, read from its model's Literal annotation."""
+    (name,) = get_args(model.model_fields["platform"].annotation)
+    return str(name)
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+async def run_all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run concurrently; on the first failure cancel the rest and raise that failure itself
+    (not an ExceptionGroup), so callers can catch UpstreamError as usual."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coros]
+    except* UpstreamError as errors:
+        raise _first_leaf(errors) from None
+    return [t.result() for t in tasks]
+
+
+async def pooled(
+    items: Iterable[K], fetch: Callable[[K], Awaitable[T]], workers: int
+) -> dict[K, T]:
+    """fetch(item) for every item, at most `workers` at a time.
+
+    A few workers pulling from one iterator, rather than a task per item: the connection
+    semaphore then never has a long queue in front of a scrape's own requests.
+    """
+    results: dict[K, T] = {}
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:
+            results[item] = await fetch(item)
+
+    await run_all([worker() for _ in range(max(1, workers))])
+    return results
