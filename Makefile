@@ -5,24 +5,33 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
+RUN_STAMP := $(VENV)/.installed-run
+# `make run PORT=9900`, or PORT in the environment: the port the demo listens on.
+PORT   ?= 9840
 # apt-get as root, else through sudo.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint format tools clean bench
 
-$(STAMP): pyproject.toml
+# What running needs: the package and its run-time dependencies only.
+$(RUN_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { \
 	  echo "installing Debian's python3-venv"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# What the tests need on top: the development tools.
+$(STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 ## run: install into .venv and start the exporter in demo mode (simulated Kizen + FirstPromoter)
-run: $(STAMP)
-	$(BIN)/bulk-progress-exporter --demo
+run: $(RUN_STAMP)
+	$(BIN)/bulk-progress-exporter --demo --web.listen-address=:$(PORT)
 
 ## tools: Debian's prometheus (promtool), prometheus-alertmanager and chromium, when missing
 tools:

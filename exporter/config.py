@@ -303,16 +303,19 @@ def _source(
     if not has_key and not has_file:
         p.add((*loc, "api_key"), "required key is missing (or api_key_file)")
         return None
-    if source is None:
-        return None
-    assert isinstance(source, SourceConfig)
-    if has_file:
-        assert source.api_key_file is not None
+    secret: str | None = None
+    key_file = raw.get("api_key_file")
+    if isinstance(key_file, str):
+        # Read even when other keys are wrong, so that every problem shows in one pass.
         try:
-            secret = _read_secret_file(source.api_key_file, base_dir)
+            secret = _read_secret_file(key_file, base_dir)
         except FileLimitError as exc:
             p.add((*loc, "api_key_file"), str(exc))
             return None
+    if source is None:
+        return None
+    assert isinstance(source, SourceConfig)
+    if secret is not None:
         return source.model_copy(update={"api_key": SecretStr(secret)})
     if not source.secret.strip() and not p.covers((*loc, "api_key")):
         p.add((*loc, "api_key"), "is empty")
@@ -372,6 +375,11 @@ def _build(
     return defaults, [s for s in sources if s is not None]
 
 
+def _order(loc: Loc) -> tuple[tuple[int, int | str], ...]:
+    """Problems in document order: `defaults` before `sources`, list items by index."""
+    return tuple((0, part) if isinstance(part, int) else (1, part) for part in loc)
+
+
 def parse_config(
     text: str,
     *,
@@ -399,7 +407,8 @@ def parse_config(
     defaults, sources = _build(expanded, platforms, base_dir or Path.cwd(), p)
     if p.lines or defaults is None:
         redact = Redactor([*_raw_secrets(expanded), *(s.secret for s in sources)])
-        raise ConfigError([redact(f"{filename}: {loc_text(loc)}: {m}") for loc, m in p.lines])
+        lines = sorted(p.lines, key=lambda line: _order(line[0]))
+        raise ConfigError([redact(f"{filename}: {loc_text(loc)}: {m}") for loc, m in lines])
     return Config(defaults=defaults, sources=tuple(sources), platforms=platforms)
 
 

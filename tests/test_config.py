@@ -230,3 +230,107 @@ def test_shipped_example_config_is_valid() -> None:
     }
     config = load_config(example, env=env)
     assert [s.platform_name for s in config.sources] == ["kizen", "firstpromoter"]
+
+
+def test_unset_variable_unknown_key_and_bad_duration_reported_in_one_run(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        "defaults: {timeout: soon}\n"
+        "sources:\n  - {name: a, platform: kizen, business_id: b, user_id: u,"
+        " api_key: '${NOT_SET}', colour: red}\n",
+        env={},
+    )
+    assert [p.removeprefix(f"{tmp_path}/config.yaml: ") for p in found] == [
+        "defaults.timeout: invalid duration 'soon': use forms like 500ms, 10s, 5m, 1h, 1d",
+        "sources[0].api_key: environment variable NOT_SET is not set",
+        "sources[0].colour: unknown key (allowed here: api_key, api_key_file, base_url, "
+        "business_id, filters, finished_job_retention, full_sync_interval, incremental, "
+        "max_actions, max_concurrency, max_job_series, max_jobs, max_response_size, "
+        "min_interval, name, page_size, platform, rate_limit, timeout, user_id)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("defaults: {max_concurrency: 0}\n", "defaults.max_concurrency: must be at least 1"),
+        ("defaults: {max_job_series: many}\n", "defaults.max_job_series: must be a whole number"),
+        (
+            "defaults: {max_response_size: 10}\n",
+            "defaults.max_response_size: must be at least 1024",
+        ),
+        (
+            "sources:\n  - {name: a, platform: firstpromoter, account_id: c, api_key: kk,"
+            " statuses: [done]}\n",
+            "sources[0].statuses[0]: must be one of pending, in_progress, completed, failed"
+            " or stopped",
+        ),
+        (
+            "sources:\n  - {name: a, platform: kizen, business_id: b, user_id: u, api_key: kk,"
+            " filters: {custom_object_id: nope}}\n",
+            "sources[0].filters.custom_object_id: must be a UUID",
+        ),
+        ("sources: {a: 1}\n", "sources: must be a list of sources"),
+        ("colour: red\n", "colour: unknown key (allowed here: defaults, sources)"),
+    ],
+)
+def test_messages_say_what_is_allowed_in_our_words(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    found = problems(tmp_path, text)
+    assert any(
+        p == f"{tmp_path}/config.yaml: {expected}"
+        or p.startswith(f"{tmp_path}/config.yaml: {expected}")
+        for p in found
+    ), found
+    assert not any("should" in p or "Input should" in p for p in found), found
+
+
+def test_no_sources_is_accepted_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "sources: []\n")
+    assert main(["--config.file", str(path), "--config.check"], env={}) == 0
+    assert "warning: no sources are configured" in capsys.readouterr().out
+
+
+def test_a_bad_environment_value_names_the_variable_and_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write(tmp_path, "sources: []\n")
+    env = {"BULK_EXPORTER_CONFIG_FILE": str(good), "BULK_EXPORTER_LOG_LEVEL": "verbose"}
+    assert main(["--config.check"], env=env) == 1
+    assert "BULK_EXPORTER_LOG_LEVEL='verbose': must be one of debug, info, warn, error" in (
+        capsys.readouterr().err
+    )
+    assert (
+        main(
+            ["--config.check"],
+            env={**env, "BULK_EXPORTER_LOG_LEVEL": "info", "BULK_EXPORTER_DEMO": "maybe"},
+        )
+        == 1
+    )
+    assert "BULK_EXPORTER_DEMO='maybe': must be true or false" in capsys.readouterr().err
+    assert main(["--config.check", "--log.level", "loud"], env={**env}) == 1
+    assert "--log.level: must be one of" in capsys.readouterr().err
+
+
+def test_the_readme_config_error_example_is_real_output(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    marker = "<!-- produced by tests/test_config.py from tests/data/config-with-errors.yaml -->"
+    assert marker in readme
+    block = readme.split(marker, 1)[1].split("```", 2)[1]
+    shown = block.removeprefix("\n").splitlines()
+    config = Path(__file__).parent / "data" / "config-with-errors.yaml"
+    (tmp_path / "config.yaml").write_text(config.read_text())
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.file", "config.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == shown

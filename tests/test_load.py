@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
 from tests.helpers import source_yaml
@@ -34,7 +35,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def test_twenty_scrapers_for_thirty_seconds(tmp_path: Path) -> None:
+async def test_twenty_scrapers_for_thirty_seconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     sim_port = free_port()
     simulator = subprocess.Popen(  # noqa: ASYNC220 - started once, before any awaiting
         [sys.executable, "-m", "exporter.simulator", "--port", str(sim_port), "--tick", "1"],
@@ -100,10 +103,13 @@ async def test_twenty_scrapers_for_thirty_seconds(tmp_path: Path) -> None:
     third = len(memory) // 3
     early = max(m for _, m in memory[:third])
     late = max(m for _, m in memory[-third:])
-    print(
-        f"\n{scrapes} scrapes by {SCRAPERS} scrapers in {DURATION:.0f}s "
-        f"({scrapes / DURATION:.0f}/s); /-/healthy p50 {percentile(health, 0.5) * 1000:.1f} ms, "
-        f"p99 {percentile(health, 0.99) * 1000:.1f} ms, max {max(health) * 1000:.1f} ms; "
-        f"resident memory {memory[0][1]:.0f} -> {early:.0f} -> {late:.0f} MiB"
-    )
+    # Past pytest's capture, so the figures show in `make test`'s output.
+    with capsys.disabled():
+        print(
+            f"\n{scrapes} scrapes by {SCRAPERS} scrapers in {DURATION:.0f}s "
+            f"({scrapes / DURATION:.0f}/s); "
+            f"/-/healthy p50 {percentile(health, 0.5) * 1000:.1f} ms, "
+            f"p99 {percentile(health, 0.99) * 1000:.1f} ms, max {max(health) * 1000:.1f} ms; "
+            f"resident memory {memory[0][1]:.0f} -> {early:.0f} -> {late:.0f} MiB"
+        )
     assert late < early + 25
