@@ -35,6 +35,8 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
+    """Usage errors exit with status 1, like every other start-up error."""
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         self.exit(1, f"{self.prog}: error: {message}\n")
@@ -71,6 +73,8 @@ def _shard_index(value: str) -> str:
 
 @dataclass(frozen=True)
 class _Flag:
+    """One valued flag: its name, destination, default, help and value check."""
+
     name: str
     dest: str
     default: str | None
@@ -149,6 +153,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class Options:
+    """The parsed command line, every value checked."""
+
     config_file: str
     listen_address: str
     web_config_file: str | None

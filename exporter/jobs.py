@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 
 class Phase(enum.StrEnum):
+    """The lifecycle stage every platform status is mapped to."""
+
     QUEUED = "queued"
     RUNNING = "running"
     COMPLETED = "completed"

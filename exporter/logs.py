@@ -54,18 +54,24 @@ def _logfmt_value(value: Any) -> str:
 
 
 class _RedactingFormatter(logging.Formatter):
+    """Holds the redactor every line passes through."""
+
     def __init__(self, redact: Redact = _unchanged) -> None:
         super().__init__()
         self.redact = redact
 
 
 class LogfmtFormatter(_RedactingFormatter):
+    """`ts=... level=... logger=... msg=... key=value` lines."""
+
     def format(self, record: logging.LogRecord) -> str:
         fields = _fields(record, self.redact)
         return self.redact(" ".join(f"{k}={_logfmt_value(v)}" for k, v in fields.items()))
 
 
 class JsonFormatter(_RedactingFormatter):
+    """One JSON object per line."""
+
     def format(self, record: logging.LogRecord) -> str:
         fields = _fields(record, self.redact)
         return self.redact(json.dumps(fields, ensure_ascii=False, default=str))

@@ -61,6 +61,8 @@ def _accepts_gzip(header: str) -> bool:
 
 @dataclass(frozen=True)
 class Encoded:
+    """An answer ready to send: its body (gzipped or not) and content type."""
+
     body: bytes
     content_type: str
     gzipped: bool

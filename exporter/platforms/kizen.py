@@ -63,6 +63,8 @@ UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0
 
 
 class KizenFilters(Strict):
+    """The list filters a Kizen source may set, sent as query parameters."""
+
     action: str | None = None
     custom_object_id: str | None = Field(default=None, pattern=UUID_PATTERN)
 

@@ -1,0 +1,85 @@
+"""What a new user meets first: the URL printed in every mode, failures that name where and
+why, and a failing source that does not flood the log."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exporter.simulator import Fault
+from exporter.source import _FailureLog
+from tests.conftest import ExporterFactory, SimHandle
+from tests.helpers import capture_logs
+from tests.test_process import Process, free_port
+
+
+@pytest.fixture
+def logs() -> Iterator[io.StringIO]:
+    with capture_logs() as stream:
+        yield stream
+
+
+def test_start_up_prints_the_url_when_serving_a_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("sources: []\n")
+    p = Process(["--config.file", str(config)], free_port())
+    try:
+        p.wait_listening()
+    finally:
+        code, out, err = p.stop()
+    assert code == 0, err
+    assert f"open http://127.0.0.1:{p.port}/ (metrics at http://127.0.0.1:{p.port}/metrics)" in out
+    assert "no sources are configured" in err
+
+
+async def test_a_refresh_failure_names_host_port_and_the_underlying_error(
+    exporter: ExporterFactory, sim: SimHandle, logs: io.StringIO
+) -> None:
+    port = free_port()  # nothing listens there
+    text = f"""
+sources:
+  - name: kz
+    platform: kizen
+    base_url: http://127.0.0.1:{port}
+    business_id: b
+    user_id: u
+    api_key: kizen-key-0123456789
+"""
+    client = await exporter(text)
+    await client.get("/metrics")
+    line = next(x for x in logs.getvalue().splitlines() if "refresh failed" in x)
+    assert "host=127.0.0.1" in line
+    assert f"port={port}" in line
+    assert "level=warn" in line
+    # The underlying error, not only "connection failed".
+    assert "connection failed: Client" in line
+    assert "Connect call failed" in line or "Cannot connect" in line
+
+
+async def test_a_source_failing_on_alternating_endpoints_is_logged_once(
+    exporter: ExporterFactory, sim: SimHandle, logs: io.StringIO
+) -> None:
+    client = await exporter(kizen=False, fp_extra="    incremental: false\n")
+    await client.get("/metrics")  # healthy baseline
+    # The list and the progress map fail alike; which one fails first varies.
+    sim.sim.set_fault("firstpromoter", Fault(status=403, body=b'{"message": "nope"}'))
+    for _ in range(6):
+        await client.get("/metrics")
+    failures = [x for x in logs.getvalue().splitlines() if "refresh failed" in x]
+    # Two formatters (logfmt and JSON) capture each line: one failure, logged once in each.
+    assert len(failures) == 2, failures
+    sim.sim.set_fault("firstpromoter", None)
+    await client.get("/metrics")
+    assert sum("source recovered" in x for x in logs.getvalue().splitlines()) == 2
+
+
+def test_failure_log_ignores_which_endpoint_failed(logs: io.StringIO) -> None:
+    failures = _FailureLog("fp", "firstpromoter")
+    for endpoint in ("list", "progress", "list", "progress"):
+        failures.note(f"{endpoint}: HTTP 403", "HTTP 403", {"endpoint": endpoint})
+    failures.note("list: HTTP 500", "HTTP 500", {"endpoint": "list"})  # a new way of failing
+    lines = [x for x in logs.getvalue().splitlines() if x.startswith("ts=")]
+    assert [("HTTP 403" in x, "HTTP 500" in x) for x in lines] == [(True, False), (False, True)]
