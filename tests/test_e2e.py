@@ -36,6 +36,21 @@ ROOT = Path(__file__).parent.parent
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 
 
+
+def start_prometheus(binary: str, tmp_path: Path, port: int) -> subprocess.Popen[str]:
+    """Prometheus on loopback with `tmp_path/prometheus.yml` and temporary storage."""
+    return subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'prom-data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
 @dataclass
 class Stack:
     exporter: str
@@ -142,19 +157,7 @@ async def stack(tools: tuple[str, str], tmp_path: Path) -> AsyncIterator[Stack]:
                 text=True,
             )
         )
-        procs.append(
-            subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
-                [
-                    prometheus_bin,
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'prom-data'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-        )
+        procs.append(start_prometheus(prometheus_bin, tmp_path, prom_port))
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{am_port}/-/ready")
         await asyncio.to_thread(wait_http, f"http://127.0.0.1:{prom_port}/-/ready")
         yield Stack(
@@ -393,19 +396,7 @@ async def test_one_source_through_three_targets_matches_one(
                 )
             )
         )
-        procs.append(
-            subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited
-                [
-                    prometheus_bin,
-                    f"--config.file={tmp_path / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={tmp_path / 'prom-data'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-        )
+        procs.append(start_prometheus(prometheus_bin, tmp_path, prom_port))
         await asyncio.to_thread(wait_http, f"{prom}/-/ready")
         async with aiohttp.ClientSession() as http:
             # Every target up, with ~12 s of samples (rates over the 10 s rate interval).
