@@ -102,9 +102,12 @@ class Runtime:
                 new[source.name] = self._runner(config, i)
         self.config = config
         self.sources = new
+        retired = [r for name, r in old.items() if new.get(name) is not r]
+        for runner in retired:
+            runner.on_success = None  # a refresh finishing late must not save over its successor
         if self.store is not None:
             self.store.keep_only(new.values())
-        return [r for name, r in old.items() if new.get(name) is not r]
+        return retired
 
     async def reload(self) -> None:
         """Re-read the configuration file; on any problem keep serving the old one."""
