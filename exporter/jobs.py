@@ -75,8 +75,6 @@ MAX_ID_LENGTH = 100
 # Above this a count is not exactly representable as a float sample value.
 MAX_COUNT = 2**53
 
-SKIP_REASONS = ("not_an_object", "missing_id", "bad_field")
-
 
 class RowError(ValueError):
     """An upstream row that cannot be turned into a Job; the row is skipped, never fatal.

@@ -59,10 +59,6 @@ class Histogram:
         self.counts[index] += 1
         self.total += value
 
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
     def cumulative(self) -> list[tuple[str, float]]:
         out, running = [], 0
         for bound, n in zip((*map(str, BUCKETS), "+Inf"), self.counts, strict=True):

@@ -140,9 +140,6 @@ class SourceConfig(SettingOverrides):
         assert self.api_key is not None
         return self.api_key.get_secret_value()
 
-    def phase(self, status: str) -> Phase:
-        return self.PHASES.get(status, Phase.UNKNOWN)
-
     def auth_headers(self) -> dict[str, str]:
         raise NotImplementedError
 
