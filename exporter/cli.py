@@ -207,14 +207,23 @@ def parse_listen_address(address: str) -> tuple[str | None, int]:
 
 def resolve_shard(index: str, count: str, hostname: str | None = None) -> Shard:
     """`--shard.index`/`--shard.count` as a Shard; `auto` takes the host name's trailing
-    number (a StatefulSet pod's ordinal)."""
+    number (a StatefulSet pod's ordinal). With one shard, `auto` is 0 whatever the host name:
+    a single replica owns every source, so its name (a container id, a Deployment pod's) does
+    not matter."""
     total = int(count)
     if index == "auto":
+        if total == 1:
+            return Shard(0, 1)
         name = hostname if hostname is not None else socket.gethostname()
         digits = len(name) - len(name.rstrip("0123456789"))
         if digits == 0:
             raise UsageError(f"--shard.index auto: the host name {name!r} does not end in a number")
         number = int(name[-digits:])
+        if number >= total:
+            raise UsageError(
+                f"--shard.index auto: the host name {name!r} gives shard {number}, "
+                f"which is not below --shard.count {total}"
+            )
     else:
         number = int(index)
     if number >= total:

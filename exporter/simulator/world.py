@@ -146,6 +146,9 @@ class Tuning:
 
     new_job_chance: float = 0.25
     start_chance: float = 0.5
+    # Kizen jobs wait longer for a worker (~10 ticks): a 15-30 s scrape then sees them queued,
+    # which Kizen's queue-wait observations need (it publishes no creation time).
+    kizen_start_chance: float = 0.1
     items_per_tick: tuple[int, int] = (5, 40)
     item_failure_chance: float = 0.05
     fail_chance: float = 0.02
@@ -350,7 +353,7 @@ class World:
         if job.frozen:
             return
         if job.status == "queued":
-            if rng.random() < t.start_chance:
+            if rng.random() < t.kizen_start_chance:
                 job.status = "initialize"
             return
         if job.status == "initialize":
