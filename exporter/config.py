@@ -58,13 +58,19 @@ def read_regular_file(path: Path, limit: int, what: str) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise FileLimitError(f"cannot read {what}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        # Checked on the descriptor itself (no race with a rename), before anything is read.
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise FileLimitError(f"{what} is not a regular file (a FIFO, device or directory)")
         if info.st_size > limit:
             raise FileLimitError(f"{what} is larger than the {limit}-byte limit")
-        data = handle.read(limit + 1)
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise FileLimitError(f"cannot read {what}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise FileLimitError(f"{what} is larger than the {limit}-byte limit")
     try:
@@ -132,6 +138,12 @@ def _load_yaml(text: str) -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as data; ConfigError when its aliases expand it beyond MAX_YAML_NODES.
+    Also used for the web configuration."""
+    return _load_yaml(text)
 
 
 # --- ${VAR} expansion -----------------------------------------------------------------------
@@ -337,17 +349,25 @@ def _duplicate_names(raw_sources: list[Any], p: _Problems) -> None:
         seen.setdefault(name, i)
 
 
-def _raw_secrets(raw: Any) -> Iterator[str]:
-    """Every value under an `api_key` key, valid or not, so that refused text can be redacted."""
+def _raw_secrets(raw: Any, base_dir: Path) -> Iterator[str]:
+    """Every value under an `api_key` key, and the contents of every readable `api_key_file`,
+    valid or not, so that refused text can be redacted: a key pasted into another setting of
+    a source that fails to validate is quoted by its error."""
     if isinstance(raw, dict):
         for key, value in raw.items():
             if key == "api_key" and isinstance(value, str):
                 yield value
+            elif key == "api_key_file" and isinstance(value, str):
+                try:
+                    secret = _read_secret_file(value, base_dir)
+                except FileLimitError:
+                    continue
+                yield secret
             else:
-                yield from _raw_secrets(value)
+                yield from _raw_secrets(value, base_dir)
     elif isinstance(raw, list):
         for value in raw:
-            yield from _raw_secrets(value)
+            yield from _raw_secrets(value, base_dir)
 
 
 def _build(
@@ -404,9 +424,10 @@ def parse_config(
         raw = {}
     p = _Problems()
     expanded = _expand(raw, (), env, p)
-    defaults, sources = _build(expanded, platforms, base_dir or Path.cwd(), p)
+    base_dir = base_dir or Path.cwd()
+    defaults, sources = _build(expanded, platforms, base_dir, p)
     if p.lines or defaults is None:
-        redact = Redactor([*_raw_secrets(expanded), *(s.secret for s in sources)])
+        redact = Redactor([*_raw_secrets(expanded, base_dir), *(s.secret for s in sources)])
         lines = sorted(p.lines, key=lambda line: _order(line[0]))
         raise ConfigError([redact(f"{filename}: {loc_text(loc)}: {m}") for loc, m in lines])
     return Config(defaults=defaults, sources=tuple(sources), platforms=platforms)

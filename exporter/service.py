@@ -23,8 +23,119 @@ from exporter.webconfig import WebConfig
 
 logger = logging.getLogger("exporter")
 
-# Request headers must arrive within this; idle keep-alive connections are closed after it.
+# Request headers must arrive within this (from connecting, or from the previous answer on a
+# kept-alive connection); idle connections are closed after it. Tests lower it.
 HEADER_TIMEOUT = 10.0
+_HEADERS_END = (b"\r\n\r\n", b"\n\n")
+
+
+class HeaderDeadline(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind a deadline for the first request's headers.
+
+    aiohttp's server has no header timeout of its own. Its `keepalive_timeout` closes a
+    kept-alive connection whose next request has not arrived whole within that time of the
+    previous answer, however slowly its bytes trickle in, but before the first request only
+    recent versions arm it. This wrapper sits between the transport and aiohttp's protocol and
+    closes the connection when the blank line ending the first request's headers has not
+    arrived within `timeout` of connecting; with `keepalive_timeout` set to the same value,
+    every request's headers must arrive within it and idle connections are closed.
+    A half-closed connection is closed by aiohttp at once (`eof_received`).
+    """
+
+    def __init__(self, inner: asyncio.Protocol, timeout: float) -> None:
+        self.inner = inner
+        self.timeout = timeout
+        self._transport: asyncio.BaseTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.timeout, self._expire)
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            seen = self._tail + data
+            if any(end in seen for end in _HEADERS_END):
+                self._timer.cancel()
+                self._timer = None
+                self._tail = b""
+            else:
+                self._tail = seen[-3:]
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._transport is not None and not self._transport.is_closing():
+            log(logger, logging.DEBUG, "closing a connection whose request headers are late")
+            self._transport.close()
+
+
+@dataclass
+class Serving:
+    """The HTTP server of one run: aiohttp's runner and the listening socket(s)."""
+
+    runner: web.AppRunner
+    server: asyncio.Server
+
+    @property
+    def port(self) -> int:
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        """Stop listening, close every connection and run the app's shutdown hooks."""
+        self.server.close()
+        await self.runner.cleanup()
+
+
+async def serve_http(
+    app: web.Application,
+    host: str | None,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    header_timeout: float | None = None,
+) -> Serving:
+    """Serve `app` as the exporter does: aiohttp's runner behind `HeaderDeadline`, idle
+    connections closed after `header_timeout` (HEADER_TIMEOUT unless given), and the TLS
+    handshake bounded by it too. Raises OSError when it cannot listen."""
+    timeout = HEADER_TIMEOUT if header_timeout is None else header_timeout
+    runner = web.AppRunner(
+        app, access_log=logging.getLogger("aiohttp.access"), keepalive_timeout=timeout
+    )
+    await runner.setup()
+    handlers = runner.server
+    assert handlers is not None
+    loop = asyncio.get_running_loop()
+    try:
+        server = await loop.create_server(
+            lambda: HeaderDeadline(handlers(), timeout),
+            host,
+            port,
+            ssl=ssl_context,
+            ssl_handshake_timeout=timeout if ssl_context is not None else None,
+        )
+    except OSError:
+        await runner.cleanup()
+        raise
+    return Serving(runner, server)
 
 
 @dataclass(frozen=True)
@@ -88,14 +199,14 @@ class Service:
         )
         for warning in config.warnings():
             log(logger, logging.WARNING, warning)
-        runner = await self._start_site(runtime)
+        serving = await self._start_site(runtime)
         self._handle_signals(runtime)
         try:
             await self._stop.wait()
         finally:
             log(logger, logging.INFO, "shutting down")
             runtime.ready = False
-            await runner.cleanup()
+            await serving.close()
             await self._stop_demo()
 
     async def _start_demo(self) -> Config:
@@ -108,21 +219,13 @@ class Service:
         if self.demo is not None:
             await self.demo.stop()
 
-    async def _start_site(self, runtime: Runtime) -> web.AppRunner:
+    async def _start_site(self, runtime: Runtime) -> Serving:
         web_config = self.listen.web_config
         ssl_context: ssl.SSLContext | None = web_config.ssl_context() if web_config else None
         app = make_app(runtime, web_config.middlewares() if web_config else [])
-        runner = web.AppRunner(
-            app,
-            access_log=logging.getLogger("aiohttp.access"),
-            keepalive_timeout=HEADER_TIMEOUT,
-        )
-        await runner.setup()
-        site = web.TCPSite(runner, self.listen.host, self.listen.port, ssl_context=ssl_context)
         try:
-            await site.start()
+            serving = await serve_http(app, self.listen.host, self.listen.port, ssl_context)
         except OSError:
-            await runner.cleanup()
             await self._stop_demo()
             raise
         url = public_url(self.listen.host, self.listen.port, ssl_context is not None)
@@ -139,7 +242,7 @@ class Service:
         )
         what = "demo (simulated data)" if self.demo is not None else "serving"
         print(f"bulk-progress-exporter {what}: open {url} (metrics at {url}metrics)", flush=True)
-        return runner
+        return serving
 
     def _handle_signals(self, runtime: Runtime) -> None:
         loop = asyncio.get_running_loop()

@@ -18,9 +18,12 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import os
+import re
 import ssl
+import stat
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +31,8 @@ import bcrypt
 import yaml
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from exporter.config import ConfigError, FileLimitError, load_yaml, read_regular_file
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _TLS_VERSIONS = {
@@ -76,9 +81,30 @@ class WebConfigModel(_Strict):
     basic_auth_users: dict[str, str] | None = None
 
 
-# A valid hash to check unknown users against, so that they take as long as known ones.
-_DUMMY_HASH = bcrypt.hashpw(b"not-a-password", bcrypt.gensalt(rounds=10))
 _CACHE_SIZE = 256
+# The web configuration file is read whole; it holds a few paths and hashes.
+MAX_WEB_CONFIG_BYTES = 64 * 1024
+# bcrypt's cost bounds, and the cost of the dummy hash when no configured hash gives one.
+_MIN_COST, _MAX_COST, _DEFAULT_COST = 4, 31, 10
+_COST_RE = re.compile(rb"^\$2[aby]\$(\d\d)\$")
+
+
+def bcrypt_cost(hashed: bytes) -> int | None:
+    """The cost (log2 rounds) of a bcrypt hash, None when it is not a well-formed one."""
+    match = _COST_RE.match(hashed)
+    if match is None:
+        return None
+    cost = int(match.group(1))
+    return cost if _MIN_COST <= cost <= _MAX_COST else None
+
+
+def dummy_hash(hashes: Iterable[bytes]) -> bytes:
+    """A valid hash to check unknown users against, as costly as the most expensive of
+    `hashes`: an unknown user's rejection then takes as long as a known user's, and the
+    answer's timing does not tell which user names exist."""
+    costs = [c for c in map(bcrypt_cost, hashes) if c is not None]
+    rounds = max(costs, default=_DEFAULT_COST)
+    return bcrypt.hashpw(b"not-a-password", bcrypt.gensalt(rounds=rounds))
 
 
 class BasicAuth:
@@ -87,6 +113,8 @@ class BasicAuth:
 
     def __init__(self, users: dict[str, str]) -> None:
         self.users = {u: h.encode() for u, h in users.items()}
+        # Made once, when the web configuration is loaded (it costs one bcrypt check).
+        self.dummy = dummy_hash(self.users.values())
         self._cache: OrderedDict[bytes, bool] = OrderedDict()
 
     async def check(self, header: str | None) -> bool:
@@ -112,14 +140,19 @@ class BasicAuth:
             self._cache.popitem(last=False)
         return verdict
 
-    @staticmethod
-    def _verify(password: bytes, hashed: bytes | None) -> bool:
+    def _verify(self, password: bytes, hashed: bytes | None) -> bool:
         try:
-            ok = bcrypt.checkpw(password, hashed or _DUMMY_HASH)
+            ok = bcrypt.checkpw(password, hashed or self.dummy)
         except ValueError:  # a malformed hash in the file never matches
-            bcrypt.checkpw(password, _DUMMY_HASH)
+            bcrypt.checkpw(password, self.dummy)
             return False
         return ok and hashed is not None
+
+
+def _resolve(base_dir: Path, value: str) -> str:
+    """A path from the web configuration: relative ones are relative to the file."""
+    path = Path(value)
+    return str(path if path.is_absolute() else base_dir / path)
 
 
 class WebConfig:
@@ -130,8 +163,7 @@ class WebConfig:
         self.auth = BasicAuth(users) if users else None
 
     def _path(self, value: str) -> str:
-        path = Path(value)
-        return str(path if path.is_absolute() else self.base_dir / path)
+        return _resolve(self.base_dir, value)
 
     def ssl_context(self) -> ssl.SSLContext | None:
         tls = self.model.tls_server_config
@@ -183,14 +215,32 @@ class WebConfig:
         return result
 
 
+def _not_regular(path: str) -> str | None:
+    """Why a TLS file cannot be used (missing, or not a regular file), None when it can.
+
+    Checked before OpenSSL opens it, which would block on a FIFO."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file (a FIFO, device or directory)"
+    return None
+
+
 def load_web_config(path: str | Path) -> WebConfig:
+    """Read and check `--web.config.file`: a regular file of at most MAX_WEB_CONFIG_BYTES, so
+    that a FIFO cannot hang start-up and a device cannot be read without end."""
     file = Path(path)
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise WebConfigError(
-            [f"{file}: cannot read the web configuration: {exc.strerror}"]
-        ) from None
+        text = read_regular_file(file, MAX_WEB_CONFIG_BYTES, "the web configuration")
+        raw = load_yaml(text) or {}
+    except FileLimitError as exc:
+        raise WebConfigError([f"{file}: {exc}"]) from None
+    except ConfigError as exc:  # an alias bomb
+        raise WebConfigError([f"{file}: {p}" for p in exc.problems]) from None
+    except RecursionError:
+        raise WebConfigError([f"{file}: the YAML is nested too deeply"]) from None
     except yaml.YAMLError as exc:
         raise WebConfigError([f"{file}: invalid YAML: {exc}"]) from None
     try:
@@ -215,6 +265,12 @@ def load_web_config(path: str | Path) -> WebConfig:
     for user, hashed in (model.basic_auth_users or {}).items():
         if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
             problems.append(f"{file}: basic_auth_users.{user}: not a bcrypt hash")
+    if tls is not None:
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            value = getattr(tls, key)
+            why = _not_regular(_resolve(file.parent, value)) if value else None
+            if why is not None:
+                problems.append(f"{file}: tls_server_config.{key}: {why}")
     if problems:
         raise WebConfigError(problems)
     config = WebConfig(model, file.parent)

@@ -225,9 +225,10 @@ class FirstPromoterClient:
             )
         return rows
 
-    async def read_one(
+    async def _read_by_id(
         self, job_id: str, budget: Budget, progress: ProgressMap | None = None
-    ) -> Job | None:
+    ) -> Job | RowError | None:
+        """One batch by id; None when gone; an unusable row as its RowError."""
         try:
             body = await self.upstream.get_json(
                 "detail", f"{LIST_PATH}/{quote(job_id, safe='')}", {}, budget
@@ -237,7 +238,15 @@ class FirstPromoterClient:
         try:
             return parse_row(body, progress)
         except RowError as exc:
-            raise UpstreamError("detail", f"unusable row: {exc}") from None
+            return exc
+
+    async def read_one(
+        self, job_id: str, budget: Budget, progress: ProgressMap | None = None
+    ) -> Job | None:
+        found = await self._read_by_id(job_id, budget, progress)
+        if isinstance(found, RowError):
+            raise UpstreamError("detail", f"unusable row: {found}")
+        return found
 
     async def read_changes(self, budget: Budget, known: Known) -> ReadResult:
         """The active batches, and the progress map of every batch (one cheap request that
@@ -262,11 +271,13 @@ class FirstPromoterClient:
         if len(wanted) > BY_ID_LIMIT:
             return await self.read_all(budget)
         fetched = await pooled(
-            wanted, lambda i: self.read_one(i, budget, progress), self.upstream.workers(budget)
+            wanted, lambda i: self._read_by_id(i, budget, progress), self.upstream.workers(budget)
         )
         for job_id, job in fetched.items():
             if job is None:
                 result.gone.add(job_id)
+            elif isinstance(job, RowError):
+                result.skip("detail", job)  # skipped like a bad list row, never fatal
             else:
                 result.jobs[job_id] = job
         return result

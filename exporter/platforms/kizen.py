@@ -203,8 +203,10 @@ class KizenClient:
         if not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise UpstreamError("list", "page has no usable count")
         if count > self.max_jobs:
+            digits = str(count)  # an upstream's number, shown whole only when it is short
+            shown = digits if len(digits) <= 20 else f"a {len(digits)}-digit number of"
             raise UpstreamError(
-                "list", f"the list holds {count} jobs, more than max_jobs ({self.max_jobs})"
+                "list", f"the list holds {shown} jobs, more than max_jobs ({self.max_jobs})"
             )
         rows = ReadResult(complete=False)
         rows.add_rows("list", results, parse_row)
@@ -322,16 +324,19 @@ class KizenClient:
         if len(missing) > BY_ID_LIMIT:
             return await self.read_all(budget)
         found = await pooled(
-            missing, lambda i: self.read_one(i, budget), self.upstream.workers(budget)
+            missing, lambda i: self._read_by_id(i, budget), self.upstream.workers(budget)
         )
         for job_id, job in found.items():
             if job is None:
                 active.gone.add(job_id)
+            elif isinstance(job, RowError):
+                active.skip("detail", job)  # skipped like a bad list row, never fatal
             else:
                 active.jobs[job_id] = job
         return active
 
-    async def read_one(self, job_id: str, budget: Budget) -> Job | None:
+    async def _read_by_id(self, job_id: str, budget: Budget) -> Job | RowError | None:
+        """One job by id; None when gone; an unusable row as its RowError."""
         try:
             body = await self.upstream.get_json(
                 "detail", f"{LIST_PATH}/{quote(job_id, safe='')}", {}, budget
@@ -341,4 +346,10 @@ class KizenClient:
         try:
             return parse_row(body)
         except RowError as exc:
-            raise UpstreamError("detail", f"unusable row: {exc}") from None
+            return exc
+
+    async def read_one(self, job_id: str, budget: Budget) -> Job | None:
+        found = await self._read_by_id(job_id, budget)
+        if isinstance(found, RowError):
+            raise UpstreamError("detail", f"unusable row: {found}")
+        return found

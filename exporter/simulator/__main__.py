@@ -13,7 +13,48 @@ import time
 from exporter.simulator import RunningSimulator, Simulator, World
 
 
+class BoundedWorld(World):
+    """A world whose population churns but stays bounded: after every tick, each platform's
+    oldest finished jobs are dropped beyond `keep` (as an account whose history is cleaned
+    up). Starts full, with finished jobs of the last day, so that the job count is flat from
+    the start. The soak benchmark uses it to tell a leak from a growing data set."""
+
+    def __init__(self, seed: int, keep: int) -> None:
+        super().__init__(seed=seed)
+        self.keep = keep
+
+    def fill(self) -> None:
+        self.populate()
+        now = self.clock()
+        while len(self.kizen) < self.keep:
+            ago = 3600 + 60 * len(self.kizen)
+            self.add_kizen_job(
+                status="completed", pending=0, success=20, started_at=now - ago, at_end=True
+            )
+        while len(self.fp) < self.keep:
+            ago = 3600 + 60 * len(self.fp)
+            self.add_fp_batch(
+                status="completed", processed=20, created_at=now - ago, updated_at=now - ago + 30
+            )
+
+    def step(self) -> None:
+        super().step()
+        extra = len(self.kizen) - self.keep
+        if extra > 0:  # newest first: drop finished jobs from the end
+            old = [j for j in reversed(self.kizen) if not j.active][:extra]
+            dropped = {id(j) for j in old}
+            self.kizen = [j for j in self.kizen if id(j) not in dropped]
+        extra = len(self.fp) - self.keep
+        if extra > 0:  # ids grow with time: drop the smallest finished ones
+            for batch_id in [i for i in sorted(self.fp) if not self.fp[i].active][:extra]:
+                del self.fp[batch_id]
+
+
 def build_world(args: argparse.Namespace) -> World:
+    if args.max_jobs is not None:
+        bounded = BoundedWorld(args.seed, args.max_jobs)
+        bounded.fill()
+        return bounded
     world = World(seed=args.seed)
     if args.kizen_finished is None and args.kizen_running is None:
         world.populate()
@@ -64,6 +105,11 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
     parser.add_argument("--kizen-finished", type=int, help="a fixed world: this many finished jobs")
     parser.add_argument("--kizen-running", type=int, help="... and this many running ones")
+    parser.add_argument(
+        "--max-jobs",
+        type=int,
+        help="a churning world of at most this many jobs per platform (oldest finished dropped)",
+    )
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(args))
