@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.jobs import ITEM_STATES, PENDING_PHASES, TERMINAL_PHASES, Phase
 from exporter.source import SourceSnapshot
-from exporter.tracker import TrackedJob
+from exporter.tracker import Histogram, TrackedJob
 
 BASE = ["platform", "source"]
 TERMINAL = sorted(p.value for p in TERMINAL_PHASES)
@@ -229,14 +229,19 @@ def _histograms(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
         labels=[*BASE, "action", "phase"],
         unit="seconds",
     )
+    empty = Histogram()
     for s in snapshots:
-        for (action, phase), histogram in sorted(s.durations.items()):
-            durations.add_metric(
-                [s.platform, s.name, action, phase],
-                histogram.cumulative(),
-                float(histogram.total),
-            )
-        for action, histogram in sorted(s.queue_waits.items()):
+        # Zero histograms for every known action, like the counters: rate() and
+        # histogram_quantile() then see an action's first observation too.
+        for action in sorted(s.actions):
+            for phase in TERMINAL:
+                histogram = s.durations.get((action, phase), empty)
+                durations.add_metric(
+                    [s.platform, s.name, action, phase],
+                    histogram.cumulative(),
+                    float(histogram.total),
+                )
+            histogram = s.queue_waits.get(action, empty)
             waits.add_metric(
                 [s.platform, s.name, action], histogram.cumulative(), float(histogram.total)
             )
