@@ -3,9 +3,10 @@
 Incremental (the default): a full read is the baseline; after it, a scrape reads only what
 can have changed (`PlatformClient.read_changes`), and a full read every `full_sync_interval`
 corrects drift and forgets jobs the platform no longer lists. A full read runs as its own task
-with a long deadline. The first one is awaited while it can finish within the scrape; when it
-cannot (a large history), the active jobs are read on their own and become the baseline, and
-the full read carries on and is taken in by a later scrape. Periodic full reads run as
+with a long deadline. The first one is awaited while it will be done within COLD_PATIENCE and
+the scrape's deadline; when it will not (a large history, which page 1 shows), the active jobs
+are read on their own at once and become the baseline, and the full read carries on and is
+taken in by a later scrape. Periodic full reads run as
 background work that yields rate-limit tokens and connection slots to scrapes.
 """
 
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter.logs import log
@@ -32,7 +34,28 @@ SYNC_DEADLINE = 3600.0
 # full read tells much earlier, from its first page, how long it will take.
 ACTIVE_READ_SHARE = 0.25
 MIN_ACTIVE_READ = 0.5
+# The first scrape waits for the first full read only while that read is expected to be done
+# within this many seconds (and within the deadline); a longer one goes on in the background
+# while the active jobs, read as soon as its page 1 shows it will be long, are served.
+COLD_PATIENCE = 2.0
 _POLL = 0.05
+
+
+class _Watched(Progress):
+    """A full read's progress that calls `on_page` each time a page lands (as the client
+    counts it in `done`), from inside the read's own step."""
+
+    def __init__(self, on_page: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_page = on_page
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name == "done" and value:
+            try:
+                self._on_page()
+            except Exception:  # never let a watcher break the read it watches
+                logger.exception("cold-start page hook failed")
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,11 @@ class Refresher:
         self._sync_logged = False
         self._last_full: float | None = None
         self._since: float | None = None
+        # The cold path: the scrape waiting for the first full read, its active-only read.
+        self._cold_budget: Budget | None = None
+        self._patience = 0.0
+        self._active: asyncio.Task[ReadResult] | None = None
+        self._active_started = 0.0
 
     @property
     def state(self) -> RefreshState:
@@ -107,41 +135,99 @@ class Refresher:
         self._take(result, started)
 
     async def _cold(self, budget: Budget) -> None:
-        """The first refresh: a full read when it fits, else the active jobs on their own."""
+        """The first refresh: a full read when it is quick, else the active jobs on their own.
+
+        The full read tells from page 1 how long it will take; when that is too long the
+        active jobs are read at once (from inside that page's step, see `_on_cold_page`, so
+        their request goes out before the remaining pages take every connection slot), and
+        the first scrape answers about one round trip after page 1."""
         if self._sync is None:
             self._start_sync(background=False)
         assert self._sync is not None
-        if await self._full_read_fits(self._sync, budget.deadline):
+        self._cold_budget = budget
+        try:
+            quick = await self._full_read_fits(self._sync, budget.deadline)
+        finally:
+            self._cold_budget = None
+        if quick:
+            self._drop_active()
             self._finish_sync()  # raises the full read's UpstreamError, if it failed
             return
         self._note_background()
-        started = time.time()
-        self._take(await self.client.read_active(budget), started)
+        if self._active is None:
+            self._start_active(budget)
+        active, started = self._active, self._active_started
+        assert active is not None
+        try:
+            result = await active
+        finally:
+            self._drop_active()
+        self._take(result, started)
+
+    def _start_active(self, budget: Budget) -> None:
+        self._active_started = time.time()
+        self._active = asyncio.create_task(
+            self.client.read_active(budget), name=f"active-read-{self.name}"
+        )
+
+    def _drop_active(self) -> None:
+        active, self._active = self._active, None
+        if active is None:
+            return
+        if active.done():
+            if not active.cancelled():
+                active.exception()  # retrieved: an unused read's failure is not "lost"
+        else:
+            active.cancel()
+
+    def _on_cold_page(self) -> None:
+        """A page of the first full read landed while a cold refresh waits for it: when the
+        read will not be quick, start the active-only read now. Runs inside the full read's
+        own step, before its next pages are sent."""
+        budget = self._cold_budget
+        if budget is None or self._active is not None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        end = self._expected_end(now)
+        if end is not None and end > self._cold_limit(now, budget.deadline, self._patience):
+            self._start_active(budget)
+
+    def _expected_end(self, now: float) -> float | None:
+        """When the running full read should be done (event-loop time), once a page is in."""
+        progress = self._progress
+        if progress.pages is None or progress.done < 1:
+            return None
+        per_page = (now - self._sync_loop_start) / progress.done
+        remaining = progress.pages - progress.done
+        if progress.done <= progress.workers:
+            # Only the first, serial page is in: the rest go `workers` at a time.
+            return now + per_page * remaining / progress.workers
+        return now + per_page * remaining
+
+    def _cold_limit(self, now: float, deadline: float, patience: float) -> float:
+        """By when a first full read must be done to be waited for: within the patience,
+        and early enough before the deadline for an active-only read (about one page's
+        round trip, twice for safety) if it is late after all."""
+        progress = self._progress
+        per_page = (now - self._sync_loop_start) / max(progress.done, 1)
+        return min(deadline - max(2 * per_page, _POLL), patience)
 
     async def _full_read_fits(self, sync: asyncio.Task[ReadResult], deadline: float) -> bool:
-        """Wait for the first full read while it can finish before `deadline`, keeping time
-        for an active-only read. True when it finished (or failed); False when it will not
-        fit, as soon as its progress shows it."""
+        """Wait for the first full read while it can finish soon: within COLD_PATIENCE and
+        before `deadline`, keeping time for an active-only read. True when it finished (or
+        failed); False when it will not be quick, as soon as its progress shows it."""
         loop = asyncio.get_running_loop()
-        progress = self._progress
         reserve = max(MIN_ACTIVE_READ, (deadline - loop.time()) * ACTIVE_READ_SHARE)
+        self._patience = loop.time() + COLD_PATIENCE
         while not sync.done():
             now = loop.time()
-            if now >= deadline - reserve:
+            if self._active is not None or now >= min(deadline - reserve, self._patience):
                 return False
-            if progress.pages is not None and progress.done >= 1:
-                elapsed = now - self._sync_loop_start
-                per_page = elapsed / progress.done
-                remaining = progress.pages - progress.done
-                if progress.done <= progress.workers:
-                    # Only the first, serial page is in: the rest go `workers` at a time.
-                    eta = per_page * remaining / progress.workers
-                else:
-                    eta = per_page * remaining
-                # An active-only read takes about one page's round trip, twice for safety.
-                if now + eta > deadline - max(2 * per_page, _POLL):
-                    return False
-            await asyncio.wait({sync}, timeout=min(_POLL * 2, max(0.0, deadline - now)))
+            end = self._expected_end(now)
+            if end is not None and end > self._cold_limit(now, deadline, self._patience):
+                return False
+            await asyncio.wait({sync}, timeout=min(_POLL, max(0.0, deadline - now)))
         return True
 
     def _full_read_due(self) -> bool:
@@ -155,7 +241,7 @@ class Refresher:
         self._sync_logged = False
         loop = asyncio.get_running_loop()
         self._sync_loop_start = loop.time()
-        self._progress = Progress()
+        self._progress = _Watched(self._on_cold_page) if not background else Progress()
         deadline = loop.time() + max(SYNC_DEADLINE, self.settings.timeout)
         budget = Budget(deadline, background=background, progress=self._progress)
         self._sync = asyncio.create_task(
@@ -227,6 +313,7 @@ class Refresher:
         self._since = max(self._since or started, started)
 
     async def close(self) -> None:
+        self._drop_active()
         if self._sync is not None and not self._sync.done():
             self._sync.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

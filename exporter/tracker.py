@@ -198,17 +198,23 @@ class JobTracker:
         self._put(self._finish(self._leave_queue(tracked, prev.job.phase, now)))
 
     def _take_new(self, job: Job, now: float, first: bool) -> None:
-        tracked = TrackedJob(
-            job,
-            job.started_at if job.started_at else now,
-            first_queued=now if job.phase is Phase.QUEUED else None,
-        )
+        last_change = job.started_at if job.started_at else now
+        queued = job.phase is Phase.QUEUED
         if first or self._history(job):
             # Known at the baseline: its finish, if any, is history; a queued job's wait is
-            # still observed when it leaves the queue after the baseline.
-            waited = job.phase is not Phase.QUEUED
-            self._put(replace(tracked, counted=job.phase.terminal, waited=waited))
+            # still observed when it leaves the queue after the baseline. (Built at once, not
+            # through `replace`: a large history is mostly this.)
+            self._put(
+                TrackedJob(
+                    job,
+                    last_change,
+                    now if queued else None,
+                    counted=job.phase.terminal,
+                    waited=not queued,
+                )
+            )
             return
+        tracked = TrackedJob(job, last_change, now if queued else None)
         self._count_items(job.action, job.succeeded, job.failed)
         self._put(self._finish(self._leave_queue(tracked, None, now)))
 

@@ -17,6 +17,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 from pydantic import Field
 
 from exporter.jobs import (
+    MAX_COUNT,
+    MAX_ID_LENGTH,
     Job,
     Phase,
     QueueClock,
@@ -55,8 +57,10 @@ PHASES: Mapping[str, Phase] = {
 }
 # `started_at` moves forward while a job is queued; look back this far beyond the last read.
 STARTED_AFTER_MARGIN = 300.0
-# Pages followed through `next` beyond what page 1's `count` announced (rows added mid-read).
+# Pages followed through `next` beyond what page 1's `count` announced (rows added mid-read),
+# and at most read again per round for rows no page held (pages answered out of order).
 MAX_EXTRA_PAGES = 20
+GAP_ROUNDS = 3
 # The page size every Kizen client is known to be served; used after a larger one is refused.
 SAFE_PAGE_SIZE = 100
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -102,32 +106,59 @@ class KizenSource(SourceConfig):
         return KizenClient(self, upstream, settings)
 
 
+def _count(row: dict[str, object], field: str) -> int:
+    """`require_count`, with the usual case (a plain int in range) checked inline."""
+    value = row.get(field)
+    if type(value) is int and 0 <= value <= MAX_COUNT:
+        return value
+    return require_count(row, field)  # raises the precise RowError
+
+
+def _timestamp(value: object, field: str) -> float | None:
+    """`parse_timestamp`, with the usual case (ISO 8601 with `Z` or an offset, which Python
+    3.11's `fromisoformat` reads as it is) taken directly."""
+    if type(value) is str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed.timestamp()
+    return parse_timestamp(value, field)
+
+
 def parse_row(row: object) -> Job:
-    """Map one ReadBulkActionProgress object to a Job; RowError if it is unusable."""
+    """Map one ReadBulkActionProgress object to a Job; RowError if it is unusable.
+
+    A full read of a large account is mostly this (and the JSON decoding before it): the
+    common cases are checked inline, the rest goes through the shared `require_*` checks."""
     row = require_object(row)
-    job_id = require_id(row.get("id"))
+    job_id = row.get("id")
+    if type(job_id) is not str or not 0 < len(job_id) <= MAX_ID_LENGTH:
+        job_id = require_id(job_id)
     status = require_str(row, "status")
     phase = PHASES.get(status, Phase.UNKNOWN)
-    pending = require_count(row, "pending_count")
-    succeeded = require_count(row, "success_count")
-    failed = require_count(row, "failed_count")
+    pending = _count(row, "pending_count")
+    succeeded = _count(row, "success_count")
+    failed = _count(row, "failed_count")
     total = pending + succeeded + failed
     progress = (succeeded + failed) / total if total else 1.0 if phase.terminal else 0.0
     custom_object = row.get("custom_object")
     name = custom_object.get("object_name") if isinstance(custom_object, dict) else None
-    completed_at = parse_timestamp(row.get("completed_at"), "completed_at")
+    completed_at = _timestamp(row.get("completed_at"), "completed_at")
     return Job(
-        id=job_id,
-        action=label(require_str(row, "action")),
-        object=label(name) if isinstance(name, str) else "",
-        status=label(status),
-        phase=phase,
-        pending=pending,
-        succeeded=succeeded,
-        failed=failed,
-        progress=progress,
-        started_at=parse_timestamp(row.get("started_at"), "started_at"),
-        completed_at=completed_at if phase.terminal else None,
+        job_id,
+        label(require_str(row, "action")),
+        label(name) if isinstance(name, str) else "",
+        label(status),
+        phase,
+        pending,
+        succeeded,
+        failed,
+        progress,
+        _timestamp(row.get("started_at"), "started_at"),
+        completed_at if phase.terminal else None,
     )
 
 
@@ -149,6 +180,60 @@ class _Page:
     count: int
     next: object
     size: int  # how many rows it held
+
+
+class _Coverage:
+    """Which rows of a paged list the pages read so far held.
+
+    Rows are numbered as they stood when page 1 was served (0 = the newest). New jobs arrive
+    at the top, so a page served when the list had `n` more rows than at page 1 held the
+    rows `n` places before its own: page p (of `size` rows) at count c held rows
+    [(p-1)*size - (c - count), ...). Pages answered out of order while rows arrive leave rows
+    that no page held; `pages_for_gaps` says which pages hold them now. A count that went
+    down (rows left the list: jobs that finish leave the active list) says nothing of where
+    rows went, and no page is read again for it: a job that was active and is missed is read
+    by id, one that finished is in the next full read.
+    """
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count = count
+        self.size = size
+        self.spans: list[tuple[int, int]] = []
+        self.latest = count  # the count of the latest answer
+        self.shrank = False
+
+    def add(self, page: int, answer: _Page) -> None:
+        shift = answer.count - self.count
+        start = (page - 1) * self.size - shift
+        self.spans.append((start, start + answer.size))
+        self.latest = answer.count
+        self.shrank = self.shrank or answer.count < self.count
+
+    def gaps(self) -> list[tuple[int, int]]:
+        """Rows [start, end) of the list as page 1 saw it that no page held."""
+        missing, covered = [], 0
+        for start, end in sorted(self.spans):
+            if start > covered:
+                missing.append((covered, min(start, self.count)))
+            covered = max(covered, end)
+            if covered >= self.count:
+                break
+        if covered < self.count:
+            missing.append((covered, self.count))
+        return [(a, b) for a, b in missing if a < b]
+
+    def pages_for_gaps(self) -> list[int]:
+        """The pages that hold the missing rows now (at the latest count), and the page
+        after each, in case more rows arrive before they are served."""
+        if self.shrank:
+            return []
+        shift = self.latest - self.count
+        pages: set[int] = set()
+        for start, end in self.gaps():
+            first = (start + shift) // self.size + 1
+            last = (end - 1 + shift) // self.size + 1
+            pages.update(range(first, last + 2))
+        return sorted(pages)
 
 
 def _refuses_size(error: UpstreamError) -> bool:
@@ -238,8 +323,9 @@ class KizenClient:
 
         A server that serves fewer rows than asked while `next` exists caps the size: the
         remaining pages are counted from the rows it gave. Rows can shift between pages while
-        we read (new jobs arrive at the top), so rows are deduplicated by id and a `next` link
-        on the last announced page is followed, boundedly.
+        we read (new jobs arrive at the top), so rows are deduplicated by id, a `next` link
+        on the last announced page is followed, boundedly, and rows that no page held (pages
+        answered out of order while rows moved, see `_Coverage`) are read again.
         """
         result = ReadResult(complete=complete)
         first = await self._first_page(budget, extra)
@@ -250,13 +336,18 @@ class KizenClient:
         if first.next is not None and 0 < first.size < size:
             size = first.size  # the server's cap
         pages = max(1, math.ceil(first.count / size))
+        coverage = _Coverage(first.count, size)
+        coverage.add(1, first)
         workers = self.upstream.workers(budget)
         progress = budget.progress
         if progress is not None:
-            progress.pages, progress.done, progress.workers = pages, 1, workers
+            progress.pages, progress.workers = pages, workers
+            progress.done = 1  # last: whoever watches `done` sees the others set
 
         async def page_of(page: int) -> _Page | None:
             found = await self._page(page, size, budget, extra)
+            if found is not None:
+                coverage.add(page, found)  # as answers arrive: the latest count is last
             if progress is not None:
                 progress.done += 1
             return found
@@ -267,12 +358,16 @@ class KizenClient:
             if found is not None:
                 result.merge(found.rows)
         last = later.get(pages) if pages > 1 else first
-        await self._follow(result, pages, last.next if last else None, size, budget, extra)
+        await self._follow(
+            result, coverage, pages, last.next if last else None, size, budget, extra
+        )
+        await self._fill_gaps(result, coverage, budget, extra, workers)
         return result
 
     async def _follow(
         self,
         result: ReadResult,
+        coverage: _Coverage,
         page: int,
         next_link: object,
         size: int,
@@ -298,7 +393,43 @@ class KizenClient:
             if found is None:
                 return
             result.merge(found.rows)
+            coverage.add(following, found)
             page, next_link = following, found.next
+
+    async def _fill_gaps(
+        self,
+        result: ReadResult,
+        coverage: _Coverage,
+        budget: Budget,
+        extra: Mapping[str, str],
+        workers: int,
+    ) -> None:
+        """Read again the pages where rows that no page held are now, a few rounds at most."""
+        for _ in range(GAP_ROUNDS):
+            wanted = coverage.pages_for_gaps()[:MAX_EXTRA_PAGES]
+            if not wanted:
+                return
+            log(
+                logger,
+                logging.DEBUG,
+                "rows moved between pages while they were read; reading pages again",
+                source=self.source.name,
+                pages=",".join(map(str, wanted)),
+            )
+            found = await pooled(
+                wanted, lambda p: self._page(p, coverage.size, budget, extra), workers
+            )
+            for page, answer in found.items():
+                if answer is not None:
+                    result.merge(answer.rows)
+                    coverage.add(page, answer)
+        if coverage.pages_for_gaps():
+            log(
+                logger,
+                logging.DEBUG,
+                "rows kept moving while the list was read; some may be missing until the next read",
+                source=self.source.name,
+            )
 
     async def read_all(self, budget: Budget) -> ReadResult:
         return await self.read_list(budget, {}, complete=True)

@@ -13,7 +13,7 @@ import json
 import math
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,7 +22,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from exporter.simulator.world import World
+from exporter.simulator.control import add_control_routes
+from exporter.simulator.world import KizenJob, World
 
 KIZEN_PREFIX = "/kizen"
 FP_PREFIX = "/firstpromoter/api/v2/company"
@@ -84,7 +85,16 @@ class Simulator:
         self.arrivals: list[tuple[str, str, float]] = []  # (platform, endpoint, monotonic time)
         self.kizen_insert_per_page = 0
         self.fp_paginate = False
+        # Page sizes above this are served at this size, silently (DRF's max_page_size)...
         self.kizen_max_page_size = 1000
+        # What each list request asked (the latest 10,000: the demo runs for days).
+        self.kizen_list_queries: deque[dict[str, str]] = deque(maxlen=10_000)
+        self._rows: dict[str, tuple[tuple[object, ...], str]] = {}
+        # ... or, when set, refused with a 400 field error (a server that validates page_size).
+        self.kizen_refuse_page_size_above: int | None = None
+        # `python -m exporter.simulator --control`: POST/PATCH routes under /_control that let
+        # a test in another process shape the world (never in the demo).
+        self.control = False
 
     # --- plumbing ------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -107,6 +117,8 @@ class Simulator:
             f"{FP_PREFIX}/batch_processes/{{batch_id}}",
             self._wrap("firstpromoter", "detail", self.fp_detail),
         )
+        if self.control:
+            add_control_routes(self, app)
         return app
 
     def set_fault(self, platform: str, fault: Fault | None) -> None:
@@ -191,6 +203,7 @@ class Simulator:
         if denied is not None:
             return denied
         q = request.query
+        self.kizen_list_queries.append(dict(q))
         errors: dict[str, list[str]] = {}
         try:
             page = int(q.get("page", "1"))
@@ -199,9 +212,13 @@ class Simulator:
         except ValueError:
             return _json({"detail": "Invalid page."}, 404)
         try:
-            size = min(max(int(q.get("page_size", "100")), 1), self.kizen_max_page_size)
+            size = max(int(q.get("page_size", "100")), 1)
         except ValueError:
             size = 100
+        refuse = self.kizen_refuse_page_size_above
+        if refuse is not None and size > refuse:
+            errors["page_size"] = [f"Ensure this value is less than or equal to {refuse}."]
+        size = min(size, self.kizen_max_page_size)
         completed: bool | None = None
         if "completed" in q:
             if q["completed"] in _TRUE:
@@ -254,15 +271,36 @@ class Simulator:
             params["page"] = str(number)
             return f"{base}?{urlencode(params)}"
 
-        return _json(
+        head = json.dumps(
             {
                 "count": count,
                 "next": link(page + 1) if page < last_page else None,
                 "previous": link(page - 1) if page > 1 else None,
-                "results": [j.to_json() for j in rows[(page - 1) * size : page * size]],
-                "errors": None,
             }
         )
+        results = ", ".join(self.kizen_row(j) for j in rows[(page - 1) * size : page * size])
+        body = f'{head[:-1]}, "results": [{results}], "errors": null}}'
+        return web.Response(body=body.encode(), content_type="application/json")
+
+    def kizen_row(self, job: KizenJob) -> str:
+        """A job's JSON, kept while the job is unchanged: serialising rows is what a large
+        list costs the simulator, and it shares the machine with the exporter it serves."""
+        key = (
+            job.status,
+            job.pending,
+            job.success,
+            job.failed,
+            job.started_at,
+            job.completed_at,
+            job.action,
+            job.created,
+            repr(job.custom_object),
+            repr(job.extra),
+        )
+        cached = self._rows.get(job.id)
+        if cached is None or cached[0] != key:
+            cached = self._rows[job.id] = (key, json.dumps(job.to_json()))
+        return cached[1]
 
     async def kizen_detail(self, request: web.Request) -> web.Response:
         denied = self._kizen_auth(request)
