@@ -1,6 +1,10 @@
 """Serve the simulator alone: `python -m exporter.simulator [--port 9841] [--tick 1]`.
 
-Benchmarks use `--kizen-finished N --kizen-running M --latency S --tick 0` for a fixed world.
+Benchmarks use `--kizen-finished N --kizen-running M --latency S --tick 0` for a fixed world;
+`--kizen-max-page-size N` caps Kizen pages silently (the default, 1000) and
+`--kizen-refuse-page-size-above N` refuses larger sizes with a 400 instead. `--control` adds
+the routes of `exporter/simulator/control.py`, with which a test in another process shapes
+the world.
 """
 
 from __future__ import annotations
@@ -77,6 +81,11 @@ def build_world(args: argparse.Namespace) -> World:
 async def _serve(args: argparse.Namespace) -> None:
     simulator = Simulator(build_world(args))
     simulator.latency = {"kizen": args.latency, "firstpromoter": args.latency}
+    simulator.kizen_max_page_size = args.kizen_max_page_size
+    simulator.kizen_refuse_page_size_above = args.kizen_refuse_page_size_above
+    simulator.control = args.control
+    for job in simulator.world.kizen:
+        simulator.kizen_row(job)  # serialised once, before the first request
     running = RunningSimulator(simulator, tick=args.tick or None)
     await running.start(port=args.port)
     creds = simulator.credentials
@@ -109,6 +118,20 @@ def main() -> None:
         "--max-jobs",
         type=int,
         help="a churning world of at most this many jobs per platform (oldest finished dropped)",
+    )
+    parser.add_argument(
+        "--kizen-max-page-size",
+        type=int,
+        default=1000,
+        help="serve larger Kizen page sizes at this size, silently (default 1000)",
+    )
+    parser.add_argument(
+        "--kizen-refuse-page-size-above",
+        type=int,
+        help="answer 400 (a page_size field error) to Kizen page sizes above this",
+    )
+    parser.add_argument(
+        "--control", action="store_true", help="serve the /_control routes (tests only)"
     )
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
