@@ -247,6 +247,10 @@ class SourceRunner:
             self.last_success = time.time()
             if self.on_success is not None:
                 self.on_success(self)
+            else:
+                # Nothing saves the state (no --storage.path): forget what changed since the
+                # last save, which would otherwise hold the id of every job ever seen.
+                self.tracker.mark_saved()
         duration = time.monotonic() - started
         self._failures.note(self.redact(error) if error else None, kind, detail)
         snapshot = self._snapshot(error is None, duration, error)

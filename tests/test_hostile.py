@@ -990,3 +990,22 @@ def test_config_check_summary_cannot_be_forged_and_masks_url_passwords(tmp_path:
     assert "    base_url: https://user:<secret>@kizen.example.invalid/api" in forged
     assert CREDS.kizen_api_key not in out
     assert CREDS.fp_api_key not in out
+
+
+async def test_without_storage_the_tracker_keeps_no_change_log(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    """The tracker notes which jobs changed for the state store; with no store, nothing may
+    pile up there as jobs come and go (it would hold the id of every job ever seen)."""
+    client = await exporter()
+    assert client.app is not None
+    for _ in range(5):
+        for _ in range(20):
+            sim.world.add_kizen_job(status="in_progress", pending=5, started_at=time.time())
+            sim.world.add_fp_batch(status="in_progress", selected_total=5)
+        sim.world.step()
+        _, s = await scrape(client)
+        assert one(s, "bulk_up", source="kz") == 1
+    for runner in client.app[RUNTIME].sources.values():
+        assert len(runner.tracker.jobs) >= 100
+        assert runner.tracker.dirty == set()

@@ -33,7 +33,12 @@ class BoundedWorld(World):
         while len(self.kizen) < self.keep:
             ago = 3600 + 60 * len(self.kizen)
             self.add_kizen_job(
-                status="completed", pending=0, success=20, started_at=now - ago, at_end=True
+                status="completed",
+                pending=0,
+                success=20,
+                started_at=now - ago,
+                completed_at=now - ago + 30,
+                at_end=True,
             )
         while len(self.fp) < self.keep:
             ago = 3600 + 60 * len(self.fp)
