@@ -36,7 +36,6 @@ ROOT = Path(__file__).parent.parent
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
 
 
-
 def start_prometheus(binary: str, tmp_path: Path, port: int) -> subprocess.Popen[str]:
     """Prometheus on loopback with `tmp_path/prometheus.yml` and temporary storage."""
     return subprocess.Popen(
@@ -50,6 +49,7 @@ def start_prometheus(binary: str, tmp_path: Path, port: int) -> subprocess.Popen
         stderr=subprocess.DEVNULL,
         text=True,
     )
+
 
 @dataclass
 class Stack:
