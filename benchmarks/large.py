@@ -184,7 +184,7 @@ async def store_part() -> None:
 
         runtime = runtime_for(url, store, rate="100000/m")
         runner = runtime.sources["kz"]
-        runner.on_success = timed_save
+        runner.on_refreshed = timed_save
         wal = Path(directory) / "kz.sqlite-wal"
         db = Path(directory) / "kz.sqlite"
         try:

@@ -231,6 +231,10 @@ def _histograms(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
     )
     empty = Histogram()
     for s in snapshots:
+        for (action, phase), when in sorted(s.last_finished.items()):
+            last.add_metric([s.platform, s.name, action, phase], float(when))
+        if not s.up:
+            continue  # like every bulk_job_* series of a failed source
         # Zero histograms for every known action, like the counters: rate() and
         # histogram_quantile() then see an action's first observation too.
         for action in sorted(s.actions):
@@ -245,8 +249,6 @@ def _histograms(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
             waits.add_metric(
                 [s.platform, s.name, action], histogram.cumulative(), float(histogram.total)
             )
-        for (action, phase), when in sorted(s.last_finished.items()):
-            last.add_metric([s.platform, s.name, action, phase], float(when))
     yield from (durations, waits, last)
 
 

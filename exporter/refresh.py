@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from exporter.logs import log
@@ -39,23 +38,6 @@ MIN_ACTIVE_READ = 0.5
 # while the active jobs, read as soon as its page 1 shows it will be long, are served.
 COLD_PATIENCE = 2.0
 _POLL = 0.05
-
-
-class _Watched(Progress):
-    """A full read's progress that calls `on_page` each time a page lands (as the client
-    counts it in `done`), from inside the read's own step."""
-
-    def __init__(self, on_page: Callable[[], None]) -> None:
-        super().__init__()
-        self._on_page = on_page
-
-    def __setattr__(self, name: str, value: object) -> None:
-        super().__setattr__(name, value)
-        if name == "done" and value:
-            try:
-                self._on_page()
-            except Exception:  # never let a watcher break the read it watches
-                logger.exception("cold-start page hook failed")
 
 
 @dataclass(frozen=True)
@@ -92,6 +74,8 @@ class Refresher:
         self._sync_logged = False
         self._last_full: float | None = None
         self._since: float | None = None
+        # The rows skipped by the reads one refresh takes in, for its one log line.
+        self._skipped = ReadResult(complete=False)
         # The cold path: the scrape waiting for the first full read, its active-only read.
         self._cold_budget: Budget | None = None
         self._patience = 0.0
@@ -109,8 +93,23 @@ class Refresher:
 
     async def refresh(self, deadline: float) -> None:
         """Bring the tracker up to date within `deadline` (event-loop time), or raise
-        UpstreamError."""
-        budget = Budget(deadline)
+        UpstreamError. Rows skipped by all the reads it takes in are logged once."""
+        self._skipped = ReadResult(complete=False)
+        try:
+            await self._refresh(Budget(deadline))
+        finally:
+            skipped = self._skipped
+            if skipped.skipped:
+                log(
+                    logger,
+                    logging.WARNING,
+                    "skipped malformed rows",
+                    source=self.name,
+                    count=sum(skipped.skipped.values()),
+                    first_reason=skipped.first_skip,
+                )
+
+    async def _refresh(self, budget: Budget) -> None:
         if not self.incremental:
             started = time.time()
             self._take(await self.client.read_all(budget), started)
@@ -241,7 +240,7 @@ class Refresher:
         self._sync_logged = False
         loop = asyncio.get_running_loop()
         self._sync_loop_start = loop.time()
-        self._progress = _Watched(self._on_cold_page) if not background else Progress()
+        self._progress = Progress(on_page=None if background else self._on_cold_page)
         deadline = loop.time() + max(SYNC_DEADLINE, self.settings.timeout)
         budget = Budget(deadline, background=background, progress=self._progress)
         self._sync = asyncio.create_task(
@@ -293,15 +292,9 @@ class Refresher:
 
     def _take(self, result: ReadResult, started: float, protect: set[str] | None = None) -> None:
         if result.skipped:
-            log(
-                logger,
-                logging.WARNING,
-                "skipped malformed rows",
-                source=self.name,
-                count=sum(result.skipped.values()),
-                first_reason=result.first_skip,
-            )
             self.tracker.count_skipped(result.skipped)
+            self._skipped.skipped.update(result.skipped)
+            self._skipped.first_skip = self._skipped.first_skip or result.first_skip
         self.tracker.apply(
             result.jobs.values(),
             time.time(),

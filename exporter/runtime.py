@@ -104,7 +104,7 @@ class Runtime:
         self.sources = new
         retired = [r for name, r in old.items() if new.get(name) is not r]
         for runner in retired:
-            runner.on_success = None  # a refresh finishing late must not save over its successor
+            runner.on_refreshed = None  # a refresh finishing late must not save over its successor
         if self.store is not None:
             self.store.keep_only(new.values())
         return retired

@@ -154,8 +154,8 @@ class SourceRunner:
         self._last_done = 0.0
         self._inflight: asyncio.Task[SourceSnapshot] | None = None
         self._failures = _FailureLog(config.name, config.platform_name)
-        # Called after every successful refresh (the state store saves the tracker then).
-        self.on_success: Callable[[SourceRunner], None] | None = None
+        # Called after every refresh (the state store saves what changed then).
+        self.on_refreshed: Callable[[SourceRunner], None] | None = None
 
     @property
     def name(self) -> str:
@@ -245,12 +245,13 @@ class SourceRunner:
             error = kind = f"internal error: {type(exc).__name__}"
         else:
             self.last_success = time.time()
-            if self.on_success is not None:
-                self.on_success(self)
-            else:
-                # Nothing saves the state (no --storage.path): forget what changed since the
-                # last save, which would otherwise hold the id of every job ever seen.
-                self.tracker.mark_saved()
+        # Saved after a failed refresh too: it may have taken in a background full read.
+        if self.on_refreshed is not None:
+            self.on_refreshed(self)
+        else:
+            # Nothing saves the state (no --storage.path): forget what changed since the
+            # last save, which would otherwise hold the id of every job ever seen.
+            self.tracker.mark_saved()
         duration = time.monotonic() - started
         self._failures.note(self.redact(error) if error else None, kind, detail)
         snapshot = self._snapshot(error is None, duration, error)

@@ -319,7 +319,7 @@ class StateStore:
         old = self._files.pop(runner.name, None)
         if old is not None:
             old.close()
-        runner.on_success = self.save
+        runner.on_refreshed = self.save
         state = self._open(runner.name)
         if state is None:
             return

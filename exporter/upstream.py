@@ -40,12 +40,31 @@ Redact = Callable[[str], str]
 
 @dataclass
 class Progress:
-    """How far a paged read has got, filled in by the client as pages arrive, so that whoever
-    waits for the read can tell early whether it will finish in time."""
+    """How far a paged read has got, reported by the client as pages arrive, so that whoever
+    waits for the read can tell early whether it will finish in time. `on_page`, when set, is
+    called after each report, from inside the read's own step (before its next pages go out)."""
 
     pages: int | None = None  # how many pages the read expects, once known
     done: int = 0
     workers: int = 1
+    on_page: Callable[[], None] | None = None
+
+    def started(self, pages: int, workers: int) -> None:
+        """Page 1 is in: the read expects `pages` pages, `workers` at a time."""
+        self.pages, self.workers, self.done = pages, workers, 1
+        self._notify()
+
+    def advance(self) -> None:
+        """One more page is in."""
+        self.done += 1
+        self._notify()
+
+    def _notify(self) -> None:
+        if self.on_page is not None:
+            try:
+                self.on_page()
+            except Exception:  # a watcher must never break the read it watches
+                logger.exception("progress watcher failed")
 
 
 @dataclass(frozen=True)

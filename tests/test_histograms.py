@@ -575,11 +575,6 @@ async def test_rows_skipped_by_reason_and_logged_once_per_refresh(
         caplog.clear()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Refresher._take logs per read taken in: a refresh that takes in a finished "
-    "background full read and then its own incremental read logs twice (exporter/refresh.py)",
-)
 async def test_skipped_rows_logged_once_per_refresh_when_a_full_read_lands(
     sim: SimHandle, exporter: ExporterFactory, caplog: pytest.LogCaptureFixture
 ) -> None:

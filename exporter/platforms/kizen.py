@@ -341,15 +341,14 @@ class KizenClient:
         workers = self.upstream.workers(budget)
         progress = budget.progress
         if progress is not None:
-            progress.pages, progress.workers = pages, workers
-            progress.done = 1  # last: whoever watches `done` sees the others set
+            progress.started(pages, workers)
 
         async def page_of(page: int) -> _Page | None:
             found = await self._page(page, size, budget, extra)
             if found is not None:
                 coverage.add(page, found)  # as answers arrive: the latest count is last
             if progress is not None:
-                progress.done += 1
+                progress.advance()
             return found
 
         later = await pooled(range(2, pages + 1), page_of, workers)
