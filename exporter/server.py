@@ -26,8 +26,6 @@ RUNTIME = web.AppKey("runtime", Runtime)
 TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 # Taken off Prometheus' scrape timeout so the answer arrives before Prometheus gives up.
 TIMEOUT_MARGIN = 0.5
-# Above this many jobs, encoding moves to a worker thread so the loop keeps serving.
-OFFLOAD_JOBS = 2000
 GZIP_MIN_BYTES = 1024
 # The landing page runs no script and loads nothing: only its own inline styles.
 PAGE_HEADERS = {
@@ -81,6 +79,21 @@ class EncodingCache:
         self.size = size
         self.max_bytes = max_bytes
         self._entries: list[tuple[tuple[object, ...], Encoded]] = []
+        # Encodings under way, so that concurrent scrapes of one refresh wait for one.
+        self._pending: list[tuple[tuple[object, ...], asyncio.Task[Encoded]]] = []
+
+    def pending(self, key: tuple[object, ...]) -> asyncio.Task[Encoded] | None:
+        return next((task for k, task in self._pending if self._same(k, key)), None)
+
+    def start(self, key: tuple[object, ...], task: asyncio.Task[Encoded]) -> None:
+        self._pending.append((key, task))
+
+        def done(finished: asyncio.Task[Encoded]) -> None:
+            self._pending = [(k, t) for k, t in self._pending if t is not finished]
+            if not finished.cancelled() and finished.exception() is None:
+                self.put(key, finished.result())
+
+        task.add_done_callback(done)
 
     @staticmethod
     def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
@@ -113,6 +126,18 @@ class EncodingCache:
 ENCODINGS = web.AppKey("encodings", EncodingCache)
 
 
+async def _encode(
+    snapshots: list[SourceSnapshot], status: ExporterStatus | None, accept: str, gzipped: bool
+) -> Encoded:
+    """Encode in a worker thread, so that the loop keeps serving health checks and scrapes
+    while the library's encoder works."""
+    body, content_type = await asyncio.to_thread(render_scrape, snapshots, status, accept)
+    gzipped = gzipped and len(body) >= GZIP_MIN_BYTES
+    if gzipped:
+        body = await asyncio.to_thread(gzip.compress, body, 6)
+    return Encoded(body, content_type, gzipped)
+
+
 async def _exposition(
     request: web.Request, snapshots: list[SourceSnapshot], status: ExporterStatus | None
 ) -> web.Response:
@@ -124,15 +149,12 @@ async def _exposition(
     key = (*snapshots, status, fmt, wants_gzip)
     encoded = cache.get(key)
     if encoded is None:
-        if sum(len(s.jobs) for s in snapshots) > OFFLOAD_JOBS:
-            body, content_type = await asyncio.to_thread(render_scrape, snapshots, status, accept)
-        else:
-            body, content_type = render_scrape(snapshots, status, accept)
-        gzipped = wants_gzip and len(body) >= GZIP_MIN_BYTES
-        if gzipped:
-            body = await asyncio.to_thread(gzip.compress, body, 6)
-        encoded = Encoded(body, content_type, gzipped)
-        cache.put(key, encoded)
+        task = cache.pending(key)
+        if task is None:
+            task = asyncio.create_task(_encode(snapshots, status, accept, wants_gzip))
+            cache.start(key, task)
+        # Shielded: a scraper that disconnects must not cancel what others wait for.
+        encoded = await asyncio.shield(task)
     headers = {"Content-Type": encoded.content_type, "Vary": "Accept, Accept-Encoding"}
     if encoded.gzipped:
         headers["Content-Encoding"] = "gzip"
