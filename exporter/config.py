@@ -453,13 +453,14 @@ def shown(value: object) -> str:
     """A value on one line: control characters escaped, credentials in URLs masked."""
     text = str(value)
     if "://" in text:
-        text = _mask_url_password(text)
+        text = masked_url(text)
     if text.isprintable():
         return text
     return text.encode("unicode_escape").decode("ascii")
 
 
-def _mask_url_password(text: str) -> str:
+def masked_url(text: str) -> str:
+    """A URL with the password of its user information, if any, shown as <secret>."""
     try:
         parts = urlsplit(text)
     except ValueError:

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from exporter.config import masked_url
 from exporter.jobs import Job, Phase
 from exporter.logs import log
 from exporter.refresh import RefreshState
@@ -73,7 +74,12 @@ class _Unusable(Exception):
 def identity_of(runner: SourceRunner) -> str:
     source = runner.config
     return json.dumps(
-        {"platform": source.platform_name, "base_url": source.url, **source.identifiers()},
+        # No password a base URL may carry: the state holds no secret.
+        {
+            "platform": source.platform_name,
+            "base_url": masked_url(source.url),
+            **source.identifiers(),
+        },
         sort_keys=True,
     )
 

@@ -730,3 +730,19 @@ async def test_cold_start_serves_the_active_jobs_at_once_then_the_history(
 def aggregates(s: Samples) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     names = {"bulk_jobs", "bulk_pending_items", *COUNTERS, "bulk_job_duration_seconds_count"}
     return {k: v for k, v in s.items() if k[0] in names}
+
+
+def test_a_password_in_the_base_url_is_not_kept_in_the_identity() -> None:
+    from exporter.redact import Redactor
+    from exporter.source import SourceRunner
+    from exporter.state import identity_of
+    from tests.helpers import config_from
+
+    config = config_from(
+        "sources:\n  - {name: a, platform: firstpromoter, account_id: c, api_key: kkkk-1234,"
+        " base_url: 'https://user:url-password-42@api.example/v2'}\n"
+    )
+    (source,) = config.sources
+    identity = identity_of(SourceRunner(source, config.settings(source), Redactor()))
+    assert "url-password-42" not in identity
+    assert "https://user:<secret>@api.example/v2" in identity
