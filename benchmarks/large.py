@@ -27,14 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.scrape import free_port, rss_mib
+from benchmarks.scrape import rss_mib
+from benchmarks.scrape import simulator as scrape_simulator
 from exporter.config import parse_config
 from exporter.runtime import Runtime
 from exporter.simulator import Credentials
-from exporter.simulator.app import KIZEN_PREFIX
 from exporter.source import SourceRunner
 from exporter.state import StateStore
 
@@ -45,36 +44,8 @@ LATENCY = 0.3
 SCRAPE_INTERVAL = 5.0
 
 
-@contextlib.contextmanager
-def simulator(latency: float, *extra: str) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter.simulator",
-            "--port",
-            str(port),
-            "--tick",
-            "0",
-            "--kizen-finished",
-            str(FINISHED),
-            "--kizen-running",
-            str(RUNNING),
-            "--latency",
-            str(latency),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        proc.stdout.readline()  # printed once it listens
-        yield f"http://127.0.0.1:{port}{KIZEN_PREFIX}"
-    finally:
-        proc.terminate()
-        proc.wait()
+def simulator(latency: float, *extra: str) -> contextlib.AbstractContextManager[str]:
+    return scrape_simulator(FINISHED, RUNNING, latency, *extra)
 
 
 def config_text(url: str, rate: str = "100/m") -> str:

@@ -58,7 +58,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def simulator(finished: int, running: int, latency: float) -> Iterator[str]:
+def simulator(finished: int, running: int, latency: float, *extra: str) -> Iterator[str]:
+    """The simulator in its own process, still (no ticks), with that many Kizen jobs and that
+    latency a request; yields its Kizen base URL."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -75,6 +77,7 @@ def simulator(finished: int, running: int, latency: float) -> Iterator[str]:
             str(running),
             "--latency",
             str(latency),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         text=True,
