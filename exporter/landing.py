@@ -27,6 +27,8 @@ STALL_AFTER = 30 * 60.0
 
 
 class _Limits(Protocol):
+    """What the page needs of a runner's settings."""
+
     @property
     def max_job_series(self) -> int: ...
 

@@ -52,16 +52,22 @@ TlsVersion = Literal["TLS10", "TLS11", "TLS12", "TLS13"]
 
 
 class WebConfigError(Exception):
+    """One or more problems with the web configuration file, one per line."""
+
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
 
 
 class _Strict(BaseModel):
+    """Unknown keys are errors."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TlsServerConfig(_Strict):
+    """`tls_server_config`: certificate, key, client authentication, TLS versions."""
+
     cert_file: str | None = None
     key_file: str | None = None
     client_auth_type: ClientAuth = "NoClientCert"
@@ -71,11 +77,15 @@ class TlsServerConfig(_Strict):
 
 
 class HttpServerConfig(_Strict):
+    """`http_server_config`: extra response headers."""
+
     http2: bool = True  # accepted for compatibility; aiohttp serves HTTP/1.1
     headers: dict[str, str] = {}
 
 
 class WebConfigModel(_Strict):
+    """The whole file, in the exporter-toolkit format."""
+
     tls_server_config: TlsServerConfig | None = None
     http_server_config: HttpServerConfig | None = None
     basic_auth_users: dict[str, str] | None = None
@@ -156,6 +166,8 @@ def _resolve(base_dir: Path, value: str) -> str:
 
 
 class WebConfig:
+    """A loaded web configuration: builds the TLS context and the basic-auth middleware."""
+
     def __init__(self, model: WebConfigModel, base_dir: Path) -> None:
         self.model = model
         self.base_dir = base_dir

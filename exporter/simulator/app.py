@@ -57,6 +57,8 @@ class Fault:
 
 @dataclass
 class Credentials:
+    """The keys and ids the simulator accepts."""
+
     kizen_api_key: str = "sim-kizen-api-key-0123456789"
     kizen_business_id: str = "5b3b2a4c-0000-4000-8000-00000000b001"
     kizen_user_id: str = "5b3b2a4c-0000-4000-8000-00000000a001"

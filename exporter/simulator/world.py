@@ -46,6 +46,8 @@ def _s3_object(owner: str, name: str, ts: float) -> dict[str, Any]:
 
 @dataclass
 class KizenJob:
+    """One simulated Kizen bulk action, as the API would list it."""
+
     id: str
     action: str
     status: str
@@ -95,6 +97,8 @@ class KizenJob:
 
 @dataclass
 class FPBatch:
+    """One simulated FirstPromoter batch process."""
+
     id: int
     action_label: str
     status: str
