@@ -51,6 +51,18 @@ def start_prometheus(binary: str, tmp_path: Path, port: int) -> subprocess.Popen
     )
 
 
+def stop_all(procs: list[subprocess.Popen[str]]) -> None:
+    """Terminate, newest first; kill what does not exit within 15 s."""
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class Stack:
     exporter: str
@@ -167,13 +179,7 @@ async def stack(tools: tuple[str, str], tmp_path: Path) -> AsyncIterator[Stack]:
             received,
         )
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         await runner.cleanup()
 
 
@@ -473,11 +479,4 @@ async def test_one_source_through_three_targets_matches_one(
             assert counts["fp"] == counts["single-fp"] > 0
             await assert_rules_healthy(http, prom)
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(procs)
