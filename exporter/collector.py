@@ -21,6 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter.jobs import ITEM_STATES, PENDING_PHASES, TERMINAL_PHASES, Phase
@@ -282,7 +283,7 @@ def _aggregates(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
 
 
 def _per_job(snapshots: Sequence[SourceSnapshot], now: float) -> Iterator[Metric]:
-    job_labels = [*BASE, "job_id", "action"]
+    job_labels = [*BASE, "job_id", "action"]  # for the families; samples are made below
     info = GaugeMetricFamily(
         "bulk_job_info",
         "Always 1: one series per emitted job, carrying its object, status and phase.",
@@ -312,21 +313,43 @@ def _per_job(snapshots: Sequence[SourceSnapshot], now: float) -> Iterator[Metric
         labels=job_labels,
         unit="seconds",
     )
+    # The samples are made directly rather than through add_metric: with thousands of jobs
+    # the zip into a fresh label dict per sample was a fifth of the answer's build time.
+    # Label dicts are shared between a job's samples; nothing downstream changes them.
+    add_info, add_items = info.samples.append, items.samples.append
+    add_progress, add_start = progress.samples.append, start.samples.append
+    add_completion, add_change = completion.samples.append, change.samples.append
     for s in snapshots:
         if not s.up:
             continue
         for tracked in emitted_jobs(s, now):
             job = tracked.job
-            labels = [s.platform, s.name, job.id, job.action]
-            info.add_metric([*labels, job.object, job.status, job.phase.value], 1.0)
+            labels = {
+                "platform": s.platform,
+                "source": s.name,
+                "job_id": job.id,
+                "action": job.action,
+            }
+            add_info(
+                Sample(
+                    info.name,
+                    {
+                        **labels,
+                        "object": job.object,
+                        "status": job.status,
+                        "phase": job.phase.value,
+                    },
+                    1.0,
+                )
+            )
             for state, value in zip(
                 ITEM_STATES, (job.pending, job.succeeded, job.failed), strict=True
             ):
-                items.add_metric([*labels, state], float(value))
-            progress.add_metric(labels, float(job.progress))
+                add_items(Sample(items.name, {**labels, "state": state}, float(value)))
+            add_progress(Sample(progress.name, labels, float(job.progress)))
             if job.started_at is not None:
-                start.add_metric(labels, float(job.started_at))
+                add_start(Sample(start.name, labels, float(job.started_at)))
             if job.completed_at is not None:
-                completion.add_metric(labels, float(job.completed_at))
-            change.add_metric(labels, float(tracked.last_change))
+                add_completion(Sample(completion.name, labels, float(job.completed_at)))
+            add_change(Sample(change.name, labels, float(tracked.last_change)))
     yield from (info, items, progress, start, completion, change)

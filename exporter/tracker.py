@@ -28,6 +28,8 @@ logger = logging.getLogger("exporter.tracker")
 FORGET_AFTER = 24 * 3600.0
 # Upper bounds (seconds) of the duration and queue-wait histograms' buckets; +Inf follows.
 BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
+# Their `le` label values, as the library writes bounds ("60.0"), made once.
+BUCKET_LABELS = (*(str(float(bound)) for bound in BUCKETS), "+Inf")
 OTHER_ACTION = "_other"
 
 
@@ -61,9 +63,9 @@ class Histogram:
 
     def cumulative(self) -> list[tuple[str, float]]:
         out, running = [], 0
-        for bound, n in zip((*map(str, BUCKETS), "+Inf"), self.counts, strict=True):
+        for bound, n in zip(BUCKET_LABELS, self.counts, strict=True):
             running += n
-            out.append((f"{float(bound)}" if bound != "+Inf" else bound, float(running)))
+            out.append((bound, float(running)))
         return out
 
 

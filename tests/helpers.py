@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.config import Config, parse_config
 from exporter.logs import JsonFormatter, LogfmtFormatter
 from exporter.simulator import Credentials
+from exporter.simulator.world import World
 
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
@@ -127,3 +129,18 @@ async def promtool_check_metrics(text: str) -> str:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout + result.stderr
+
+
+def add_kizen_history(world: World, n: int) -> None:
+    """`n` Kizen jobs that completed over two hours ago (history at any baseline, past the
+    default retention), appended at the end of the list as old jobs are."""
+    now = time.time()
+    for i in range(n):
+        world.add_kizen_job(
+            status="completed",
+            pending=0,
+            success=5,
+            started_at=now - 9000 + i,
+            completed_at=now - 8000 + i,
+            at_end=True,
+        )

@@ -18,7 +18,7 @@ from exporter.simulator import Fault
 from exporter.simulator.world import World
 from exporter.tracker import BUCKETS, Histogram, JobTracker
 from tests.conftest import Client, ExporterFactory, SimHandle
-from tests.helpers import Samples, one, parse_samples, select
+from tests.helpers import Samples, add_kizen_history, one, parse_samples, select
 
 T0 = 1_000_000.0
 UPLOAD = "custom_object_upload"
@@ -446,15 +446,7 @@ async def test_history_read_in_the_background_is_never_observed(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
     now = time.time()
-    for i in range(40):
-        sim.world.add_kizen_job(
-            status="completed",
-            pending=0,
-            success=5,
-            started_at=now - 9000 + i,
-            completed_at=now - 8000 + i,
-            at_end=True,
-        )
+    add_kizen_history(sim.world, 40)
     sim.world.add_kizen_job(
         status="failed", pending=0, started_at=now - 7100, completed_at=now - 7000, at_end=True
     )

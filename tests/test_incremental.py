@@ -9,7 +9,7 @@ import time
 
 from exporter.server import RUNTIME
 from tests.conftest import Client, ExporterFactory, SimHandle
-from tests.helpers import Samples, one, parse_samples, select
+from tests.helpers import Samples, add_kizen_history, one, parse_samples, select
 
 
 async def scrape(client: Client) -> Samples:
@@ -20,15 +20,8 @@ async def scrape(client: Client) -> Samples:
 
 def history(sim: SimHandle, n: int = 50) -> None:
     now = time.time()
-    for i in range(n):
-        sim.world.add_kizen_job(
-            status="completed",
-            pending=0,
-            success=5,
-            started_at=now - 9000 + i,
-            completed_at=now - 8000 + i,
-            at_end=True,
-        )
+    add_kizen_history(sim.world, n)
+    for _ in range(n):
         sim.world.add_fp_batch(
             status="completed",
             selected_total=5,
