@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import os
 import platform
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from exporter import __version__, logs
 from exporter.config import Config, ConfigError, load_config, summary
+from exporter.demo import Demo
 from exporter.redact import Redactor
 from exporter.runtime import Shard
 from exporter.service import Listen, Service
@@ -24,6 +27,10 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("logfmt", "json")
+LISTEN_FORM = "host:port, e.g. :9840"
+# The name demo.py gives its configuration, so `--demo --config.check` says OK about the same
+# name its errors would carry.
+DEMO_CONFIG = "<demo>"
 
 
 def env_name(flag: str) -> str:
@@ -32,6 +39,34 @@ def env_name(flag: str) -> str:
 
 class UsageError(Exception):
     """A flag or BULK_EXPORTER_* variable with a value that cannot be used."""
+
+
+class Origin(enum.Enum):
+    """Where an option's value came from; an error names it the way the user gave it."""
+
+    FLAG = "flag"
+    VARIABLE = "variable"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Given:
+    """One option's value and where it came from."""
+
+    flag: str
+    value: str
+    origin: Origin = Origin.FLAG
+
+    def named(self, *, with_value: bool = True) -> str:
+        """The value as the user gave it, to start an error with: `VAR='value'` when it came
+        from its variable, else the flag, followed by the value when `with_value` (a message
+        comparing two values shows both) and marked when nobody gave it."""
+        if self.origin is Origin.VARIABLE:
+            return f"{env_name(self.flag)}={self.value!r}"
+        if not with_value:
+            return self.flag
+        default = " (the default)" if self.origin is Origin.DEFAULT else ""
+        return f"{self.flag} {self.value}{default}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,6 +106,32 @@ def _shard_index(value: str) -> str:
     return value
 
 
+def split_listen_address(address: str) -> tuple[str | None, int]:
+    """`host:port`, `:port` or `[::]:port` as (host or None for every address, port); a
+    ValueError says what is wrong, without naming the address (its caller knows how the user
+    gave it)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep:
+        raise ValueError(f"needs a port ({LISTEN_FORM})")
+    # isdigit alone takes digits such as '²' that int() refuses; int alone takes ' 80' and '8_0'.
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"the port must be a number ({LISTEN_FORM})")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError("the port must be from 0 to 65535")
+    host = host.strip("[]")
+    return (host or None), port
+
+
+def parse_listen_address(address: str) -> tuple[str | None, int]:
+    """split_listen_address, its error naming the address, for callers that do not know
+    where it came from (the health check)."""
+    try:
+        return split_listen_address(address)
+    except ValueError as exc:
+        raise ValueError(f"listen address {address!r}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class _Flag:
     """One valued flag: its name, destination, default, help and value check."""
@@ -90,6 +151,7 @@ FLAGS = (
         "listen_address",
         ":9840",
         "address to listen on: host:port, :port or [::]:port",
+        split_listen_address,
         metavar="ADDR",
     ),
     _Flag(
@@ -153,7 +215,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class Options:
-    """The parsed command line, every value checked."""
+    """The parsed command line, every value checked; `given` says, per valued flag with a
+    value (by its destination), where that value came from."""
 
     config_file: str
     listen_address: str
@@ -166,74 +229,160 @@ class Options:
     config_check: bool
     demo: bool
     version: bool
+    given: Mapping[str, Given]
+
+
+def _given(flag: _Flag, from_command_line: str | None, env: Mapping[str, str]) -> Given | None:
+    """The flag's value and where it came from: the command line, else its variable, else its
+    default (None when it has none)."""
+    if from_command_line is not None:
+        return Given(flag.name, from_command_line, Origin.FLAG)
+    if env_name(flag.name) in env:
+        return Given(flag.name, env[env_name(flag.name)], Origin.VARIABLE)
+    if flag.default is None:
+        return None
+    return Given(flag.name, flag.default, Origin.DEFAULT)
+
+
+def _check(flag: _Flag, given: Given) -> None:
+    if flag.check is None:
+        return
+    try:
+        flag.check(given.value)
+    except ValueError as exc:
+        raise UsageError(f"{given.named(with_value=False)}: {exc}") from None
+
+
+def _switch(name: str, on_command_line: bool | None, env: Mapping[str, str]) -> bool:
+    if on_command_line is not None:
+        return on_command_line
+    raw = env.get(env_name(name), "").strip().lower()
+    if raw not in _TRUE | _FALSE:
+        raise UsageError(f"{env_name(name)}={raw!r}: must be true or false")
+    return raw in _TRUE
 
 
 def parse_options(argv: Sequence[str] | None, env: Mapping[str, str]) -> Options:
     """Parse and check every value; a bad one names its flag, or its variable and value."""
-    values = vars(build_parser(env).parse_args(argv))
-    given = set(argv if argv is not None else sys.argv[1:])
+    parser = build_parser(env)
+    # No defaults here, so that a value argparse returns was given on the command line
+    # (scanning argv instead would miss the abbreviations argparse accepts, `--shard.c 2`).
+    parser.set_defaults(**{flag.dest: None for flag in FLAGS})
+    values: dict[str, Any] = vars(parser.parse_args(argv))
+    given: dict[str, Given] = {}
     for flag in FLAGS:
-        value = values[flag.dest]
-        if flag.check is None or value is None:
+        found = _given(flag, values[flag.dest], env)
+        if found is None:  # unset, with no default: nothing to check
+            values[flag.dest] = None
             continue
-        try:
-            flag.check(value)
-        except ValueError as exc:
-            from_flag = any(a == flag.name or a.startswith(flag.name + "=") for a in given)
-            where = flag.name if from_flag else f"{env_name(flag.name)}={value!r}"
-            raise UsageError(f"{where}: {exc}") from None
+        _check(flag, found)
+        values[flag.dest] = found.value
+        given[flag.dest] = found
     for name, dest, _ in SWITCHES:
-        if values[dest] is None:
-            raw = env.get(env_name(name), "").strip().lower()
-            if raw not in _TRUE | _FALSE:
-                raise UsageError(f"{env_name(name)}={raw!r}: must be true or false")
-            values[dest] = raw in _TRUE
-    return Options(**values)
+        values[dest] = _switch(name, values[dest], env)
+    return Options(**values, given=given)
 
 
-def parse_listen_address(address: str) -> tuple[str | None, int]:
-    host, sep, port_text = address.rpartition(":")
-    if not sep:
-        raise ValueError(f"listen address {address!r} needs a port, as in :9840")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"listen address {address!r} has no valid port") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"listen address {address!r}: port out of range")
-    host = host.strip("[]")
-    return (host or None), port
+def _as_given(flag: str, value: str | Given) -> Given:
+    return value if isinstance(value, Given) else Given(flag, value)
 
 
-def resolve_shard(index: str, count: str, hostname: str | None = None) -> Shard:
-    """`--shard.index`/`--shard.count` as a Shard; `auto` takes the host name's trailing
-    number (a StatefulSet pod's ordinal). With one shard, `auto` is 0 whatever the host name:
-    a single replica owns every source, so its name (a container id, a Deployment pod's) does
-    not matter."""
-    total = int(count)
-    if index == "auto":
+def _trailing_number(given: Given, name: str) -> int:
+    digits = len(name) - len(name.rstrip("0123456789"))
+    if digits == 0:
+        raise UsageError(f"{given.named()}: the host name {name!r} does not end in a number")
+    return int(name[-digits:])
+
+
+def resolve_shard(index: str | Given, count: str | Given, hostname: str | None = None) -> Shard:
+    """`--shard.index`/`--shard.count` as a Shard (a plain string counts as given by its
+    flag); `auto` takes the host name's trailing number (a StatefulSet pod's ordinal). With
+    one shard, `auto` is 0 whatever the host name: a single replica owns every source, so its
+    name (a container id, a Deployment pod's) does not matter."""
+    index_given = _as_given("--shard.index", index)
+    count_given = _as_given("--shard.count", count)
+    total = int(count_given.value)
+    if index_given.value == "auto":
         if total == 1:
             return Shard(0, 1)
         name = hostname if hostname is not None else socket.gethostname()
-        digits = len(name) - len(name.rstrip("0123456789"))
-        if digits == 0:
-            raise UsageError(f"--shard.index auto: the host name {name!r} does not end in a number")
-        number = int(name[-digits:])
+        number = _trailing_number(index_given, name)
         if number >= total:
             raise UsageError(
-                f"--shard.index auto: the host name {name!r} gives shard {number}, "
-                f"which is not below --shard.count {total}"
+                f"{index_given.named()}: the host name {name!r} gives shard {number}, "
+                f"which is not below {count_given.named()}"
             )
-    else:
-        number = int(index)
+        return Shard(number, total)
+    number = int(index_given.value)
     if number >= total:
-        raise UsageError(f"--shard.index {number} is not below --shard.count {total}")
+        raise UsageError(f"{index_given.named()} is not below {count_given.named()}")
     return Shard(number, total)
 
 
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 1
+
+
+def _problems(problems: Iterable[str]) -> int:
+    for problem in problems:
+        _error(problem)
+    return 1
+
+
+async def _demo_config() -> Config:
+    """The configuration demo mode serves; its simulator runs only while it is made."""
+    demo = Demo()
+    try:
+        return await demo.start()
+    finally:
+        await demo.stop()
+
+
+def check_config(opts: Options) -> int:
+    """`--config.check`: the configuration the exporter would serve (the file, or the demo's
+    with `--demo`) is OK, with a redacted summary (0), or its problems, one a line (1)."""
+    try:
+        config = asyncio.run(_demo_config()) if opts.demo else load_config(opts.config_file)
+    except ConfigError as exc:
+        return _problems(exc.problems)
+    print(f"{DEMO_CONFIG if opts.demo else opts.config_file}: OK")
+    print(summary(config))
+    return 0
+
+
+def serve(opts: Options, shard: Shard, redactor: Redactor) -> int:
+    """Load the configuration and the web config, then serve until told to stop."""
+    config: Config | None = None
+    if not opts.demo:  # demo mode makes its configuration when its simulator starts
+        try:
+            config = load_config(opts.config_file)
+        except ConfigError as exc:
+            return _problems(exc.problems)
+    web_config: WebConfig | None = None
+    if opts.web_config_file:
+        try:
+            web_config = load_web_config(opts.web_config_file)
+        except WebConfigError as exc:
+            return _problems(exc.problems)
+    host, port = split_listen_address(opts.listen_address)  # checked by parse_options
+    service = Service(
+        config=config,
+        config_file=opts.config_file,
+        listen=Listen(opts.listen_address, host, port, web_config),
+        shard=shard,
+        redactor=redactor,
+        storage_path=opts.storage_path,
+        demo=opts.demo,
+    )
+    try:
+        asyncio.run(service.run())
+    except OSError as exc:
+        listen = opts.given["listen_address"]
+        return _error(f"{listen.named()}: cannot listen: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -248,47 +397,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     redactor = Redactor()
     logs.setup(opts.log_level, opts.log_format, redactor)
     try:
-        host, port = parse_listen_address(opts.listen_address)
-        shard = resolve_shard(opts.shard_index, opts.shard_count)
-    except (ValueError, UsageError) as exc:
+        shard = resolve_shard(opts.given["shard_index"], opts.given["shard_count"])
+    except UsageError as exc:
         return _error(str(exc))
-
-    config: Config | None = None
-    if not opts.demo:
-        try:
-            config = load_config(opts.config_file)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                print(f"error: {problem}", file=sys.stderr)
-            return 1
-        if opts.config_check:
-            print(f"{opts.config_file}: OK")
-            print(summary(config))
-            return 0
-
-    web_config: WebConfig | None = None
-    if opts.web_config_file:
-        try:
-            web_config = load_web_config(opts.web_config_file)
-        except WebConfigError as exc:
-            for problem in exc.problems:
-                print(f"error: {problem}", file=sys.stderr)
-            return 1
-
-    service = Service(
-        config=config,
-        config_file=opts.config_file,
-        listen=Listen(opts.listen_address, host, port, web_config),
-        shard=shard,
-        redactor=redactor,
-        storage_path=opts.storage_path,
-        demo=opts.demo,
-        config_check=opts.config_check,
-    )
-    try:
-        asyncio.run(service.run())
-    except OSError as exc:
-        return _error(f"cannot listen on {opts.listen_address}: {exc.strerror or exc}")
-    except KeyboardInterrupt:
-        pass
-    return 0
+    if opts.config_check:
+        return check_config(opts)
+    return serve(opts, shard, redactor)

@@ -9,9 +9,8 @@ rather than in the encoder.
 from __future__ import annotations
 
 import platform as _platform
-import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client.core import (
@@ -20,7 +19,6 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from exporter import __version__
@@ -115,29 +113,6 @@ def exporter_families(status: ExporterStatus) -> Iterator[Metric]:
     )
     writes.add_metric([], float(status.state_write_failures))
     yield from (build, ok, when, writes)
-
-
-class SnapshotCollector(Collector):
-    """Yields the contract's metric families from already-fetched snapshots (and, on
-    /metrics, the exporter's own)."""
-
-    def __init__(
-        self,
-        snapshots: Sequence[SourceSnapshot],
-        status: ExporterStatus | None = None,
-        now: float | None = None,
-    ) -> None:
-        self.snapshots = snapshots
-        self.status = status
-        self.now = time.time() if now is None else now
-
-    def describe(self) -> Iterable[Metric]:
-        return []  # an unchecked collector: the families depend on the snapshots
-
-    def collect(self) -> Iterator[Metric]:
-        yield from source_families(self.snapshots, self.now)
-        if self.status is not None:
-            yield from exporter_families(self.status)
 
 
 def _source_health(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:

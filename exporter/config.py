@@ -8,7 +8,6 @@ the command line and the reload endpoint can show them as they are.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import stat
@@ -18,22 +17,26 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import yaml
-from pydantic import BaseModel, SecretStr, TypeAdapter, ValidationError
+from pydantic import SecretStr
 
 from exporter.platforms import PLATFORMS, Platforms
 from exporter.platforms.base import SourceConfig
 from exporter.redact import MASK, Redactor
 from exporter.settings import Settings
+from exporter.validation import (
+    Loc,
+    Problems,
+    YamlError,
+    adapter,
+    load_yaml,
+    loc_text,
+    validate,
+)
 
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_SECRET_BYTES = 4 * 1024
-# Nodes the YAML document may hold once its aliases are expanded (an alias bomb is refused).
-MAX_YAML_NODES = 10_000
 
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-Loc = tuple[int | str, ...]
 
 
 class ConfigError(Exception):
@@ -99,81 +102,10 @@ class Config:
         return []
 
 
-# --- reading YAML ---------------------------------------------------------------------------
-
-
-def _expanded_size(node: yaml.Node, sizes: dict[int, int], path: set[int]) -> int:
-    """How many nodes `node` stands for once every alias is expanded (memoised per node)."""
-    key = id(node)
-    if key in sizes:
-        return sizes[key]
-    if key in path:
-        raise ConfigError(["a YAML alias refers to a node that contains it"])
-    path.add(key)
-    total = 1
-    if isinstance(node, yaml.SequenceNode):
-        total += sum(_expanded_size(child, sizes, path) for child in node.value)
-    elif isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            total += _expanded_size(k, sizes, path) + _expanded_size(v, sizes, path)
-    path.discard(key)
-    sizes[key] = total
-    return total
-
-
-def _load_yaml(text: str) -> Any:
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        size = _expanded_size(node, {}, set())
-        if size > MAX_YAML_NODES:
-            raise ConfigError(
-                [
-                    f"(top level): the document expands to {size} nodes through YAML aliases; "
-                    f"at most {MAX_YAML_NODES} are allowed"
-                ]
-            )
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def load_yaml(text: str) -> Any:
-    """YAML text as data; ConfigError when its aliases expand it beyond MAX_YAML_NODES.
-    Also used for the web configuration."""
-    return _load_yaml(text)
-
-
 # --- ${VAR} expansion -----------------------------------------------------------------------
 
 
-def loc_text(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out or "(top level)"
-
-
-@dataclass
-class _Problems:
-    """Problems found so far, by key path, and the paths whose value is already known bad."""
-
-    lines: list[tuple[Loc, str]] = field(default_factory=list)
-    spoiled: set[Loc] = field(default_factory=set)
-
-    def add(self, loc: Loc, message: str) -> None:
-        self.lines.append((loc, message))
-
-    def covers(self, loc: Loc) -> bool:
-        return any(loc[: len(bad)] == bad for bad in self.spoiled)
-
-
-def _expand(value: Any, loc: Loc, env: Mapping[str, str], problems: _Problems) -> Any:
+def _expand(value: Any, loc: Loc, env: Mapping[str, str], problems: Problems) -> Any:
     if isinstance(value, str):
 
         def substitute(match: re.Match[str]) -> str:
@@ -194,92 +126,6 @@ def _expand(value: Any, loc: Loc, env: Mapping[str, str], problems: _Problems) -
     return value
 
 
-# --- validation messages ----------------------------------------------------------------------
-
-_PATTERN_MEANINGS = {
-    r"^[a-z0-9][a-z0-9_-]*$": (
-        "must start with a lowercase letter or digit and hold only a-z, 0-9, _ and -"
-    ),
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$": (
-        "must be a UUID such as 0b7c6f2e-1d2a-4c3b-9e8f-5a6b7c8d9e0f"
-    ),
-}
-_TYPE_WORDS = {
-    "string_type": "must be text",
-    "int_type": "must be a whole number",
-    "int_parsing": "must be a whole number",
-    "int_from_float": "must be a whole number",
-    "float_type": "must be a number",
-    "float_parsing": "must be a number",
-    "bool_type": "must be true or false",
-    "bool_parsing": "must be true or false",
-    "list_type": "must be a list",
-    "dict_type": "must be a mapping of keys to values",
-    "model_type": "must be a mapping of keys to values",
-    "model_attributes_type": "must be a mapping of keys to values",
-    "missing": "required key is missing",
-    "string_too_short": "must not be empty",
-}
-
-
-def _message(error: Any, allowed: list[str]) -> str:
-    kind = error["type"]
-    ctx = error.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return f"unknown key (allowed here: {', '.join(allowed)})" if allowed else "unknown key"
-    if kind in _TYPE_WORDS:
-        return _TYPE_WORDS[kind]
-    if kind == "string_pattern_mismatch":
-        return _PATTERN_MEANINGS.get(str(ctx.get("pattern")), "has characters that are not allowed")
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected', '')}".replace("'", "")
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        words = {
-            "greater_than": "above",
-            "greater_than_equal": "at least",
-            "less_than": "below",
-            "less_than_equal": "at most",
-        }
-        bound = next(iter(ctx.values()), "")
-        return f"must be {words[kind]} {bound}"
-    if kind == "value_error":
-        return str(ctx.get("error", error["msg"]))
-    return "has a value that is not allowed here"
-
-
-def _clean_loc(raw: tuple[Any, ...]) -> Loc:
-    # Pydantic adds validator and type tags ("function-before[...]", "float") to locations.
-    return tuple(p for p in raw if isinstance(p, int) or ("[" not in p and p not in _TYPE_TAGS))
-
-
-_TYPE_TAGS = frozenset({"float", "int", "str", "bool", "list", "dict", "none"})
-
-
-def _allowed_keys(model: type[BaseModel] | None) -> list[str]:
-    return sorted(model.model_fields) if model is not None else []
-
-
-def _validate(
-    adapter: TypeAdapter[Any], value: Any, loc: Loc, model: type[BaseModel] | None, p: _Problems
-) -> Any:
-    """The validated value, or None after recording every problem under `loc`."""
-    try:
-        return adapter.validate_python(value)
-    except ValidationError as exc:
-        for error in exc.errors():
-            where = (*loc, *_clean_loc(error["loc"]))
-            if p.covers(where):
-                continue  # already reported: an unset variable
-            allowed = _allowed_keys(model) if len(where) == len(loc) + 1 else []
-            p.add(where, _message(error, allowed))
-        return None
-
-
-@functools.cache
-def _adapter(model: type[BaseModel]) -> TypeAdapter[Any]:
-    return TypeAdapter(model)
-
-
 # --- sources ---------------------------------------------------------------------------------
 
 
@@ -294,7 +140,7 @@ def _read_secret_file(value: str, base_dir: Path) -> str:
 
 
 def _source(
-    raw: Any, loc: Loc, platforms: Platforms, base_dir: Path, p: _Problems
+    raw: Any, loc: Loc, platforms: Platforms, base_dir: Path, p: Problems
 ) -> SourceConfig | None:
     if not isinstance(raw, dict):
         p.add(loc, "must be a mapping of keys to values")
@@ -308,7 +154,7 @@ def _source(
         return None
     model = platforms[platform]
     has_key, has_file = raw.get("api_key") is not None, raw.get("api_key_file") is not None
-    source = _validate(_adapter(model), raw, loc, model, p)
+    source = validate(adapter(model), raw, loc, model, p)
     if has_key and has_file:
         p.add((*loc, "api_key_file"), "api_key and api_key_file are both set")
         return None
@@ -324,18 +170,20 @@ def _source(
         except FileLimitError as exc:
             p.add((*loc, "api_key_file"), str(exc))
             return None
+    key = raw.get("api_key")
+    if isinstance(key, str) and not key.strip() and not p.covers((*loc, "api_key")):
+        # Checked on the raw value so that it shows beside the source's other problems.
+        p.add((*loc, "api_key"), "is empty")
+        return None
     if source is None:
         return None
     assert isinstance(source, SourceConfig)
     if secret is not None:
         return source.model_copy(update={"api_key": SecretStr(secret)})
-    if not source.secret.strip() and not p.covers((*loc, "api_key")):
-        p.add((*loc, "api_key"), "is empty")
-        return None
     return source
 
 
-def _duplicate_names(raw_sources: list[Any], p: _Problems) -> None:
+def _duplicate_names(raw_sources: list[Any], p: Problems) -> None:
     seen: dict[str, int] = {}
     for i, raw in enumerate(raw_sources):
         name = raw.get("name") if isinstance(raw, dict) else None
@@ -371,7 +219,7 @@ def _raw_secrets(raw: Any, base_dir: Path) -> Iterator[str]:
 
 
 def _build(
-    data: Any, platforms: Platforms, base_dir: Path, p: _Problems
+    data: Any, platforms: Platforms, base_dir: Path, p: Problems
 ) -> tuple[Settings | None, list[SourceConfig]]:
     if not isinstance(data, dict):
         p.add((), "must be a mapping with defaults and sources")
@@ -381,7 +229,7 @@ def _build(
             p.add((str(key),), "unknown key (allowed here: defaults, sources)")
     defaults: Settings | None = Settings()
     if data.get("defaults") is not None:
-        defaults = _validate(_adapter(Settings), data["defaults"], ("defaults",), Settings, p)
+        defaults = validate(adapter(Settings), data["defaults"], ("defaults",), Settings, p)
     raw_sources = data.get("sources")
     if raw_sources is None:
         return defaults, []
@@ -395,11 +243,6 @@ def _build(
     return defaults, [s for s in sources if s is not None]
 
 
-def _order(loc: Loc) -> tuple[tuple[int, int | str], ...]:
-    """Problems in document order: `defaults` before `sources`, list items by index."""
-    return tuple((0, part) if isinstance(part, int) else (1, part) for part in loc)
-
-
 def parse_config(
     text: str,
     *,
@@ -410,25 +253,18 @@ def parse_config(
 ) -> Config:
     env = os.environ if env is None else env
     try:
-        raw = _load_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise ConfigError([f"{filename}: {where}invalid YAML: {problem}"]) from None
-    except ConfigError as exc:
-        raise ConfigError([f"{filename}: {line}" for line in exc.problems]) from None
-    except RecursionError:
-        raise ConfigError([f"{filename}: (top level): the YAML is nested too deeply"]) from None
+        raw = load_yaml(text)
+    except YamlError as exc:
+        raise ConfigError([f"{filename}: {exc}"]) from None
     if raw is None:
         raw = {}
-    p = _Problems()
+    p = Problems()
     expanded = _expand(raw, (), env, p)
     base_dir = base_dir or Path.cwd()
     defaults, sources = _build(expanded, platforms, base_dir, p)
     if p.lines or defaults is None:
         redact = Redactor([*_raw_secrets(expanded, base_dir), *(s.secret for s in sources)])
-        lines = sorted(p.lines, key=lambda line: _order(line[0]))
+        lines = p.in_order()
         raise ConfigError([redact(f"{filename}: {loc_text(loc)}: {m}") for loc, m in lines])
     return Config(defaults=defaults, sources=tuple(sources), platforms=platforms)
 

@@ -10,10 +10,9 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
-Redact = Callable[[str], str]
+from exporter.redact import Redact
 
 
 def _unchanged(text: str) -> str:

@@ -6,9 +6,11 @@ error messages, pages, reload answers); reloads add the new configuration's secr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 MASK = "<secret>"
+# What takes a redactor: anything that masks secrets in a text (a Redactor, or a stand-in).
+Redact = Callable[[str], str]
 # Very short values would mask ordinary words; real API keys are far longer than this.
 _MIN_SECRET_LENGTH = 4
 

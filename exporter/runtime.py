@@ -118,7 +118,11 @@ class Runtime:
                 self.reload_success_timestamp = time.time()
                 return
             try:
-                config = await asyncio.to_thread(load_config, self.config_path)
+                # With the registry the running config was read with: a platform added
+                # through the registry alone must survive a reload.
+                config = await asyncio.to_thread(
+                    load_config, self.config_path, platforms=self.config.platforms
+                )
             except ConfigError as exc:
                 self.reload_successful = False
                 log(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from exporter import __version__
-from exporter.config import Config, ConfigError, summary
+from exporter.config import Config, ConfigError
 from exporter.demo import Demo
 from exporter.logs import log
 from exporter.redact import Redactor
@@ -168,7 +168,6 @@ class Service:
         redactor: Redactor,
         storage_path: str | None = None,
         demo: bool = False,
-        config_check: bool = False,
     ) -> None:
         self.config = config
         self.config_file = config_file
@@ -177,17 +176,12 @@ class Service:
         self.redactor = redactor
         self.storage_path = storage_path
         self.demo = Demo() if demo else None
-        self.config_check = config_check
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         config = await self._start_demo() if self.demo is not None else self.config
         assert config is not None
-        if self.config_check:
-            print(summary(config))
-            await self._stop_demo()
-            return
         store = StateStore(self.storage_path) if self.storage_path else None
         runtime = Runtime(
             config,

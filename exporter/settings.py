@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
+from exporter.validation import yaml_value
+
 _DURATION_UNITS = {"y": 365 * 86400.0, "w": 7 * 86400.0, "d": 86400.0, "h": 3600.0}
 _DURATION_RE = re.compile(
     r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?$"
@@ -36,11 +38,15 @@ _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|m)\s*$")
 def parse_duration(value: object) -> float:
     """Prometheus duration (`500ms`, `1h30m`, `1d`) to seconds."""
     if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError(f"must be a duration with a unit such as 10s or 5m, not {value!r}")
+        raise ValueError(
+            f"must be a duration with a unit such as 10s or 5m, not {yaml_value(value)}"
+        )
     text = value.strip()
     match = _DURATION_RE.match(text)
     if not text or match is None:
-        raise ValueError(f"invalid duration {value!r}: use forms like 500ms, 10s, 5m, 1h, 1d")
+        raise ValueError(
+            f"invalid duration {yaml_value(value)}: use forms like 500ms, 10s, 5m, 1h, 1d"
+        )
     y, w, d, h, m, s, ms = (int(g) if g else 0 for g in match.groups())
     return (
         y * _DURATION_UNITS["y"]
@@ -75,7 +81,7 @@ def parse_size(value: object) -> int:
         return value
     match = _SIZE_RE.match(value) if isinstance(value, str) else None
     if match is None:
-        raise ValueError(f"invalid size {value!r}: use forms like 512KiB, 32MiB or 50MB")
+        raise ValueError(f"invalid size {yaml_value(value)}: use forms like 512KiB, 32MiB or 50MB")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
@@ -92,10 +98,12 @@ class RateLimit:
         if isinstance(value, RateLimit):
             return value
         if not isinstance(value, str):
-            raise ValueError(f"must be N/m or N/s, not {value!r}")
+            raise ValueError(f"must be N/m or N/s, not {yaml_value(value)}")
         match = _RATE_RE.match(value)
         if match is None:
-            raise ValueError(f"invalid rate limit {value!r}: use N/m or N/s, such as 100/m")
+            raise ValueError(
+                f"invalid rate limit {yaml_value(value)}: use N/m or N/s, such as 100/m"
+            )
         amount = float(match.group(1))
         if amount <= 0:
             raise ValueError("must allow at least some requests (N/m or N/s with N above 0)")
@@ -107,6 +115,16 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 Rate = Annotated[RateLimit, BeforeValidator(RateLimit.parse)]
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=1024)]
+
+
+def _not_a_bool(value: object) -> object:
+    # YAML's `true` would otherwise pass as the number 1.
+    if isinstance(value, bool):
+        raise ValueError(f"must be a whole number, not {yaml_value(value)}")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_not_a_bool)]
 
 
 class Strict(BaseModel):
@@ -122,12 +140,12 @@ class Settings(Strict):
     timeout: PositiveDuration = 10.0
     min_interval: Duration = 0.0
     finished_job_retention: Duration = 3600.0
-    max_job_series: Annotated[int, Field(ge=0)] = 500
+    max_job_series: Annotated[Count, Field(ge=0)] = 500
     full_sync_interval: PositiveDuration = 3600.0
-    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    max_concurrency: Annotated[Count, Field(ge=1, le=64)] = 4
     max_response_size: Size = 32 * 1024 * 1024
-    max_jobs: Annotated[int, Field(ge=1)] = 200_000
-    max_actions: Annotated[int, Field(ge=1)] = 100
+    max_jobs: Annotated[Count, Field(ge=1)] = 200_000
+    max_actions: Annotated[Count, Field(ge=1)] = 100
 
     def overridden_by(self, overrides: BaseModel) -> Settings:
         """These settings with every field the overrides set (not None) taken from them."""

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from exporter.logs import log
 from exporter.platforms.base import SourceConfig
 from exporter.ratelimit import TokenBucket
+from exporter.redact import Redact
 from exporter.refresh import Refresher
 from exporter.settings import Settings
 from exporter.tracker import Histogram, JobTracker, TrackedJob
@@ -26,8 +27,6 @@ logger = logging.getLogger("exporter.source")
 _REPEAT_LOG_INTERVAL = 300.0
 # The shortest a scrape waits for a refresh, whatever its timeout header says.
 MIN_WAIT = 0.1
-
-Redact = Callable[[str], str]
 
 
 @dataclass(frozen=True, eq=False)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from exporter.jobs import Job, Phase, QueueClock
 from exporter.logs import log
+from exporter.settings import Settings
 
 logger = logging.getLogger("exporter.tracker")
 
@@ -31,6 +32,7 @@ BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800
 # Their `le` label values, as the library writes bounds ("60.0"), made once.
 BUCKET_LABELS = (*(str(float(bound)) for bound in BUCKETS), "+Inf")
 OTHER_ACTION = "_other"
+_DEFAULT_MAX_ACTIONS: int = Settings.model_fields["max_actions"].default
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,7 @@ class Histogram:
 class JobTracker:
     """Owns one source's job memory and everything counted from it."""
 
-    def __init__(self, queue_clock: QueueClock, max_actions: int = 100) -> None:
+    def __init__(self, queue_clock: QueueClock, max_actions: int = _DEFAULT_MAX_ACTIONS) -> None:
         self.queue_clock = queue_clock
         self.max_actions = max_actions
         self.reset()

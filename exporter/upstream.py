@@ -23,6 +23,7 @@ import aiohttp
 from exporter import __version__
 from exporter.logs import log
 from exporter.ratelimit import RateLimitWait, TokenBucket
+from exporter.redact import Redact
 
 logger = logging.getLogger("exporter.upstream")
 
@@ -35,7 +36,6 @@ _BACKOFF_CAP = 4.0
 USER_AGENT = f"bulk-progress-exporter/{__version__}"
 
 Params = Sequence[tuple[str, str]] | Mapping[str, str]
-Redact = Callable[[str], str]
 
 
 @dataclass

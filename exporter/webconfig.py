@@ -28,11 +28,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bcrypt
-import yaml
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from exporter.config import ConfigError, FileLimitError, load_yaml, read_regular_file
+from exporter.config import FileLimitError, read_regular_file
+from exporter.validation import (
+    Problems,
+    YamlError,
+    adapter,
+    load_yaml,
+    loc_text,
+    models_in,
+    validate,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _TLS_VERSIONS = {
@@ -240,51 +248,65 @@ def _not_regular(path: str) -> str | None:
     return None
 
 
+def _sections(raw: Any, p: Problems) -> dict[str, Any]:
+    """The file's sections that are valid, each validated on its own so that a mistake in one
+    does not hide the checks of another."""
+    if not isinstance(raw, dict):
+        p.add((), "must be a mapping of keys to values")
+        return {}
+    sections: dict[str, Any] = {}
+    for key, value in raw.items():
+        info = WebConfigModel.model_fields.get(str(key))
+        if info is None:
+            allowed = ", ".join(sorted(WebConfigModel.model_fields))
+            p.add((str(key),), f"unknown key (allowed here: {allowed})")
+            continue
+        if value is None:
+            continue
+        target: Any = info.annotation
+        model = next(iter(models_in(target)), None)
+        valid = validate(adapter(target), value, (key,), model, p)
+        if valid is not None:
+            sections[key] = valid
+    return sections
+
+
+def _cross_checks(sections: dict[str, Any], base_dir: Path, p: Problems) -> None:
+    """What no single key shows: pairs that go together, hashes, and the TLS files."""
+    tls: TlsServerConfig | None = sections.get("tls_server_config")
+    if tls is not None:
+        if (tls.cert_file is None) != (tls.key_file is None):
+            p.add(("tls_server_config",), "cert_file and key_file go together")
+        needs_ca = tls.client_auth_type in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+        if needs_ca and not tls.client_ca_file:
+            p.add(("tls_server_config", "client_ca_file"), f"required by {tls.client_auth_type}")
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            value = getattr(tls, key)
+            why = _not_regular(_resolve(base_dir, value)) if value else None
+            if why is not None:
+                p.add(("tls_server_config", key), why)
+    users: dict[str, str] = sections.get("basic_auth_users") or {}
+    for user, hashed in users.items():
+        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            p.add(("basic_auth_users", user), "not a bcrypt hash ($2a$, $2b$ or $2y$...)")
+
+
 def load_web_config(path: str | Path) -> WebConfig:
     """Read and check `--web.config.file`: a regular file of at most MAX_WEB_CONFIG_BYTES, so
-    that a FIFO cannot hang start-up and a device cannot be read without end."""
+    that a FIFO cannot hang start-up and a device cannot be read without end. Every problem
+    is reported at once, as `file: key.path: message`."""
     file = Path(path)
     try:
         text = read_regular_file(file, MAX_WEB_CONFIG_BYTES, "the web configuration")
         raw = load_yaml(text) or {}
-    except FileLimitError as exc:
+    except (FileLimitError, YamlError) as exc:
         raise WebConfigError([f"{file}: {exc}"]) from None
-    except ConfigError as exc:  # an alias bomb
-        raise WebConfigError([f"{file}: {p}" for p in exc.problems]) from None
-    except RecursionError:
-        raise WebConfigError([f"{file}: the YAML is nested too deeply"]) from None
-    except yaml.YAMLError as exc:
-        raise WebConfigError([f"{file}: invalid YAML: {exc}"]) from None
-    try:
-        model = WebConfigModel.model_validate(raw)
-    except ValidationError as exc:
-        raise WebConfigError(
-            [
-                f"{file}: {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-                for e in exc.errors()
-            ]
-        ) from None
-    problems = []
-    tls = model.tls_server_config
-    if tls is not None:
-        if (tls.cert_file is None) != (tls.key_file is None):
-            problems.append(f"{file}: tls_server_config: cert_file and key_file go together")
-        needs_ca = tls.client_auth_type in ("VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
-        if needs_ca and not tls.client_ca_file:
-            problems.append(
-                f"{file}: tls_server_config.client_ca_file: required by {tls.client_auth_type}"
-            )
-    for user, hashed in (model.basic_auth_users or {}).items():
-        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            problems.append(f"{file}: basic_auth_users.{user}: not a bcrypt hash")
-    if tls is not None:
-        for key in ("cert_file", "key_file", "client_ca_file"):
-            value = getattr(tls, key)
-            why = _not_regular(_resolve(file.parent, value)) if value else None
-            if why is not None:
-                problems.append(f"{file}: tls_server_config.{key}: {why}")
-    if problems:
-        raise WebConfigError(problems)
+    p = Problems()
+    sections = _sections(raw, p)
+    _cross_checks(sections, file.parent, p)
+    if p.lines:
+        raise WebConfigError([f"{file}: {loc_text(loc)}: {m}" for loc, m in p.in_order()])
+    model = WebConfigModel(**sections)
     config = WebConfig(model, file.parent)
     try:
         config.ssl_context()

@@ -1,4 +1,4 @@
-"""The platform clients' by-id reads, against the simulator over HTTP."""
+"""The platform clients' by-id reads, through `read_changes`, against the simulator over HTTP."""
 
 from __future__ import annotations
 
@@ -6,18 +6,21 @@ import asyncio
 import time
 
 from exporter.jobs import Phase
+from exporter.platforms.base import Known
 from exporter.platforms.firstpromoter import FirstPromoterSource
 from exporter.platforms.kizen import KizenSource
 from exporter.ratelimit import TokenBucket
 from exporter.redact import Redactor
+from exporter.simulator.app import Fault
 from exporter.upstream import Budget, Upstream
 from tests.conftest import SimHandle
 from tests.helpers import config_from, source_yaml
 
 
-async def test_read_one_for_both_platforms(sim: SimHandle) -> None:
+async def test_by_id_reads_for_both_platforms(sim: SimHandle) -> None:
+    # Started long before the last read: not in the list of jobs finished since then.
     job = sim.world.add_kizen_job(
-        status="failed", pending=1, success=2, failed=3, started_at=time.time() - 5
+        status="failed", pending=1, success=2, failed=3, started_at=time.time() - 3600
     )
     batch = sim.world.add_fp_batch(status="stopped", selected_total=9, processed=4)
     config = config_from(source_yaml(sim.kizen_url, sim.fp_url))
@@ -35,17 +38,25 @@ async def test_read_one_for_both_platforms(sim: SimHandle) -> None:
         client = source.client(upstream, config.settings(source))
         try:
             if isinstance(source, KizenSource):
-                found = await client.read_one(job.id, budget)
-                assert found is not None
+                # Both were active at the last read and are in neither list now.
+                gone_id = "00000000-0000-4000-8000-000000000000"
+                active = [job.id, gone_id]
+                result = await client.read_changes(budget, Known(active, active, time.time()))
+                found = result.jobs[job.id]
                 assert (found.phase, found.succeeded, found.failed) == (Phase.FAILED, 2, 3)
-                gone = await client.read_one("00000000-0000-4000-8000-000000000000", budget)
             else:
                 assert isinstance(source, FirstPromoterSource)
-                found = await client.read_one(str(batch.id), budget)
-                assert found is not None
+                # The progress map lists a batch never seen before.
+                known = Known(active=(), ids=(), since=time.time())
+                found = (await client.read_changes(budget, known)).jobs[str(batch.id)]
                 assert (found.phase, found.succeeded, found.pending) == (Phase.CANCELLED, 4, 5)
-                gone = await client.read_one("424242", budget)
-            assert gone is None
+                # Deleted between the progress map and the read by id.
+                not_found = Fault(status=404, endpoints=frozenset({"detail"}), remaining=1)
+                sim.sim.set_fault("firstpromoter", not_found)
+                result = await client.read_changes(budget, known)
+                gone_id = str(batch.id)
+            assert result.gone == {gone_id}
+            assert gone_id not in result.jobs
             assert upstream.requests[("detail", "200")] == 1
             assert upstream.requests[("detail", "404")] == 1
         finally:

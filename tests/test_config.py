@@ -272,6 +272,41 @@ def test_unset_variable_unknown_key_and_bad_duration_reported_in_one_run(tmp_pat
         ),
         ("sources: {a: 1}\n", "sources: must be a list of sources"),
         ("colour: red\n", "colour: unknown key (allowed here: defaults, sources)"),
+        (
+            "defaults: {max_concurrency: .nan}\n",
+            "defaults.max_concurrency: must be a finite number (not .nan or .inf)",
+        ),
+        ("defaults: {max_job_series: true}\n", "defaults.max_job_series: must be a whole number"),
+        (
+            "defaults: {min_interval: ~}\n",
+            "defaults.min_interval: must be a duration with a unit such as 10s or 5m, not an"
+            " empty value",
+        ),
+        (
+            "defaults: {timeout: 2020-01-01}\n",
+            "defaults.timeout: must be a duration with a unit such as 10s or 5m, not the date"
+            " 2020-01-01",
+        ),
+        (
+            "sources:\n  - {name: a, platform: kizen, business_id: b, user_id: u, api_key: kk,"
+            " filters: {extra: 1}}\n",
+            "sources[0].filters.extra: unknown key (allowed here: action, custom_object_id)",
+        ),
+        (
+            "sources:\n  - {name: a, platform: kizen, business_id: b, user_id: u, api_key: kk,"
+            " base_url: 'http://exa mple.com/'}\n",
+            "sources[0].base_url: must be an http:// or https:// URL with a host",
+        ),
+        (
+            "sources:\n  - {name: a, platform: kizen, business_id: b, user_id: u, api_key: kk,"
+            " base_url: 'https://host:99999'}\n",
+            "sources[0].base_url: must be an http:// or https:// URL with a host",
+        ),
+        (
+            "sources:\n  - {name: Prod, platform: kizen, business_id: b, user_id: u,"
+            " api_key: kk}\n",
+            "sources[0].name: must start with a lowercase letter or digit",
+        ),
     ],
 )
 def test_messages_say_what_is_allowed_in_our_words(
@@ -284,6 +319,19 @@ def test_messages_say_what_is_allowed_in_our_words(
         for p in found
     ), found
     assert not any("should" in p or "Input should" in p for p in found), found
+    assert not any("None" in p or "datetime" in p for p in found), found  # Python's notation
+
+
+def test_an_empty_api_key_shows_beside_the_sources_other_problems(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        "sources:\n  - {name: a, platform: kizen, business_id: b, user_id: u, api_key: '   ',"
+        " page_size: 0}\n",
+    )
+    assert [p.split(": ", 1)[1] for p in found] == [
+        "sources[0].api_key: is empty",
+        "sources[0].page_size: must be at least 1",
+    ], found
 
 
 def test_no_sources_is_accepted_with_a_warning(

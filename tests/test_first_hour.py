@@ -4,6 +4,7 @@ why, and a failing source that does not flood the log."""
 from __future__ import annotations
 
 import io
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from exporter.simulator import Fault
 from exporter.source import _FailureLog
 from tests.conftest import ExporterFactory, SimHandle
 from tests.helpers import capture_logs
-from tests.test_process import Process, free_port
+from tests.test_process import Process, free_port, run_exporter
 
 
 @pytest.fixture
@@ -83,3 +84,85 @@ def test_failure_log_ignores_which_endpoint_failed(logs: io.StringIO) -> None:
     failures.note("list: HTTP 500", "HTTP 500", {"endpoint": "list"})  # a new way of failing
     lines = [x for x in logs.getvalue().splitlines() if x.startswith("ts=")]
     assert [("HTTP 403" in x, "HTTP 500" in x) for x in lines] == [(True, False), (False, True)]
+
+
+LISTEN_FORM = "(host:port, e.g. :9840)"
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (
+            [],
+            {"BULK_EXPORTER_WEB_LISTEN_ADDRESS": "nonsense"},
+            f"error: BULK_EXPORTER_WEB_LISTEN_ADDRESS='nonsense': needs a port {LISTEN_FORM}",
+        ),
+        (
+            [],
+            {"BULK_EXPORTER_WEB_LISTEN_ADDRESS": "localhost:http"},
+            "error: BULK_EXPORTER_WEB_LISTEN_ADDRESS='localhost:http': "
+            f"the port must be a number {LISTEN_FORM}",
+        ),
+        (
+            [],
+            {"BULK_EXPORTER_WEB_LISTEN_ADDRESS": ":99999"},
+            "error: BULK_EXPORTER_WEB_LISTEN_ADDRESS=':99999': the port must be from 0 to 65535",
+        ),
+        (  # the flag beats a good variable, and its error names the flag
+            ["--web.listen-address", "nonsense"],
+            {"BULK_EXPORTER_WEB_LISTEN_ADDRESS": ":9840"},
+            f"error: --web.listen-address: needs a port {LISTEN_FORM}",
+        ),
+        (
+            [],
+            {"BULK_EXPORTER_SHARD_COUNT": "2", "BULK_EXPORTER_SHARD_INDEX": "5"},
+            "error: BULK_EXPORTER_SHARD_INDEX='5' is not below BULK_EXPORTER_SHARD_COUNT='2'",
+        ),
+        (
+            ["--shard.index", "5"],
+            {"BULK_EXPORTER_SHARD_COUNT": "2"},
+            "error: --shard.index 5 is not below BULK_EXPORTER_SHARD_COUNT='2'",
+        ),
+        (  # flags beat their variables
+            ["--shard.index", "5", "--shard.count", "2"],
+            {"BULK_EXPORTER_SHARD_COUNT": "9", "BULK_EXPORTER_SHARD_INDEX": "1"},
+            "error: --shard.index 5 is not below --shard.count 2",
+        ),
+        (  # an abbreviated flag, which argparse accepts, is still the flag
+            ["--shard.c", "3"],
+            {"BULK_EXPORTER_SHARD_INDEX": "7"},
+            "error: BULK_EXPORTER_SHARD_INDEX='7' is not below --shard.count 3",
+        ),
+        (
+            ["--shard.index", "1"],
+            {},
+            "error: --shard.index 1 is not below --shard.count 1 (the default)",
+        ),
+    ],
+)
+def test_a_bad_value_names_the_flag_or_the_variable_and_value(
+    tmp_path: Path, args: list[str], env: dict[str, str], expected: str
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("sources: []\n")
+    result = run_exporter(["--config.file", str(config), *args], env)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [expected]  # one line, no traceback
+    assert result.stdout == ""  # nothing was served
+
+
+def test_an_address_in_use_names_the_variable_and_value(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("sources: []\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = run_exporter(
+            ["--config.file", str(config), "--log.level", "error"],
+            {"BULK_EXPORTER_WEB_LISTEN_ADDRESS": address},
+        )
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()  # one line, no traceback
+    assert line.startswith(f"error: BULK_EXPORTER_WEB_LISTEN_ADDRESS='{address}': cannot listen: ")
+    assert "address already in use" in line.lower()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import pytest
@@ -10,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import Field
 
-from exporter.config import ConfigError, parse_config
+from exporter.config import ConfigError, load_config, parse_config
 from exporter.jobs import Job, Phase, QueueClock, label, require_count, require_id, require_object
 from exporter.platforms import PLATFORMS
 from exporter.platforms.base import Known, PlatformClient, ReadResult, SourceConfig
@@ -25,6 +26,7 @@ FAKE_PHASES: Mapping[str, Phase] = {"waiting": Phase.QUEUED, "busy": Phase.RUNNI
 
 class FakeSource(SourceConfig):
     DEFAULT_BASE_URL: ClassVar[str] = "http://fake.invalid"
+    DEFAULT_RATE_LIMIT: ClassVar[str] = "60/m"
     PHASES: ClassVar[Mapping[str, Phase]] = FAKE_PHASES
     QUEUE_CLOCK: ClassVar[QueueClock] = QueueClock.START_KNOWN
 
@@ -73,9 +75,6 @@ class FakeClient:
         result = await self.read_all(budget)
         result.complete = False
         return result
-
-    async def read_one(self, job_id: str, budget: Budget) -> Job | None:
-        return None
 
     async def read_changes(self, budget: Budget, known: Known) -> ReadResult:
         return await self.read_all(budget)
@@ -137,3 +136,25 @@ def test_an_unregistered_platform_is_a_config_error_naming_the_registered_ones()
         text, filename="c.yaml", env={}, platforms=PLATFORMS.including(FakeSource)
     )
     assert config.sources[0].platform_name == "fake"
+    assert config.sources[0].rate.text == "60/m"  # its own default, not another platform's
+
+
+def test_each_built_in_platform_states_the_contract_default_rate_limit() -> None:
+    defaults = {name: model.DEFAULT_RATE_LIMIT for name, model in PLATFORMS.items()}
+    assert defaults == {"kizen": "100/m", "firstpromoter": "100/m"}
+
+
+async def test_a_reload_keeps_the_registry_the_configuration_was_read_with(
+    tmp_path: Path,
+) -> None:
+    """A platform added through the registry alone survives SIGHUP and /-/reload."""
+    path = tmp_path / "config.yaml"
+    source = "  - {name: third, platform: fake, tenant: t1, api_key: fake-key-123456}\n"
+    path.write_text("sources:\n" + source)
+    platforms = PLATFORMS.including(FakeSource)
+    runtime = Runtime(load_config(path, env={}, platforms=platforms), path)
+    path.write_text("sources:\n" + source + source.replace("third", "fourth"))
+    await runtime.reload()
+    assert runtime.reload_successful
+    assert sorted(runtime.sources) == ["fourth", "third"]
+    assert {type(r.config) for r in runtime.sources.values()} == {FakeSource}

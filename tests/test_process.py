@@ -67,6 +67,22 @@ class Process:
         return self.proc.returncode, out, err
 
 
+def run_exporter(
+    args: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """One run of the real command to its end, for runs that must stop at start-up. The
+    test's own BULK_EXPORTER_* variables are left out, so that only `env` sets any."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("BULK_EXPORTER_")}
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**inherited, **(env or {})},
+    )
+
+
 @pytest.fixture
 def processes() -> Iterator[list[Process]]:
     started: list[Process] = []
@@ -254,3 +270,26 @@ def test_bad_web_config_is_refused(tmp_path: Path) -> None:
     assert "basic_auth_users.prom: not a bcrypt hash" in result.stderr
     assert "cert_file and key_file go together" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["--demo", "--config.check"], {}),
+        ([], {"BULK_EXPORTER_DEMO": "true", "BULK_EXPORTER_CONFIG_CHECK": "1"}),
+    ],
+)
+def test_demo_config_check_checks_the_demo_configuration(
+    args: list[str], env: dict[str, str]
+) -> None:
+    result = run_exporter(args, env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    # The same OK line as for a file, naming the demo's configuration, then one summary.
+    assert lines[0] == "<demo>: OK"
+    assert lines.count("defaults:") == 1
+    assert "  - name: kizen-demo" in lines
+    assert "  - name: firstpromoter-demo" in lines
+    assert lines.count("    api_key: <secret> (inline)") == 2
+    assert "open http" not in result.stdout  # checked, not served

@@ -8,21 +8,47 @@ non-secret identifiers and client. `exporter.platforms.PLATFORMS` registers it.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Protocol, TypeVar, get_args
+from urllib.parse import quote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AfterValidator, SecretStr, field_validator
 
 from exporter.jobs import Job, Phase, QueueClock, RowError
 from exporter.settings import Rate, RateLimit, SettingOverrides, Settings
-from exporter.upstream import Budget, Upstream, UpstreamError
+from exporter.upstream import Budget, NotFound, Upstream, UpstreamError
 
 T = TypeVar("T")
 K = TypeVar("K")
 
-SOURCE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+SOURCE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
+
+def _source_name(value: str) -> str:
+    # Our own message rather than a pattern's: the name is a label value users type.
+    if SOURCE_NAME.fullmatch(value) is None:
+        raise ValueError(
+            "must start with a lowercase letter or digit and hold only a-z, 0-9, _ and -"
+        )
+    return value
+
+
+def _is_http_url(value: str) -> bool:
+    """An http(s) URL with a host, a valid port if any, and nothing a request line cannot
+    carry (whitespace, control characters)."""
+    if not value.isprintable() or any(c.isspace() for c in value):
+        return False
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 # An incremental read falls back to a full read when it would need more by-id reads than this.
 BY_ID_LIMIT = 50
 
@@ -86,10 +112,6 @@ class PlatformClient(Protocol):
         """Only the queued and running jobs; not `complete`."""
         ...
 
-    async def read_one(self, job_id: str, budget: Budget) -> Job | None:
-        """One job by id; None when the platform no longer knows it."""
-        ...
-
     async def read_changes(self, budget: Budget, known: Known) -> ReadResult:
         """What changed since `known`: active jobs, jobs that finished, new jobs; a
         full read (`complete`) when that would be cheaper."""
@@ -101,12 +123,11 @@ class SourceConfig(SettingOverrides):
     `platform: Literal["<name>"]`, its own keys and the class variables below."""
 
     DEFAULT_BASE_URL: ClassVar[str]
-    # A quarter or less of what the platforms allow: the account's own integrations share it.
-    DEFAULT_RATE_LIMIT: ClassVar[str] = "100/m"
+    DEFAULT_RATE_LIMIT: ClassVar[str]  # as `rate_limit:` is written, such as "100/m"
     PHASES: ClassVar[Mapping[str, Phase]]
     QUEUE_CLOCK: ClassVar[QueueClock]
 
-    name: str = Field(pattern=SOURCE_NAME_PATTERN)
+    name: Annotated[str, AfterValidator(_source_name)]
     base_url: str | None = None
     api_key: SecretStr | None = None
     api_key_file: str | None = None
@@ -118,8 +139,8 @@ class SourceConfig(SettingOverrides):
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not value.startswith(("http://", "https://")) or len(value.split("/")[2]) == 0:
-            raise ValueError("must be an http:// or https:// URL")
+        if not _is_http_url(value):
+            raise ValueError("must be an http:// or https:// URL with a host, such as https://host")
         return value.rstrip("/")
 
     @property
@@ -194,3 +215,36 @@ async def pooled(
 
     await run_all([worker() for _ in range(max(1, workers))])
     return results
+
+
+async def read_by_id(
+    result: ReadResult,
+    ids: Iterable[str],
+    parse: Callable[[object], Job],
+    upstream: Upstream,
+    list_path: str,
+    budget: Budget,
+) -> None:
+    """Read each id at `{list_path}/{id}` into `result`: a 404 means the job is gone; an
+    unusable answer is skipped like a bad list row, never fatal."""
+
+    async def one(job_id: str) -> Job | RowError | None:
+        try:
+            body = await upstream.get_json(
+                "detail", f"{list_path}/{quote(job_id, safe='')}", {}, budget
+            )
+        except NotFound:
+            return None
+        try:
+            return parse(body)
+        except RowError as exc:
+            return exc
+
+    found = await pooled(ids, one, upstream.workers(budget))
+    for job_id, job in found.items():
+        if job is None:
+            result.gone.add(job_id)
+        elif isinstance(job, RowError):
+            result.skip("detail", job)
+        else:
+            result.jobs[job_id] = job

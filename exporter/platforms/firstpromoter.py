@@ -11,7 +11,6 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from typing import ClassVar, Literal
-from urllib.parse import quote
 
 from pydantic import Field
 
@@ -19,7 +18,6 @@ from exporter.jobs import (
     Job,
     Phase,
     QueueClock,
-    RowError,
     clamp_ratio,
     label,
     optional_count,
@@ -36,10 +34,10 @@ from exporter.platforms.base import (
     PlatformClient,
     ReadResult,
     SourceConfig,
-    pooled,
+    read_by_id,
 )
 from exporter.settings import Settings
-from exporter.upstream import Budget, NotFound, Upstream, UpstreamError
+from exporter.upstream import Budget, Upstream, UpstreamError
 
 logger = logging.getLogger("exporter.platforms.firstpromoter")
 
@@ -66,6 +64,8 @@ class FirstPromoterSource(SourceConfig):
     """A FirstPromoter account."""
 
     DEFAULT_BASE_URL: ClassVar[str] = "https://api.firstpromoter.com/api/v2/company"
+    # A quarter of the 400/m account limit: the account's own integrations share it.
+    DEFAULT_RATE_LIMIT: ClassVar[str] = "100/m"
     PHASES: ClassVar[Mapping[str, Phase]] = PHASES
     QUEUE_CLOCK: ClassVar[QueueClock] = QueueClock.CREATION_KNOWN
 
@@ -127,6 +127,13 @@ def parse_row(row: object, progress: ProgressMap | None = None) -> Job:
     )
 
 
+def _parsed(rows: list[object], progress: ProgressMap, *, complete: bool) -> ReadResult:
+    """List rows as a ReadResult, each batch's percentage taken from the progress map."""
+    result = ReadResult(complete=complete)
+    result.add_rows("list", rows, lambda row: parse_row(row, progress))
+    return result
+
+
 def parse_progress(body: object) -> dict[str, float]:
     if not isinstance(body, dict):
         raise UpstreamError("progress", "response is not a JSON object of id: percent")
@@ -167,29 +174,28 @@ class FirstPromoterClient:
 
     async def _read(
         self, budget: Budget, statuses: list[Status] | None, *, complete: bool
-    ) -> tuple[ReadResult, dict[str, float]]:
+    ) -> ReadResult:
         rows, progress = await asyncio.gather(
             self._rows(budget, statuses), self._progress(budget, statuses)
         )
-        result = ReadResult(complete=complete)
-        result.add_rows("list", rows, lambda row: parse_row(row, progress))
-        return result, progress
+        return _parsed(rows, progress, complete=complete)
 
-    async def read_all(self, budget: Budget) -> ReadResult:
-        statuses = list(self.source.statuses) if self.source.statuses else None
-        result, _ = await self._read(budget, statuses, complete=True)
-        return result
+    def _configured_statuses(self) -> list[Status] | None:
+        """The statuses to ask for; None (no filter) when every status is wanted."""
+        return list(self.source.statuses) if self.source.statuses else None
 
     def _active_statuses(self) -> list[Status]:
         configured = self.source.statuses
         return [s for s in ACTIVE if configured is None or s in configured]
 
+    async def read_all(self, budget: Budget) -> ReadResult:
+        return await self._read(budget, self._configured_statuses(), complete=True)
+
     async def read_active(self, budget: Budget) -> ReadResult:
         statuses = self._active_statuses()
         if not statuses:
             return ReadResult(complete=False)
-        result, _ = await self._read(budget, statuses, complete=False)
-        return result
+        return await self._read(budget, statuses, complete=False)
 
     async def _rows(self, budget: Budget, statuses: list[Status] | None) -> list[object]:
         rows: list[object] = []
@@ -225,59 +231,27 @@ class FirstPromoterClient:
             )
         return rows
 
-    async def _read_by_id(
-        self, job_id: str, budget: Budget, progress: ProgressMap | None = None
-    ) -> Job | RowError | None:
-        """One batch by id; None when gone; an unusable row as its RowError."""
-        try:
-            body = await self.upstream.get_json(
-                "detail", f"{LIST_PATH}/{quote(job_id, safe='')}", {}, budget
-            )
-        except NotFound:
-            return None
-        try:
-            return parse_row(body, progress)
-        except RowError as exc:
-            return exc
-
-    async def read_one(
-        self, job_id: str, budget: Budget, progress: ProgressMap | None = None
-    ) -> Job | None:
-        found = await self._read_by_id(job_id, budget, progress)
-        if isinstance(found, RowError):
-            raise UpstreamError("detail", f"unusable row: {found}")
-        return found
-
     async def read_changes(self, budget: Budget, known: Known) -> ReadResult:
         """The active batches, and the progress map of every batch (one cheap request that
         lists every id): ids never seen before, and active batches that left the active list,
         are read by id; ids the map no longer lists are gone."""
-        configured = list(self.source.statuses) if self.source.statuses else None
         active_statuses = self._active_statuses()
         # The progress map of every configured status, beside the active rows: it lists ids.
-        progress_read = self._progress(budget, configured)
+        progress_read = self._progress(budget, self._configured_statuses())
         if active_statuses:
             rows, progress = await asyncio.gather(
                 self._rows(budget, active_statuses), progress_read
             )
         else:
             rows, progress = [], await progress_read
-        result = ReadResult(complete=False)
-        result.add_rows("list", rows, lambda row: parse_row(row, progress))
+        result = _parsed(rows, progress, complete=False)
         listed = progress.keys()
         result.gone = {job_id for job_id in known.ids if job_id not in listed}
         wanted = [i for i in listed if i not in known.ids and i not in result.jobs]
         wanted += [i for i in known.active if i not in result.jobs and i in listed]
         if len(wanted) > BY_ID_LIMIT:
             return await self.read_all(budget)
-        fetched = await pooled(
-            wanted, lambda i: self._read_by_id(i, budget, progress), self.upstream.workers(budget)
+        await read_by_id(
+            result, wanted, lambda row: parse_row(row, progress), self.upstream, LIST_PATH, budget
         )
-        for job_id, job in fetched.items():
-            if job is None:
-                result.gone.add(job_id)
-            elif isinstance(job, RowError):
-                result.skip("detail", job)  # skipped like a bad list row, never fatal
-            else:
-                result.jobs[job_id] = job
         return result

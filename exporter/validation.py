@@ -1,0 +1,233 @@
+"""Reading YAML with limits and putting what is wrong with it in the exporter's own words.
+
+Shared by the configuration file and the web configuration file, so that both report every
+problem in one pass, each as `key.path: message`, where the message says what is wrong and
+what is allowed, never pydantic's or PyYAML's wording.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+# Nodes a YAML document may hold once its aliases are expanded (an alias bomb is refused).
+MAX_YAML_NODES = 10_000
+
+Loc = tuple[int | str, ...]
+
+
+class YamlError(Exception):
+    """A document that cannot be read as YAML, in our words, with its line when known."""
+
+
+def loc_text(loc: Loc) -> str:
+    """`sources[0].filters.action` for ("sources", 0, "filters", "action")."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def yaml_value(value: object) -> str:
+    """A loaded value as a user wrote it in YAML, for messages (never Python's repr)."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime.date):
+        return f"the date {value.isoformat()}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
+
+
+@dataclass
+class Problems:
+    """Problems found so far, by key path, and the paths whose value is already known bad
+    (their other complaints would only repeat the first)."""
+
+    lines: list[tuple[Loc, str]] = field(default_factory=list)
+    spoiled: set[Loc] = field(default_factory=set)
+
+    def add(self, loc: Loc, message: str) -> None:
+        self.lines.append((loc, message))
+
+    def covers(self, loc: Loc) -> bool:
+        return any(loc[: len(bad)] == bad for bad in self.spoiled)
+
+    def in_order(self) -> list[tuple[Loc, str]]:
+        """Document order: list items by index, keys as the schema walks them."""
+        return sorted(self.lines, key=lambda line: _order(line[0]))
+
+
+def _order(loc: Loc) -> tuple[tuple[int, int | str], ...]:
+    return tuple((0, part) if isinstance(part, int) else (1, part) for part in loc)
+
+
+# --- YAML --------------------------------------------------------------------------------------
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], path: set[int]) -> int:
+    """How many nodes `node` stands for once every alias is expanded (memoised per node)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in path:
+        raise YamlError("(top level): a YAML alias refers to a node that contains it")
+    path.add(key)
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(child, sizes, path) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            total += _expanded_size(k, sizes, path) + _expanded_size(v, sizes, path)
+    path.discard(key)
+    sizes[key] = total
+    return total
+
+
+def _construct(text: str) -> Any:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_YAML_NODES:
+            raise YamlError(
+                f"(top level): the document expands to {size} nodes through YAML aliases; "
+                f"at most {MAX_YAML_NODES} are allowed"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as data (None for an empty document); YamlError for text that is not YAML,
+    nests too deeply, or whose aliases expand it beyond MAX_YAML_NODES."""
+    try:
+        return _construct(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        # PyYAML's `problem` is a short phrase ("mapping values are not allowed here"); its
+        # whole message would repeat the offending text, which may hold a secret.
+        problem = getattr(exc, "problem", None) or "cannot be read"
+        raise YamlError(f"{where}invalid YAML: {problem}") from None
+    except RecursionError:
+        raise YamlError("(top level): the YAML is nested too deeply") from None
+
+
+# --- schema messages -------------------------------------------------------------------------
+
+_TYPE_WORDS = {
+    "string_type": "must be text",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number (not .nan or .inf)",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping of keys to values",
+    "model_type": "must be a mapping of keys to values",
+    "model_attributes_type": "must be a mapping of keys to values",
+    "missing": "required key is missing",
+    "string_too_short": "must not be empty",
+}
+_BOUND_WORDS = {
+    "greater_than": "above",
+    "greater_than_equal": "at least",
+    "less_than": "below",
+    "less_than_equal": "at most",
+}
+
+
+def message(error: Any, allowed: list[str]) -> str:
+    """One pydantic error in our words; `allowed` lists the keys valid where it was found."""
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return f"unknown key (allowed here: {', '.join(allowed)})" if allowed else "unknown key"
+    if kind in _TYPE_WORDS:
+        return _TYPE_WORDS[kind]
+    if kind == "string_pattern_mismatch":
+        return "has characters that are not allowed"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}".replace("'", "")
+    if kind in _BOUND_WORDS:
+        bound = next(iter(ctx.values()), "")
+        return f"must be {_BOUND_WORDS[kind]} {bound}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{yaml_value(error.get('input'))} is not allowed here"
+
+
+_TYPE_TAGS = frozenset({"float", "int", "str", "bool", "list", "dict", "none"})
+
+
+def _clean_loc(raw: tuple[Any, ...]) -> Loc:
+    # Pydantic adds validator and type tags ("function-before[...]", "float") to locations.
+    return tuple(p for p in raw if isinstance(p, int) or ("[" not in p and p not in _TYPE_TAGS))
+
+
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation may hold: `X`, `X | None`, `list[X]`, `Annotated[X, ...]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType, list, tuple, typing.Annotated):
+        return [m for arg in typing.get_args(annotation) for m in models_in(arg)]
+    return []
+
+
+def allowed_keys(model: type[BaseModel] | None, path: Loc) -> list[str]:
+    """The keys allowed in the mapping at `path` (relative to `model`), for "unknown key"."""
+    for part in path:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part)
+        found = models_in(info.annotation) if info is not None else []
+        model = found[0] if len(found) == 1 else None
+    return sorted(model.model_fields) if model is not None else []
+
+
+def validate(
+    adapter: TypeAdapter[Any], value: Any, loc: Loc, model: type[BaseModel] | None, p: Problems
+) -> Any:
+    """The validated value, or None after recording every problem under `loc`."""
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as exc:
+        for error in exc.errors():
+            inner = _clean_loc(error["loc"])
+            where = (*loc, *inner)
+            if p.covers(where):
+                continue  # already reported: an unset variable
+            p.add(where, message(error, allowed_keys(model, inner[:-1])))
+        return None
+
+
+@functools.cache
+def adapter(target: Any) -> TypeAdapter[Any]:
+    """One adapter per model or type, built once."""
+    return TypeAdapter(target)
