@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,19 +12,11 @@ import bcrypt
 import pytest
 
 from exporter import healthcheck
-from tests.test_process import Process, free_port, make_certs
+from tests.test_process import Process, free_port, make_certs, run_exporter
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BULK_EXPORTER_")}
-    return subprocess.run(
-        [sys.executable, "-m", "exporter.healthcheck", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**clean, **(env or {})},
-    )
+    return run_exporter(list(args), env, module="exporter.healthcheck")
 
 
 def assert_unhealthy(result: subprocess.CompletedProcess[str]) -> str:

@@ -68,13 +68,14 @@ class Process:
 
 
 def run_exporter(
-    args: list[str], env: dict[str, str] | None = None
+    args: list[str], env: dict[str, str] | None = None, module: str = "exporter"
 ) -> subprocess.CompletedProcess[str]:
-    """One run of the real command to its end, for runs that must stop at start-up. The
-    test's own BULK_EXPORTER_* variables are left out, so that only `env` sets any."""
+    """One run of the real command (or another of the package's modules) to its end, for
+    runs that must stop at start-up. The test's own BULK_EXPORTER_* variables are left out,
+    so that only `env` sets any."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("BULK_EXPORTER_")}
     return subprocess.run(
-        [sys.executable, "-m", "exporter", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         timeout=30,
