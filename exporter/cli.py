@@ -256,10 +256,11 @@ def _check(flag: _Flag, given: Given) -> None:
 def _switch(name: str, on_command_line: bool | None, env: Mapping[str, str]) -> bool:
     if on_command_line is not None:
         return on_command_line
-    raw = env.get(env_name(name), "").strip().lower()
-    if raw not in _TRUE | _FALSE:
-        raise UsageError(f"{env_name(name)}={raw!r}: must be true or false")
-    return raw in _TRUE
+    given = env.get(env_name(name), "")
+    value = given.strip().lower()
+    if value not in _TRUE | _FALSE:
+        raise UsageError(f"{env_name(name)}={given!r}: must be true or false")
+    return value in _TRUE
 
 
 def parse_options(argv: Sequence[str] | None, env: Mapping[str, str]) -> Options:
@@ -341,12 +342,24 @@ async def _demo_config() -> Config:
 
 def check_config(opts: Options) -> int:
     """`--config.check`: the configuration the exporter would serve (the file, or the demo's
-    with `--demo`) is OK, with a redacted summary (0), or its problems, one a line (1)."""
+    with `--demo`) and the `--web.config.file` when given are OK, with a redacted summary
+    (0), or the problems of both, one a line (1)."""
+    problems: list[str] = []
+    config: Config | None = None
     try:
         config = asyncio.run(_demo_config()) if opts.demo else load_config(opts.config_file)
     except ConfigError as exc:
-        return _problems(exc.problems)
+        problems += exc.problems
+    if opts.web_config_file:
+        try:
+            load_web_config(opts.web_config_file)
+        except WebConfigError as exc:
+            problems += exc.problems
+    if problems or config is None:
+        return _problems(problems)
     print(f"{DEMO_CONFIG if opts.demo else opts.config_file}: OK")
+    if opts.web_config_file:
+        print(f"{opts.web_config_file}: OK")
     print(summary(config))
     return 0
 

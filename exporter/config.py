@@ -28,9 +28,11 @@ from exporter.validation import (
     Problems,
     YamlError,
     adapter,
+    key_text,
     load_yaml,
     loc_text,
     validate,
+    yaml_value,
 )
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -150,7 +152,9 @@ def _source(
         p.add((*loc, "platform"), f"required key is missing ({' or '.join(platforms)})")
         return None
     if not isinstance(platform, str) or platform not in platforms:
-        p.add((*loc, "platform"), f"unknown platform {platform!r}: use {' or '.join(platforms)}")
+        if not p.covers((*loc, "platform")):  # an unset variable is reported already
+            known = " or ".join(platforms)
+            p.add((*loc, "platform"), f"unknown platform {yaml_value(platform)}: use {known}")
         return None
     model = platforms[platform]
     has_key, has_file = raw.get("api_key") is not None, raw.get("api_key_file") is not None
@@ -218,6 +222,21 @@ def _raw_secrets(raw: Any, base_dir: Path) -> Iterator[str]:
             yield from _raw_secrets(value, base_dir)
 
 
+# `api_key: value` in block or flow style, the value quoted or not, as text: a file that is not
+# YAML has no structure to find its secrets in.
+_KEY_IN_TEXT = re.compile(r"""api_key\s*:\s*(?:'([^'\n]*)'|"([^"\n]*)"|([^\s,}\]#]+))""")
+
+
+def _text_secrets(text: str, env: Mapping[str, str]) -> Iterator[str]:
+    """Every `api_key` value written in the text, with the forms a YAML error may quote it in
+    (an alias or tag name without its `*`, `&` or `!`) and `${VAR}` references resolved."""
+    for match in _KEY_IN_TEXT.finditer(text):
+        value = next(group for group in match.groups() if group is not None)
+        yield value
+        yield value.lstrip("*&!")
+        yield _VAR_RE.sub(lambda m: env.get(m.group(1), m.group(2) or ""), value)
+
+
 def _build(
     data: Any, platforms: Platforms, base_dir: Path, p: Problems
 ) -> tuple[Settings | None, list[SourceConfig]]:
@@ -226,7 +245,7 @@ def _build(
         return None, []
     for key in data:
         if key not in ("defaults", "sources"):
-            p.add((str(key),), "unknown key (allowed here: defaults, sources)")
+            p.add((key_text(key),), "unknown key (allowed here: defaults, sources)")
     defaults: Settings | None = Settings()
     if data.get("defaults") is not None:
         defaults = validate(adapter(Settings), data["defaults"], ("defaults",), Settings, p)
@@ -251,11 +270,31 @@ def parse_config(
     base_dir: Path | None = None,
     platforms: Platforms = PLATFORMS,
 ) -> Config:
+    """The configuration in `text`; ConfigError, and nothing else, when it cannot be used."""
     env = os.environ if env is None else env
+    try:
+        return _parse(text, filename, env, base_dir, platforms)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        # A case no check foresaw must still refuse the file in one line (a reload then
+        # reports failure) rather than end in a traceback; the exception's text may quote
+        # the file, so only its type is shown.
+        raise ConfigError([f"{filename}: cannot be loaded ({type(exc).__name__})"]) from None
+
+
+def _parse(
+    text: str,
+    filename: str,
+    env: Mapping[str, str],
+    base_dir: Path | None,
+    platforms: Platforms,
+) -> Config:
     try:
         raw = load_yaml(text)
     except YamlError as exc:
-        raise ConfigError([f"{filename}: {exc}"]) from None
+        redact = Redactor(_text_secrets(text, env))
+        raise ConfigError([redact(f"{filename}: {exc}")]) from None
     if raw is None:
         raw = {}
     p = Problems()

@@ -2,13 +2,15 @@
 
 Shared by the configuration file and the web configuration file, so that both report every
 problem in one pass, each as `key.path: message`, where the message says what is wrong and
-what is allowed, never pydantic's or PyYAML's wording.
+what is allowed, never pydantic's wording. YAML syntax errors keep PyYAML's short name for the
+problem, with its line and column.
 """
 
 from __future__ import annotations
 
 import datetime
 import functools
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,6 +40,13 @@ def loc_text(loc: Loc) -> str:
     return out or "(top level)"
 
 
+def key_text(key: object) -> str:
+    """A mapping key as written in YAML, for a key path (`null`, `true`, `5`, `name`)."""
+    if key is None:
+        return "null"
+    return yaml_value(key) if isinstance(key, bool) else str(key)
+
+
 def yaml_value(value: object) -> str:
     """A loaded value as a user wrote it in YAML, for messages (never Python's repr)."""
     if value is None:
@@ -50,9 +59,15 @@ def yaml_value(value: object) -> str:
         return "a list"
     if isinstance(value, dict):
         return "a mapping"
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else ("-.inf" if value < 0 else ".inf")
     if isinstance(value, str):
-        return repr(value)
-    return str(value)
+        # Quoted as is when printable: escaping would change a secret pasted here, which the
+        # redactor then could not find; control characters are escaped (they would forge lines).
+        return f"'{value}'" if value.isprintable() else repr(value)
+    if isinstance(value, (int, float)):
+        return str(value)
+    return f"a value of YAML type {type(value).__name__}"
 
 
 @dataclass
@@ -70,7 +85,8 @@ class Problems:
         return any(loc[: len(bad)] == bad for bad in self.spoiled)
 
     def in_order(self) -> list[tuple[Loc, str]]:
-        """Document order: list items by index, keys as the schema walks them."""
+        """Sorted by key path: list items by index, keys alphabetically (so `defaults` comes
+        before `sources`, and each source's problems stay together)."""
         return sorted(self.lines, key=lambda line: _order(line[0]))
 
 
@@ -100,8 +116,25 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], path: set[int]) -> in
     return total
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose values that cannot be built (a date that does not exist, an integer
+    too long for Python) are YAML errors with their position, not bare ValueErrors."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError):
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"this {node.tag.rsplit(':', 1)[-1]} value cannot be read "
+                "(a date that does not exist, or a number too long)",
+                node.start_mark,
+            ) from None
+
+
 def _construct(text: str) -> Any:
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -117,16 +150,28 @@ def _construct(text: str) -> Any:
         loader.dispose()
 
 
+def _reader_error(exc: yaml.reader.ReaderError, text: str) -> str:
+    line = text.count("\n", 0, exc.position) + 1
+    column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+    character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+    return (
+        f"line {line}, column {column}: invalid YAML: the control character "
+        f"U+{character:04X} is not allowed"
+    )
+
+
 def load_yaml(text: str) -> Any:
     """YAML text as data (None for an empty document); YamlError for text that is not YAML,
-    nests too deeply, or whose aliases expand it beyond MAX_YAML_NODES."""
+    nests too deeply, or whose aliases expand it beyond MAX_YAML_NODES. A syntax error gives
+    its line, column and PyYAML's short name for the problem ("mapping values are not allowed
+    here"), never PyYAML's whole message, which quotes the text around it."""
     try:
         return _construct(text)
+    except yaml.reader.ReaderError as exc:
+        raise YamlError(_reader_error(exc, text)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        # PyYAML's `problem` is a short phrase ("mapping values are not allowed here"); its
-        # whole message would repeat the offending text, which may hold a secret.
         problem = getattr(exc, "problem", None) or "cannot be read"
         raise YamlError(f"{where}invalid YAML: {problem}") from None
     except RecursionError:
@@ -151,6 +196,7 @@ _TYPE_WORDS = {
     "model_attributes_type": "must be a mapping of keys to values",
     "missing": "required key is missing",
     "string_too_short": "must not be empty",
+    "invalid_key": "keys here must be text",
 }
 _BOUND_WORDS = {
     "greater_than": "above",

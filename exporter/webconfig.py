@@ -25,21 +25,23 @@ import stat
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import bcrypt
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from exporter.config import FileLimitError, read_regular_file
 from exporter.validation import (
     Problems,
     YamlError,
     adapter,
+    key_text,
     load_yaml,
     loc_text,
     models_in,
     validate,
+    yaml_value,
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -84,11 +86,24 @@ class TlsServerConfig(_Strict):
     max_version: TlsVersion = "TLS13"
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _headers(headers: dict[str, str]) -> dict[str, str]:
+    # Checked here: aiohttp would refuse them only when sending, failing every response.
+    for name, value in headers.items():
+        if _HEADER_NAME.fullmatch(name) is None:
+            raise ValueError(f"{yaml_value(name)} is not a header name (letters, digits, -)")
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"the value of {name} holds a line break or NUL")
+    return headers
+
+
 class HttpServerConfig(_Strict):
     """`http_server_config`: extra response headers."""
 
     http2: bool = True  # accepted for compatibility; aiohttp serves HTTP/1.1
-    headers: dict[str, str] = {}
+    headers: Annotated[dict[str, str], AfterValidator(_headers)] = {}
 
 
 class WebConfigModel(_Strict):
@@ -259,16 +274,36 @@ def _sections(raw: Any, p: Problems) -> dict[str, Any]:
         info = WebConfigModel.model_fields.get(str(key))
         if info is None:
             allowed = ", ".join(sorted(WebConfigModel.model_fields))
-            p.add((str(key),), f"unknown key (allowed here: {allowed})")
+            p.add((key_text(key),), f"unknown key (allowed here: {allowed})")
             continue
         if value is None:
             continue
         target: Any = info.annotation
         model = next(iter(models_in(target)), None)
         valid = validate(adapter(target), value, (key,), model, p)
+        if valid is None and model is not None:
+            valid = _usable_part(model, value)
         if valid is not None:
             sections[key] = valid
     return sections
+
+
+def _usable_part(model: type[BaseModel], value: Any) -> BaseModel | None:
+    """The section's keys that are valid on their own, over its defaults, so that its cross
+    checks still run beside the problems already reported (never served: those refuse the
+    file)."""
+    if not isinstance(value, dict):
+        return None
+    usable = {}
+    for name, info in model.model_fields.items():
+        if name not in value:
+            continue
+        annotation: Any = info.annotation
+        try:
+            usable[name] = adapter(annotation).validate_python(value[name])
+        except ValidationError:
+            continue
+    return model.model_construct(**usable)
 
 
 def _cross_checks(sections: dict[str, Any], base_dir: Path, p: Problems) -> None:
@@ -294,8 +329,17 @@ def _cross_checks(sections: dict[str, Any], base_dir: Path, p: Problems) -> None
 def load_web_config(path: str | Path) -> WebConfig:
     """Read and check `--web.config.file`: a regular file of at most MAX_WEB_CONFIG_BYTES, so
     that a FIFO cannot hang start-up and a device cannot be read without end. Every problem
-    is reported at once, as `file: key.path: message`."""
-    file = Path(path)
+    is reported at once, as `file: key.path: message`; nothing but WebConfigError is raised."""
+    try:
+        return _load(Path(path))
+    except WebConfigError:
+        raise
+    except Exception as exc:
+        # Unforeseen input still refuses the file in one line; the text may quote a hash.
+        raise WebConfigError([f"{path}: cannot be loaded ({type(exc).__name__})"]) from None
+
+
+def _load(file: Path) -> WebConfig:
     try:
         text = read_regular_file(file, MAX_WEB_CONFIG_BYTES, "the web configuration")
         raw = load_yaml(text) or {}

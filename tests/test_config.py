@@ -382,3 +382,65 @@ def test_the_readme_config_error_example_is_real_output(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.splitlines() == shown
+
+
+def test_config_check_checks_the_web_config_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path, "sources: []\ndefaults: {timeout: forever}\n")
+    web = write(tmp_path, "basic_auth_users: {alice: plain}\n", name="web.yml")
+    args = ["--config.file", str(config), "--web.config.file", str(web), "--config.check"]
+    assert main(args, env={}) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"error: {config}: defaults.timeout: invalid duration 'forever': use forms like 500ms,"
+        " 10s, 5m, 1h, 1d",
+        f"error: {web}: basic_auth_users.alice: not a bcrypt hash ($2a$, $2b$ or $2y$...)",
+    ], err
+    write(tmp_path, "sources: []\n")
+    write(tmp_path, "{}\n", name="web.yml")
+    assert main(args, env={}) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [f"{config}: OK", f"{web}: OK"], out
+
+
+def test_refused_yaml_does_not_show_the_key_it_quotes(tmp_path: Path) -> None:
+    for text in (
+        "sources:\n  - name: a\n    api_key: *Xk9sSECRETvalue\n",
+        "sources:\n  - {name: a, api_key: !Xk9sSECRETvalue x}\n",
+    ):
+        found = problems(tmp_path, text)
+        assert len(found) == 1, found
+        assert "invalid YAML" in found[0], found
+        assert "Xk9sSECRETvalue" not in found[0], found
+        assert "<secret>" in found[0], found
+
+
+def test_a_value_yaml_cannot_build_is_a_problem_with_its_line(tmp_path: Path) -> None:
+    found = problems(tmp_path, "defaults:\n  timeout: 2024-13-45\n")
+    assert [p.split(": ", 1)[1] for p in found] == [
+        "line 2, column 12: invalid YAML: this timestamp value cannot be read (a date that does"
+        " not exist, or a number too long)"
+    ], found
+    found = problems(tmp_path, "defaults:\n  timeout: 'a\x01b'\n")
+    assert found[0].endswith(
+        "line 2, column 14: invalid YAML: the control character U+0001 is not allowed"
+    ), found
+
+
+def test_a_key_pasted_into_another_setting_is_redacted_as_written(tmp_path: Path) -> None:
+    found = problems(
+        tmp_path,
+        "defaults: {timeout: 'ab\\cd1234'}\n"
+        "sources:\n  - {name: a, platform: kizen, business_id: b, user_id: u,"
+        " api_key: 'ab\\cd1234'}\n",
+    )
+    assert not any("cd1234" in p for p in found), found
+    assert any("invalid duration '<secret>'" in p for p in found), found
+
+
+def test_an_unset_platform_variable_is_reported_once(tmp_path: Path) -> None:
+    found = problems(tmp_path, 'sources:\n  - {name: a, platform: "${P}", api_key: xxxxx}\n', {})
+    assert [p.split(": ", 1)[1] for p in found] == [
+        "sources[0].platform: environment variable P is not set"
+    ], found

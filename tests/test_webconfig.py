@@ -41,6 +41,11 @@ def test_every_problem_in_one_pass(tmp_path: Path) -> None:
         "bogus: unknown key (allowed here: basic_auth_users, http_server_config, "
         "tls_server_config)",
         "http_server_config.headers: must be a mapping of keys to values",
+        # The TLS section's own mistake does not hide what its other keys show.
+        "tls_server_config: cert_file and key_file go together",
+        "tls_server_config.cert_file: cannot read "
+        f"{tmp_path / 'missing.crt'}: No such file or directory",
+        "tls_server_config.client_ca_file: required by RequireAndVerifyClientCert",
         "tls_server_config.min_version: must be one of TLS10, TLS11, TLS12 or TLS13",
     ], found
 
@@ -86,3 +91,24 @@ def test_a_valid_file_loads(tmp_path: Path) -> None:
     config = load_web_config(path)
     assert config.ssl_context() is None
     assert len(config.middlewares()) == 1
+
+
+def test_response_headers_that_would_break_every_answer_are_refused(tmp_path: Path) -> None:
+    found = problems_of(
+        tmp_path, 'http_server_config:\n  headers:\n    X-A: "a\\r\\nSet-Cookie: x"\n'
+    )
+    assert found == ["http_server_config.headers: the value of X-A holds a line break or NUL"]
+    found = problems_of(tmp_path, "http_server_config:\n  headers:\n    'X A:': v\n")
+    assert found == ["http_server_config.headers: 'X A:' is not a header name (letters, digits, -)"]
+
+
+def test_odd_keys_and_values_are_problems_not_crashes(tmp_path: Path) -> None:
+    found = problems_of(tmp_path, "null: 1\nbasic_auth_users:\n  alice: 2024-13-45\n")
+    assert len(found) == 1, found
+    assert found[0].startswith("line 3, column 10: invalid YAML: "), found
+    assert "cannot be read" in found[0], found
+    found = problems_of(tmp_path, "null: 1\ntls_server_config: []\n")
+    assert found == [
+        "null: unknown key (allowed here: basic_auth_users, http_server_config, tls_server_config)",
+        "tls_server_config: must be a mapping of keys to values",
+    ], found
