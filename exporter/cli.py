@@ -16,7 +16,7 @@ from typing import Any
 
 from exporter import __version__, logs
 from exporter.config import Config, ConfigError, load_config, summary
-from exporter.demo import Demo
+from exporter.demo import DEMO_CONFIG_NAME, Demo
 from exporter.redact import Redactor
 from exporter.runtime import Shard
 from exporter.service import Listen, Service
@@ -28,9 +28,6 @@ _FALSE = {"0", "false", "no", "off", ""}
 LOG_LEVELS = ("debug", "info", "warn", "error")
 LOG_FORMATS = ("logfmt", "json")
 LISTEN_FORM = "host:port, e.g. :9840"
-# The name demo.py gives its configuration, so `--demo --config.check` says OK about the same
-# name its errors would carry.
-DEMO_CONFIG = "<demo>"
 
 
 def env_name(flag: str) -> str:
@@ -87,22 +84,18 @@ def _choice(allowed: Sequence[str]) -> Callable[[str], str]:
 
 
 def _count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError("must be a whole number") from None
+    # ASCII digits only, like the port: int() also takes ' 3', '3_0' and other scripts' digits.
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a whole number")
+    number = int(value)
     if number < 1:
         raise ValueError("must be 1 or more")
     return number
 
 
 def _shard_index(value: str) -> str:
-    if value != "auto":
-        try:
-            if int(value) < 0:
-                raise ValueError
-        except ValueError:
-            raise ValueError("must be a shard number from 0, or auto") from None
+    if value != "auto" and not (value.isascii() and value.isdigit()):
+        raise ValueError("must be a shard number from 0, or auto")
     return value
 
 
@@ -119,7 +112,9 @@ def split_listen_address(address: str) -> tuple[str | None, int]:
     port = int(port_text)
     if port > 65535:
         raise ValueError("the port must be from 0 to 65535")
-    host = host.strip("[]")
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError(f"an IPv6 host goes in brackets, as in [::1]:9840 ({LISTEN_FORM})")
+    host = host.removeprefix("[").removesuffix("]")
     return (host or None), port
 
 
@@ -357,7 +352,7 @@ def check_config(opts: Options) -> int:
             problems += exc.problems
     if problems or config is None:
         return _problems(problems)
-    print(f"{DEMO_CONFIG if opts.demo else opts.config_file}: OK")
+    print(f"{DEMO_CONFIG_NAME if opts.demo else opts.config_file}: OK")
     if opts.web_config_file:
         print(f"{opts.web_config_file}: OK")
     print(summary(config))

@@ -163,7 +163,11 @@ def _source(
         p.add((*loc, "api_key_file"), "api_key and api_key_file are both set")
         return None
     if not has_key and not has_file:
-        p.add((*loc, "api_key"), "required key is missing (or api_key_file)")
+        written = "api_key" in raw or "api_key_file" in raw  # as `api_key:` with no value
+        p.add(
+            (*loc, "api_key"),
+            "is empty" if written else "required key is missing (or api_key_file)",
+        )
         return None
     secret: str | None = None
     key_file = raw.get("api_key_file")

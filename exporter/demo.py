@@ -8,6 +8,9 @@ from exporter.simulator import RunningSimulator, Simulator, World
 # Jobs move every second so a dashboard shows progress, failures and stalls within a minute.
 DEMO_TICK = 1.0
 
+# What the demo's configuration is called in its errors and by `--demo --config.check`.
+DEMO_CONFIG_NAME = "<demo>"
+
 
 class Demo:
     """Owns the simulator that demo mode reads from."""
@@ -36,7 +39,7 @@ sources:
     account_id: {creds.fp_account_id}
     api_key: {creds.fp_api_key}
 """
-        return parse_config(yaml_text, filename="<demo>", env={})
+        return parse_config(yaml_text, filename=DEMO_CONFIG_NAME, env={})
 
     async def stop(self) -> None:
         await self.running.stop()

@@ -307,6 +307,10 @@ def test_unset_variable_unknown_key_and_bad_duration_reported_in_one_run(tmp_pat
             " api_key: kk}\n",
             "sources[0].name: must start with a lowercase letter or digit",
         ),
+        (
+            "sources:\n  - {name: a, platform: kizen, business_id: b, user_id: u, api_key: ~}\n",
+            "sources[0].api_key: is empty",
+        ),
     ],
 )
 def test_messages_say_what_is_allowed_in_our_words(
@@ -395,7 +399,8 @@ def test_config_check_checks_the_web_config_too(
     assert err == [
         f"error: {config}: defaults.timeout: invalid duration 'forever': use forms like 500ms,"
         " 10s, 5m, 1h, 1d",
-        f"error: {web}: basic_auth_users.alice: not a bcrypt hash ($2a$, $2b$ or $2y$...)",
+        f"error: {web}: basic_auth_users.alice: not a bcrypt hash ($2b$, a cost from 04 to"
+        " 31, 60 characters in all)",
     ], err
     write(tmp_path, "sources: []\n")
     write(tmp_path, "{}\n", name="web.yml")

@@ -138,6 +138,17 @@ LISTEN_FORM = "(host:port, e.g. :9840)"
             {},
             "error: --shard.index 1 is not below --shard.count 1 (the default)",
         ),
+        (
+            [],
+            {"BULK_EXPORTER_WEB_LISTEN_ADDRESS": "[::1:9840"},
+            "error: BULK_EXPORTER_WEB_LISTEN_ADDRESS='[::1:9840': an IPv6 host goes in brackets,"
+            f" as in [::1]:9840 {LISTEN_FORM}",
+        ),
+        (  # digits of another script, which int() would take
+            [],
+            {"BULK_EXPORTER_SHARD_COUNT": "\u0663"},
+            "error: BULK_EXPORTER_SHARD_COUNT='\u0663': must be a whole number",
+        ),
     ],
 )
 def test_a_bad_value_names_the_flag_or_the_variable_and_value(
