@@ -79,7 +79,8 @@ class Problems:
     spoiled: set[Loc] = field(default_factory=set)
 
     def add(self, loc: Loc, message: str) -> None:
-        self.lines.append((loc, message))
+        if (loc, message) not in self.lines:  # a key and its value may fail alike
+            self.lines.append((loc, message))
 
     def covers(self, loc: Loc) -> bool:
         return any(loc[: len(bad)] == bad for bad in self.spoiled)
@@ -196,7 +197,6 @@ _TYPE_WORDS = {
     "model_attributes_type": "must be a mapping of keys to values",
     "missing": "required key is missing",
     "string_too_short": "must not be empty",
-    "invalid_key": "keys here must be text",
 }
 _BOUND_WORDS = {
     "greater_than": "above",
@@ -229,9 +229,44 @@ def message(error: Any, allowed: list[str]) -> str:
 _TYPE_TAGS = frozenset({"float", "int", "str", "bool", "list", "dict", "none"})
 
 
-def _clean_loc(raw: tuple[Any, ...]) -> Loc:
-    # Pydantic adds validator and type tags ("function-before[...]", "float") to locations.
-    return tuple(p for p in raw if isinstance(p, int) or ("[" not in p and p not in _TYPE_TAGS))
+_ABSENT = object()
+
+
+def _input_key(value: Any, part: Any) -> Any:
+    """The input mapping's key that a location part stands for (pydantic writes a key that is
+    not text, such as null, as its string), or _ABSENT."""
+    if not isinstance(value, dict):
+        return _ABSENT
+    if part in value:
+        return part
+    return next((key for key in value if not isinstance(key, str) and str(key) == part), _ABSENT)
+
+
+def _clean_loc(raw: tuple[Any, ...], value: Any) -> tuple[Loc, bool]:
+    """Pydantic's location as the user's key path, and whether the error is about the key
+    itself rather than its value. Pydantic adds validator and type tags ("function-before[...]",
+    "float", "[key]") to locations; a part is kept when the input holds it as a key (a user's
+    key may be called `str`) and dropped when it looks like a tag. A key that is not text is
+    shown as YAML writes it (`null`, `5`), never as a list index."""
+    path: list[int | str] = []
+    about_key = False
+    for part in raw:
+        key = _input_key(value, part)
+        if key is not _ABSENT:
+            value = value[key]
+            path.append(key if isinstance(key, str) else key_text(key))
+            continue
+        if isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+            value = value[part]
+        elif part == "[key]":
+            about_key = True
+            continue
+        elif isinstance(part, str) and ("[" in part or part in _TYPE_TAGS):
+            continue
+        else:
+            value = None  # a key the input lacks: a missing one
+        path.append(part)
+    return tuple(path), about_key
 
 
 def models_in(annotation: Any) -> list[type[BaseModel]]:
@@ -265,11 +300,14 @@ def validate(
         return adapter.validate_python(value)
     except ValidationError as exc:
         for error in exc.errors():
-            inner = _clean_loc(error["loc"])
+            inner, about_key = _clean_loc(error["loc"], value)
             where = (*loc, *inner)
             if p.covers(where):
                 continue  # already reported: an unset variable
-            p.add(where, message(error, allowed_keys(model, inner[:-1])))
+            if about_key or error["type"] == "invalid_key":
+                p.add(where, "this key must be text")
+            else:
+                p.add(where, message(error, allowed_keys(model, inner[:-1])))
         return None
 
 

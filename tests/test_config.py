@@ -449,3 +449,21 @@ def test_an_unset_platform_variable_is_reported_once(tmp_path: Path) -> None:
     assert [p.split(": ", 1)[1] for p in found] == [
         "sources[0].platform: environment variable P is not set"
     ], found
+
+
+def test_keys_are_shown_as_written(tmp_path: Path) -> None:
+    """A user's key named like one of pydantic's type tags, and keys that are not text."""
+    found = problems(
+        tmp_path,
+        "defaults: {int: 5}\n"
+        "sources:\n  - {name: a, platform: kizen, business_id: b, user_id: u, api_key: kkkkkk,"
+        " null: y, 5: x}\nnull: 1\n",
+    )
+    assert [p.split(": ", 1)[1] for p in found] == [
+        "defaults.int: unknown key (allowed here: finished_job_retention, full_sync_interval,"
+        " max_actions, max_concurrency, max_job_series, max_jobs, max_response_size,"
+        " min_interval, timeout)",
+        "null: unknown key (allowed here: defaults, sources)",
+        "sources[0].5: this key must be text",
+        "sources[0].null: this key must be text",
+    ], found

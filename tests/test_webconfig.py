@@ -113,3 +113,18 @@ def test_odd_keys_and_values_are_problems_not_crashes(tmp_path: Path) -> None:
         "null: unknown key (allowed here: basic_auth_users, http_server_config, tls_server_config)",
         "tls_server_config: must be a mapping of keys to values",
     ], found
+
+
+def test_keys_are_shown_as_written(tmp_path: Path) -> None:
+    found = problems_of(
+        tmp_path,
+        "http_server_config:\n  headers: {str: 1}\n"
+        'basic_auth_users: {none: 5, "x[1]": 6, null: 7}\n',
+    )
+    assert found == [
+        "basic_auth_users.none: must be text",
+        "basic_auth_users.null: this key must be text",
+        "basic_auth_users.null: must be text",
+        "basic_auth_users.x[1]: must be text",
+        "http_server_config.headers.str: must be text",
+    ], found
