@@ -29,15 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.scrape import rss_mib
+from benchmarks.scrape import kizen_source, rss_mib
 from benchmarks.scrape import simulator as scrape_simulator
 from exporter.config import parse_config
 from exporter.runtime import Runtime
-from exporter.simulator import Credentials
 from exporter.source import SourceRunner
 from exporter.state import StateStore
 
-CREDS = Credentials()
 FINISHED = 100_000
 RUNNING = 20
 LATENCY = 0.3
@@ -48,21 +46,8 @@ def simulator(latency: float, *extra: str) -> contextlib.AbstractContextManager[
     return scrape_simulator(FINISHED, RUNNING, latency, *extra)
 
 
-def config_text(url: str, rate: str = "100/m") -> str:
-    return f"""
-sources:
-  - name: kz
-    platform: kizen
-    base_url: {url}
-    business_id: {CREDS.kizen_business_id}
-    user_id: {CREDS.kizen_user_id}
-    api_key: {CREDS.kizen_api_key}
-    rate_limit: {rate}
-"""
-
-
 def runtime_for(url: str, store: StateStore | None = None, rate: str = "100/m") -> Runtime:
-    return Runtime(parse_config(config_text(url, rate), filename="<bench>"), store=store)
+    return Runtime(parse_config(kizen_source(url, rate), filename="<bench>"), store=store)
 
 
 def requests(runner: SourceRunner) -> int:

@@ -92,20 +92,29 @@ def simulator(finished: int, running: int, latency: float, *extra: str) -> Itera
         proc.wait()
 
 
+def kizen_source(url: str, rate: str, *extra: str) -> str:
+    """The benchmarks' one Kizen source `kz` against the simulator, with `extra` keys."""
+    keys = [
+        "name: kz",
+        "platform: kizen",
+        f"base_url: {url}",
+        f"business_id: {CREDS.kizen_business_id}",
+        f"user_id: {CREDS.kizen_user_id}",
+        f"api_key: {CREDS.kizen_api_key}",
+        f"rate_limit: {rate}",
+        *extra,
+    ]
+    return "sources:\n  - " + "\n    ".join(keys) + "\n"
+
+
 def runtime_for(url: str, *, incremental: bool, rate: str, full_sync: str = "1h") -> Runtime:
-    text = f"""
-defaults: {{timeout: 10s, max_concurrency: {CONCURRENCY}, full_sync_interval: {full_sync}}}
-sources:
-  - name: kz
-    platform: kizen
-    base_url: {url}
-    business_id: {CREDS.kizen_business_id}
-    user_id: {CREDS.kizen_user_id}
-    api_key: {CREDS.kizen_api_key}
-    page_size: {PAGE_SIZE}
-    rate_limit: {rate}
-    incremental: {str(incremental).lower()}
-"""
+    defaults = (
+        f"defaults: {{timeout: 10s, max_concurrency: {CONCURRENCY}, "
+        f"full_sync_interval: {full_sync}}}\n"
+    )
+    text = defaults + kizen_source(
+        url, rate, f"page_size: {PAGE_SIZE}", f"incremental: {str(incremental).lower()}"
+    )
     return Runtime(parse_config(text, filename="<bench>"))
 
 
