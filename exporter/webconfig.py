@@ -119,15 +119,14 @@ _CACHE_SIZE = 256
 MAX_WEB_CONFIG_BYTES = 64 * 1024
 # bcrypt's cost bounds, and the cost of the dummy hash when no configured hash gives one.
 _MIN_COST, _MAX_COST, _DEFAULT_COST = 4, 31, 10
-_COST_RE = re.compile(rb"^\$2[aby]\$(\d\d)\$")
-# A whole bcrypt hash: version, a cost bcrypt accepts, then 53 characters of salt and digest.
-_HASH_FORM = "$2b$, a cost from 04 to 31, 60 characters in all"
-_BCRYPT_HASH = re.compile(r"\$2[aby]\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}")
+# A whole bcrypt hash: version, two-digit cost, then 53 characters of salt and digest.
+_BCRYPT_HASH = re.compile(rb"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
+_HASH_FORM = f"$2b$, a cost from {_MIN_COST:02} to {_MAX_COST}, 60 characters in all"
 
 
 def bcrypt_cost(hashed: bytes) -> int | None:
     """The cost (log2 rounds) of a bcrypt hash, None when it is not a well-formed one."""
-    match = _COST_RE.match(hashed)
+    match = _BCRYPT_HASH.fullmatch(hashed)
     if match is None:
         return None
     cost = int(match.group(1))
@@ -325,7 +324,7 @@ def _cross_checks(sections: dict[str, Any], base_dir: Path, p: Problems) -> None
                 p.add(("tls_server_config", key), why)
     users: dict[str, str] = sections.get("basic_auth_users") or {}
     for user, hashed in users.items():
-        if _BCRYPT_HASH.fullmatch(hashed) is None:
+        if bcrypt_cost(hashed.encode()) is None:
             p.add(("basic_auth_users", user), f"not a bcrypt hash ({_HASH_FORM})")
 
 
