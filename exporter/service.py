@@ -193,8 +193,10 @@ class Service:
         )
         for warning in config.warnings():
             log(logger, logging.WARNING, warning)
-        serving = await self._start_site(runtime)
+        # Handlers before the port listens: whoever sees the port open may signal at once
+        # (a supervisor, a test), and a SIGTERM then must shut down cleanly, not kill.
         self._handle_signals(runtime)
+        serving = await self._start_site(runtime)
         try:
             await self._stop.wait()
         finally:

@@ -3,17 +3,23 @@ why, and a failing source that does not flood the log."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import os
+import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from exporter import service
+from exporter.redact import Redactor
+from exporter.runtime import Shard
 from exporter.simulator import Fault
 from exporter.source import _FailureLog
 from tests.conftest import ExporterFactory, SimHandle
-from tests.helpers import capture_logs
+from tests.helpers import capture_logs, config_from
 from tests.test_process import Process, free_port, run_exporter
 
 
@@ -34,6 +40,39 @@ def test_start_up_prints_the_url_when_serving_a_config_file(tmp_path: Path) -> N
     assert code == 0, err
     assert f"open http://127.0.0.1:{p.port}/ (metrics at http://127.0.0.1:{p.port}/metrics)" in out
     assert "no sources are configured" in err
+
+
+async def test_a_sigterm_the_moment_the_port_listens_shuts_down_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worst moment for a SIGTERM: just as the port starts listening (a supervisor or a
+    test may signal as soon as it sees the port open). The handlers must already be in place,
+    so the run ends through its orderly shutdown instead of the signal's default (death)."""
+    real_serve = service.serve_http
+    handler_at_listen: list[object] = []
+
+    async def serve_then_signal(*args: object, **kwargs: object) -> service.Serving:
+        handler_at_listen.append(signal.getsignal(signal.SIGTERM))
+        assert handler_at_listen[0] not in (signal.SIG_DFL, None), "SIGTERM not handled yet"
+        serving = await real_serve(*args, **kwargs)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGTERM)
+        return serving
+
+    monkeypatch.setattr(service, "serve_http", serve_then_signal)
+    run = service.Service(
+        config=config_from("sources: []\n"),
+        config_file=None,
+        listen=service.Listen("127.0.0.1:0", "127.0.0.1", 0, None),
+        shard=Shard(0, 1),
+        redactor=Redactor(),
+    )
+    try:
+        await asyncio.wait_for(run.run(), 10)
+    finally:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+    assert len(handler_at_listen) == 1
 
 
 async def test_a_refresh_failure_names_host_port_and_the_underlying_error(

@@ -808,12 +808,18 @@ async def test_slow_and_idle_connections_are_closed_and_health_answers_throughou
     closed_after: dict[str, list[float]] = {}
 
     async def hold(kind: str, first: bytes, trickle: bytes = b"") -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        # What the server promises is measured from moments the client knows to precede its
+        # timers: the connect call (the server's timer starts when it accepts) and, for a
+        # kept-alive connection, the request (its idle timer starts once the answer is
+        # written). A client that notes the time only after its own await returns can see
+        # a close "early", by however long 250 connections kept the shared loop busy.
         started = time.monotonic()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if kind == "kept-alive":
+            started = time.monotonic()
         writer.write(first)
         if kind == "kept-alive":
             await reader.readuntil(b"OK\n")  # one whole answer, then nothing more
-            started = time.monotonic()
         try:
             while True:
                 if trickle:
@@ -864,7 +870,8 @@ async def test_slow_and_idle_connections_are_closed_and_health_answers_throughou
         "kept-alive": 10,
     }
     for kind, times in closed_after.items():
-        assert min(times) >= 0.9, (kind, min(times))
+        # Never before the timeout (the loop's clock may run a hair ahead of time.monotonic).
+        assert min(times) >= 0.99, (kind, min(times))
         assert max(times) < 6, (kind, max(times))  # 1 s, plus a loaded machine's slack
     assert len(health) >= 5
     print(f"/-/healthy during the attack: {len(health)} answers, max {max(health) * 1000:.0f} ms")
