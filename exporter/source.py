@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from exporter.logs import log
@@ -55,30 +56,10 @@ class SourceSnapshot:
     last_finished: Mapping[tuple[str, str], float] = field(default_factory=dict)
     rows_skipped: Mapping[tuple[str, str], int] = field(default_factory=dict)
     history_loaded: bool = False
-    # Built once per snapshot by the exposition layer and shared by the scrapes that use it.
-    cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def failed(self, error: str) -> SourceSnapshot:
         """This snapshot as a failed one: no job data, counters kept."""
-        return SourceSnapshot(
-            name=self.name,
-            platform=self.platform,
-            up=False,
-            duration=self.duration,
-            refreshed_at=self.refreshed_at,
-            last_success=self.last_success,
-            error=error,
-            settings=self.settings,
-            actions=self.actions,
-            finished=self.finished,
-            items=self.items,
-            requests=self.requests,
-            durations=self.durations,
-            queue_waits=self.queue_waits,
-            last_finished=self.last_finished,
-            rows_skipped=self.rows_skipped,
-            history_loaded=self.history_loaded,
-        )
+        return dataclasses.replace(self, up=False, error=error, jobs=())
 
 
 class _FailureLog:
@@ -121,6 +102,21 @@ class _FailureLog:
         else:
             self._repeats += 1
         self._failing = kind
+
+
+T = TypeVar("T")
+
+
+def _same_items(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _kept(live: T, previous: T | None, copy_of: Callable[[T], T] | None = None) -> T:
+    """The previous snapshot's object when it equals the tracker's live one, else a copy of
+    the live one (the tracker goes on changing it; a snapshot must not)."""
+    if previous is not None and previous == live:
+        return previous
+    return copy_of(live) if copy_of is not None else live
 
 
 class SourceRunner:
@@ -195,6 +191,13 @@ class SourceRunner:
 
     def _snapshot(self, up: bool, duration: float, error: str | None) -> SourceSnapshot:
         t = self.tracker
+        # Whatever did not change since the last snapshot is that snapshot's very object, so
+        # the exposition layer can tell an unchanged source by identity and reuse its samples
+        # (most accounts are idle most of the time), and nothing is copied again.
+        last = self.last
+        jobs: tuple[TrackedJob, ...] = tuple(t.jobs.values()) if up else ()
+        if last is not None and _same_items(jobs, last.jobs):
+            jobs = last.jobs
         return SourceSnapshot(
             name=self.name,
             platform=self.platform,
@@ -204,15 +207,15 @@ class SourceRunner:
             last_success=self.last_success,
             error=self.redact(error) if error else None,
             settings=self.settings,
-            jobs=tuple(t.jobs.values()) if up else (),
-            actions=frozenset(t.actions),
-            finished=dict(t.finished),
-            items=dict(t.items),
+            jobs=jobs,
+            actions=_kept(frozenset(t.actions), last.actions if last else None),
+            finished=_kept(t.finished, last.finished if last else None, dict),
+            items=_kept(t.items, last.items if last else None, dict),
             requests=dict(self.upstream.requests),
-            durations=copy.deepcopy(t.durations),
-            queue_waits=copy.deepcopy(t.queue_waits),
-            last_finished=dict(t.last_finished),
-            rows_skipped=dict(t.rows_skipped),
+            durations=_kept(t.durations, last.durations if last else None, copy.deepcopy),
+            queue_waits=_kept(t.queue_waits, last.queue_waits if last else None, copy.deepcopy),
+            last_finished=_kept(t.last_finished, last.last_finished if last else None, dict),
+            rows_skipped=_kept(t.rows_skipped, last.rows_skipped if last else None, dict),
             history_loaded=self.refresher.history_loaded,
         )
 
