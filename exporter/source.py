@@ -20,7 +20,7 @@ from exporter.redact import Redact
 from exporter.refresh import Refresher
 from exporter.settings import Settings
 from exporter.tracker import Histogram, JobTracker, TrackedJob
-from exporter.upstream import Upstream, UpstreamError
+from exporter.upstream import ConnectionPool, Upstream, UpstreamError
 
 logger = logging.getLogger("exporter.source")
 
@@ -123,7 +123,13 @@ class SourceRunner:
     """Owns one source at run time: its upstream, client, tracker and refresher, the refresh
     in flight, and the last snapshot."""
 
-    def __init__(self, config: SourceConfig, settings: Settings, redact: Redact) -> None:
+    def __init__(
+        self,
+        config: SourceConfig,
+        settings: Settings,
+        redact: Redact,
+        pool: ConnectionPool | None = None,
+    ) -> None:
         self.config = config
         self.settings = settings
         self.redact = redact
@@ -135,6 +141,7 @@ class SourceRunner:
             source=config.name,
             max_body=settings.max_response_size,
             redact=redact,
+            pool=pool,
         )
         self.tracker = JobTracker(config.QUEUE_CLOCK, settings.max_actions)
         self.refresher = Refresher(

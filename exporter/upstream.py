@@ -127,8 +127,32 @@ class _Answer:
     failure: str | None = None  # set when no usable answer came (timeout, error, too large)
 
 
+class ConnectionPool:
+    """One pool of connections and one DNS cache for the sources of a runtime.
+
+    Sources on one host (an agency's many accounts) reuse each other's kept-alive
+    connections instead of each holding its own; everything that is a source's own (headers
+    and credentials, rate limit, concurrency cap, deadline) stays on its `Upstream`, which
+    sends every request with its own headers over whichever connection is free. Unbounded
+    here: each source's concurrency cap bounds what it has in flight.
+    """
+
+    def __init__(self) -> None:
+        self._connector: aiohttp.TCPConnector | None = None
+
+    def connector(self) -> aiohttp.TCPConnector:
+        if self._connector is None or self._connector.closed:
+            self._connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        return self._connector
+
+    async def close(self) -> None:
+        if self._connector is not None and not self._connector.closed:
+            await self._connector.close()
+
+
 class Upstream:
-    """One aiohttp session, token bucket, connection cap and request counter for one source."""
+    """One aiohttp session, token bucket, connection cap and request counter for one source;
+    its connections come from a shared `ConnectionPool` when given one."""
 
     def __init__(
         self,
@@ -140,8 +164,10 @@ class Upstream:
         source: str,
         max_body: int,
         redact: Redact,
+        pool: ConnectionPool | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.pool = pool
         self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
         self.bucket = bucket
         self.max_concurrency = max_concurrency
@@ -154,10 +180,17 @@ class Upstream:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=max(self.max_concurrency, 1) * 2)
+            if self.pool is not None:
+                connector, owned = self.pool.connector(), False
+            else:
+                connector, owned = (
+                    aiohttp.TCPConnector(limit=max(self.max_concurrency, 1) * 2),
+                    True,
+                )
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
                 connector=connector,
+                connector_owner=owned,
                 # The per-request deadline governs; no separate aiohttp total timeout.
                 timeout=aiohttp.ClientTimeout(total=None),
             )
