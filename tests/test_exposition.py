@@ -6,12 +6,13 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_om,
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.collector import ExporterStatus
+from exporter.collector import ExporterStatus, _add_histogram
 from exporter.exposition import Renderer, render_scrape
 from exporter.jobs import Job, Phase
 from exporter.settings import Settings
@@ -209,3 +210,15 @@ def test_a_source_whose_values_cannot_be_encoded_fails_alone() -> None:
     assert not any(
         dict(k[1]).get("source") == "huge" and k[0] == "bulk_items_processed_total" for k in samples
     )
+
+
+def test_histogram_samples_are_those_the_library_would_make() -> None:
+    """The collector makes histogram samples directly (for speed): they must equal what
+    `HistogramMetricFamily.add_metric` gives for the same histogram, empty or not."""
+    for counts, total in (([0] * 16, 0.0), ([1, 0, 2] + [0] * 12 + [4], 1e6 + 0.5)):
+        histogram = Histogram(list(counts), total)
+        ours = HistogramMetricFamily("h", "help", labels=["platform", "source", "action"])
+        _add_histogram(ours, {"platform": "kizen", "source": "kz", "action": "a"}, histogram)
+        theirs = HistogramMetricFamily("h", "help", labels=["platform", "source", "action"])
+        theirs.add_metric(["kizen", "kz", "a"], histogram.cumulative(), histogram.total)
+        assert ours.samples == theirs.samples
