@@ -121,6 +121,20 @@ class Parsed(Collector):
         return iter(self.families)
 
 
+def zero_histogram_share(text: str) -> tuple[int, int]:
+    """Samples of histograms that have observed nothing (served so that rate() and the
+    quantile rules see an action's first job), and all samples of the answer."""
+    zero = total = 0
+    for family in text_string_to_metric_families(text):
+        total += len(family.samples)
+        if family.type != "histogram":
+            continue
+        counts = [s for s in family.samples if s.name.endswith("_count")]
+        # Each histogram series is its buckets, _count and _sum: 18 samples.
+        zero += sum(len(family.samples) // len(counts) for s in counts if s.value == 0)
+    return zero, total
+
+
 def bare_encoding(text: str) -> float:
     """prometheus_client's own encoding of the answer's families (median of 5 runs)."""
     registry = CollectorRegistry(auto_describe=False)
@@ -216,6 +230,7 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
         proc.terminate()
         proc.wait()
     encode = bare_encoding(body)
+    zero, samples = zero_histogram_share(body)
     median = statistics.median(steady)
     floor = trip + encode
     print(
@@ -226,7 +241,8 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
         f"{len(openmetrics.encode()) / 1e6:.2f} MB OpenMetrics; "
         f"CPU {cpu_per_scrape:.3f} s/scrape; round trip {trip * 1000:.0f} ms, "
         f"bare encoding {encode * 1000:.0f} ms; steady / (round trip + bare encoding) "
-        f"= {median / floor:.2f}"
+        f"= {median / floor:.2f}; {samples} samples, {zero} ({zero / samples:.0%}) of them "
+        "in histograms that observed nothing"
     )
 
 
