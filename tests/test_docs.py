@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 CHART_README = ROOT / "charts" / "bulk-progress-exporter" / "README.md"
 PLATFORM_REFERENCES = ("developer.kizen.com", "docs.firstpromoter.com")
 # The user's own exporter, Grafana and Prometheus, as the quick start opens them.
