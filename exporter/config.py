@@ -359,14 +359,15 @@ def _source_files(
     p: Problems,
 ) -> None:
     """Reads every file the patterns match, once each, into `loading`."""
-    config_real = config_file.resolve() if config_file is not None else None
-    seen: set[Path] = set()
+    # realpath, not Path.resolve: a symlink loop is then a file that cannot be read, not an error.
+    config_real = os.path.realpath(config_file) if config_file is not None else None
+    seen: set[str] = set()
     for i, pattern in globs:
         matched = _matches(pattern, base_dir)
         if not matched:
             loading.notes.append(f"source_files[{i}]: {pattern!r} matches no file")
         for path in matched:
-            real = path.resolve()
+            real = os.path.realpath(path)
             if real == config_real:
                 p.add(("source_files", i), f"{pattern!r} matches the configuration file itself")
                 continue
@@ -398,7 +399,9 @@ def _source_file(path: Path, loading: _Loading) -> None:
     expanded = _expand(raw, (), loading.env, p)
     loading.secrets.extend(_raw_secrets(expanded, path.parent))
     if not isinstance(expanded, list):
-        p.add((), f"must be a list of sources, not {yaml_value(raw)}")
+        # Said without quoting the value: a pattern may match a key file by mistake.
+        found = "a mapping" if isinstance(expanded, dict) else "a single value"
+        p.add((), f"must be a list of sources, not {found}")
         return
     # An api_key_file in a source file is relative to that file, as in the config file.
     loading.add_sources(expanded, file, (), path.parent, p)

@@ -548,7 +548,10 @@ def test_a_problem_in_a_source_file_names_the_file_and_key_path(
             {"a.yaml": "name: a\nplatform: kizen\n"},
             "{folder}/a.yaml: (top level): must be a list of sources, not a mapping",
         ),
-        ({"a.yaml": "just text\n"}, "{folder}/a.yaml: (top level): must be a list of sources"),
+        (
+            {"a.yaml": "Kq3vPASTEDkey\n"},
+            "{folder}/a.yaml: (top level): must be a list of sources, not a single value",
+        ),
         (
             {
                 "a.yaml": "- {name: a, platform: kizen, business_id: b, user_id: u, api_key: kk,"
@@ -599,6 +602,7 @@ def test_source_files_get_the_config_files_limits(tmp_path: Path) -> None:
     bomb += [f"- &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
     (folder / "bomb.yaml").write_text("\n".join(bomb) + "\n")
     (folder / "dir.yaml").mkdir()
+    (folder / "loop.yaml").symlink_to("loop.yaml")
     path = write(tmp_path, "source_files: [sources.d/*.yaml]\n")
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
@@ -608,6 +612,7 @@ def test_source_files_get_the_config_files_limits(tmp_path: Path) -> None:
     assert info.value.problems[1:] == [
         f"{folder}/dir.yaml: the source file is not a regular file (a FIFO, device or directory)",
         f"{folder}/fifo.yaml: the source file is not a regular file (a FIFO, device or directory)",
+        f"{folder}/loop.yaml: cannot read the source file: Too many levels of symbolic links",
     ]
 
 
