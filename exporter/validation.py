@@ -171,7 +171,8 @@ def _construct(text: str, loader_class: type[Any]) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        _check_aliases(node)
+        if "&" in text:  # without an anchor there is no alias (an unknown one fails to compose)
+            _check_aliases(node)
         return loader.construct_document(node)
     finally:
         loader.dispose()
