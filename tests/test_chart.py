@@ -743,6 +743,7 @@ def test_values_schema_refuses_incomplete_pod_options(helm: str) -> None:
         ("topologySpreadConstraints[0].maxSkew=1", "topologyKey"),
         ("networkPolicy.from=x", "networkPolicy"),
         ("sourceFiles.mountPath=relative", "mountPath"),
+        ("config.source_files=sources.d", "source_files"),
     ):
         result = run_helm(helm, "template", RELEASE, str(CHART), "--set", setting)
         assert result.returncode != 0, setting

@@ -719,6 +719,21 @@ def test_the_real_command_refuses_a_hostile_config_file(tmp_path: Path, case: st
     assert message in line
 
 
+def test_the_real_command_refuses_an_alias_bomb_in_a_source_file(tmp_path: Path) -> None:
+    (tmp_path / "sources.d").mkdir()
+    bomb = tmp_path / "sources.d" / "bomb.yaml"
+    # The same bomb as a list: a source file is a list of sources.
+    bomb.write_text("".join(f"- {line.split(': ', 1)[1]}\n" for line in alias_bomb().splitlines()))
+    config = tmp_path / "config.yaml"
+    config.write_text("source_files: [sources.d/*.yaml]\n")
+    result = run_exporter("--config.file", str(config), "--web.listen-address", "127.0.0.1:0")
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {bomb}: (top level): YAML aliases would add "), line
+    assert line.endswith("at most 10000 may be added"), line
+
+
 @pytest.mark.parametrize("case", ["fifo", "dev-zero", "over-64-KiB", "alias-bomb", "tls-fifo"])
 def test_the_real_command_refuses_a_hostile_web_config_file(tmp_path: Path, case: str) -> None:
     config = tmp_path / "config.yaml"
