@@ -370,8 +370,8 @@ def test_a_bad_environment_value_names_the_variable_and_value(
     assert "--log.level: must be one of" in capsys.readouterr().err
 
 
-def test_the_readme_config_error_example_is_real_output(tmp_path: Path) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+def test_the_documented_config_error_example_is_real_output(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     marker = "<!-- produced by tests/test_config.py from tests/data/config-with-errors.yaml -->"
     assert marker in readme
     block = readme.split(marker, 1)[1].split("```", 2)[1]

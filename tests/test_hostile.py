@@ -1,5 +1,5 @@
 """Hostile input: upstreams, scrapers and config files that try to take the exporter down,
-exhaust its memory or time, or make it leak a secret (README, "Security and limits").
+exhaust its memory or time, or make it leak a secret (docs/operations.md, "Security and limits").
 
 Where the upstream is the attacker, each test serves it itself: `Hostile` is a tiny aiohttp
 app on loopback that answers whatever the test sets, byte for byte. Everything runs over real
