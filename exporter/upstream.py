@@ -301,6 +301,12 @@ class Upstream:
                 )
         except TimeoutError:
             return _Answer("timeout", failure="no answer before the deadline")
+        except asyncio.CancelledError:
+            # Cancelled from outside while sent (the refresh's backstop, which a busy loop
+            # can run in the same turn as this request's own deadline, or shutdown): the
+            # request was made and got no answer, so it is counted as one that timed out.
+            self.requests[(endpoint, "timeout")] += 1
+            raise
         except (aiohttp.ClientError, OSError) as exc:
             detail = self.redact(f"{type(exc).__name__}: {exc}")
             log(
