@@ -229,6 +229,9 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
     finally:
         proc.terminate()
         proc.wait()
+    down = sum(
+        1 for line in body.splitlines() if line.startswith("bulk_up{") and line.endswith(" 0.0")
+    )
     encode = bare_encoding(body)
     zero, samples = zero_histogram_share(body)
     median = statistics.median(steady)
@@ -236,7 +239,8 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
     print(
         f"  {pairs:>4} pairs ({sources} sources): ready {ready:.2f} s; cold {cold:.2f} s; "
         f"steady median {median:.3f} s, p90 {p90(steady):.3f} s; "
-        f"{max(requests):.2f} requests/source; resident {rss:.0f} MiB; "
+        f"{max(requests):.2f} requests/source, {down} sources down in the last; "
+        f"resident {rss:.0f} MiB; "
         f"answer {len(body.encode()) / 1e6:.2f} MB text, "
         f"{len(openmetrics.encode()) / 1e6:.2f} MB OpenMetrics; "
         f"CPU {cpu_per_scrape:.3f} s/scrape; round trip {trip * 1000:.0f} ms, "
