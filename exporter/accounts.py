@@ -9,6 +9,8 @@ statuses and skipped rows to report. Nothing here keeps state: the check exits a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -69,7 +71,9 @@ def cause_of(error: UpstreamError, address: str, seconds: float) -> str:
     reason = error.reason
     if reason.startswith("connection failed"):
         detail = reason.removeprefix("connection failed").lstrip(": ")
-        return f"cannot connect to {address}: {detail}"
+        # aiohttp ends its message with the OS's words in brackets: those are what matter.
+        os_words = re.search(r"\[([^\[\]]+)\]$", detail)
+        return f"cannot connect to {address}: {os_words.group(1) if os_words else detail}"
     if reason.startswith("no answer before the deadline"):
         return f"no answer from {address} within {seconds:.0f}s"
     if error.status is None and reason.startswith(_SHAPE_REASONS):
@@ -77,8 +81,11 @@ def cause_of(error: UpstreamError, address: str, seconds: float) -> str:
     return f"{error.endpoint}: {reason}"
 
 
-async def check_account(source: SourceConfig, config: Config, redact: Redact) -> AccountCheck:
-    """One full read of one source, as a refresh's full read does it."""
+async def check_account(
+    source: SourceConfig, config: Config, redact: Redact, upstreams: list[Upstream]
+) -> AccountCheck:
+    """One full read of one source, as a refresh's full read does it. Its upstream is added
+    to `upstreams`, for the caller to close once nothing uses it any more."""
     settings = config.settings(source)
     upstream = Upstream(
         source.url,
@@ -89,6 +96,7 @@ async def check_account(source: SourceConfig, config: Config, redact: Redact) ->
         max_body=settings.max_response_size,
         redact=redact,
     )
+    upstreams.append(upstream)
     seconds = max(CHECK_DEADLINE, settings.timeout)
     trace = Trace("full read", seconds, source.ROW_KEYS)
     client = source.client(upstream, settings)
@@ -107,8 +115,6 @@ async def check_account(source: SourceConfig, config: Config, redact: Redact) ->
         cause = f"the read did not finish within {seconds:.0f}s"
     except Exception as exc:  # a bug must still name its source, not end the check
         cause = f"internal error: {type(exc).__name__}"
-    finally:
-        await upstream.close()
     took = time.monotonic() - started
     notices = getattr(client, "notices", None)
     trace.finish("read" if cause is None else f"failed: {cause}", notices)
@@ -117,7 +123,25 @@ async def check_account(source: SourceConfig, config: Config, redact: Redact) ->
 
 async def check_accounts(config: Config, redact: Redact) -> list[AccountCheck]:
     """Every configured source, read concurrently; in configuration order."""
-    return list(await asyncio.gather(*(check_account(s, config, redact) for s in config.sources)))
+    upstreams: list[Upstream] = []
+    before = asyncio.all_tasks()  # what runs beside the check (the demo's simulator) is kept
+    try:
+        return list(
+            await asyncio.gather(
+                *(check_account(s, config, redact, upstreams) for s in config.sources)
+            )
+        )
+    finally:
+        # A failed read can leave sibling requests running (a gather does not cancel them):
+        # they end here, before their sessions close, so none opens a session after.
+        current = asyncio.current_task()
+        leftover = [t for t in asyncio.all_tasks() - before if t is not current and not t.done()]
+        for task in leftover:
+            task.cancel()
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*leftover, return_exceptions=True)
+        for upstream in upstreams:
+            await upstream.close()
 
 
 def report(checks: Sequence[AccountCheck]) -> str:
@@ -157,7 +181,7 @@ def _lines(check: AccountCheck) -> list[str]:
         lines.append(f"    {endpoint}: {reason} ({field}): {n}")
     pages = sum(trace.pages.values())
     served = ", ".join(
-        f"{e}: {asked} asked, {got} served x{n}"
+        f"{e}: {n} of size {asked} asked, {got} rows served"
         for (e, asked, got), n in sorted(trace.pages.items())
     )
     lines.append(f"  pages: {pages}" + (f" ({served})" if served else ""))
