@@ -13,7 +13,7 @@ import contextlib
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -116,8 +116,9 @@ async def check_account(
     except Exception as exc:  # a bug must still name its source, not end the check
         cause = f"internal error: {type(exc).__name__}"
     took = time.monotonic() - started
-    notices = getattr(client, "notices", None)
-    trace.finish("read" if cause is None else f"failed: {cause}", notices)
+    notices = getattr(client, "notices", None)  # what the client detected, if it says
+    outcome = "read" if cause is None else f"failed: {cause}"
+    trace.finish(outcome, notices if isinstance(notices, Mapping) else None)
     return AccountCheck(source, trace, took, jobs, cause)
 
 

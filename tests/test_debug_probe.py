@@ -12,10 +12,12 @@ from pathlib import Path
 import bcrypt
 from aiohttp.test_utils import TestClient, TestServer
 
+from exporter.platforms.base import Known, PlatformClient, ReadResult
 from exporter.runtime import Runtime, Shard
-from exporter.server import make_app
+from exporter.server import RUNTIME, make_app
 from exporter.simulator.app import Fault
 from exporter.trace import MAX_REQUESTS
+from exporter.upstream import Budget
 from exporter.webconfig import load_web_config
 from tests.conftest import Client, ExporterFactory, SimHandle
 from tests.helpers import config_from, one, parse_samples, source_yaml
@@ -238,3 +240,52 @@ async def test_the_debug_probe_needs_the_same_basic_auth(sim: SimHandle, tmp_pat
         assert "debug trace of source kz" in await allowed.text()
     finally:
         await client.close()
+
+
+async def test_a_request_that_waited_for_the_rate_limit_shows_the_wait(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    for _ in range(25):
+        sim.world.add_kizen_job(status="completed")
+    # A bucket of 20 tokens: pages 21 and on wait for theirs.
+    client = await exporter(
+        fp=False,
+        kizen_extra="    incremental: false\n    page_size: 1\n    rate_limit: 20/s\n"
+        "    max_concurrency: 1\n",
+    )
+    text = await debug(client, "kz")
+    waits = [float(m.group(7)) for m in requests_of(text)]
+    assert len(waits) >= 25
+    assert waits[0] == 0
+    assert any(w > 0 for w in waits[20:])
+    total = float(re.search(r"rate-limit wait ([\d.]+)s in all", text).group(1))  # type: ignore[union-attr]
+    assert total > 0
+
+
+class Noticing:
+    """A platform client with notices (what a client detected about its upstream), reading
+    through the real client."""
+
+    def __init__(self, inner: PlatformClient) -> None:
+        self.inner = inner
+        self.notices = {"started_after_ignored": "rows older than started_after came back"}
+
+    async def read_all(self, budget: Budget) -> ReadResult:
+        return await self.inner.read_all(budget)
+
+    async def read_active(self, budget: Budget) -> ReadResult:
+        return await self.inner.read_active(budget)
+
+    async def read_changes(self, budget: Budget, known: Known) -> ReadResult:
+        return await self.inner.read_changes(budget, known)
+
+
+async def test_the_clients_notices_are_in_the_trace(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    client = await exporter(fp=False)
+    assert client.app is not None
+    refresher = client.app[RUNTIME].sources["kz"].refresher
+    refresher.client = Noticing(refresher.client)
+    text = await debug(client, "kz")
+    assert "notices:\n  started_after_ignored: rows older than started_after came back" in text
