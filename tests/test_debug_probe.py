@@ -16,7 +16,7 @@ from exporter.platforms.base import Known, PlatformClient, ReadResult
 from exporter.runtime import Runtime, Shard
 from exporter.server import RUNTIME, make_app
 from exporter.simulator.app import Fault
-from exporter.trace import MAX_REQUESTS
+from exporter.trace import MAX_ENTRIES, MAX_REQUESTS
 from exporter.upstream import Budget
 from exporter.webconfig import load_web_config
 from tests.conftest import Client, ExporterFactory, SimHandle
@@ -289,3 +289,23 @@ async def test_the_clients_notices_are_in_the_trace(
     refresher.client = Noticing(refresher.client)
     text = await debug(client, "kz")
     assert "notices:\n  started_after_ignored: rows older than started_after came back" in text
+
+
+async def test_statuses_and_keys_are_bounded_and_upstream_text_stays_on_its_line(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    extra = MAX_ENTRIES + 10
+    for i in range(extra):
+        sim.world.add_kizen_job(status=f"made_up_{i:03}", extra={f"new_key_{i:03}": 1})
+    sim.world.add_kizen_job(status="odd\nstatus", extra={"evil\nkey # TYPE": 1})
+    client = await exporter(fp=False, kizen_extra="    incremental: false\n")
+    text = trace_part(await debug(client, "kz"))
+    statuses = re.findall(r"^  made_up_\d+ -> unknown: 1$", text, re.M)
+    keys = re.findall(r"^  new_key_\d+ \(NOT in the API reference\): 1$", text, re.M)
+    assert len(statuses) <= MAX_ENTRIES
+    assert len(keys) <= MAX_ENTRIES
+    assert text.count(f"more, not listed (the first {MAX_ENTRIES} distinct are)") == 2
+    # A newline from upstream is shown escaped, never as a line of its own.
+    assert "odd\\nstatus -> unknown: 1" in text
+    assert "evil\\nkey # TYPE (NOT in the API reference): 1" in text
+    assert not any(line.startswith(("status", "key # TYPE")) for line in text.splitlines())
