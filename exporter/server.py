@@ -194,7 +194,36 @@ async def probe(request: web.Request) -> web.Response:
             f"this replica is shard {runtime.shard.index}\n",
         )
     snapshots = await runtime.scrape([name], wait=scrape_wait(request))
+    if request.query.get("debug", "").strip().lower() in _TRUE:
+        return await _debug(request.app[RENDERER], runtime, snapshots)
     return await _exposition(request, snapshots, None)
+
+
+_TRUE = ("true", "1", "yes", "on")
+
+
+async def _debug(
+    renderer: Renderer, runtime: Runtime, snapshots: list[SourceSnapshot]
+) -> web.Response:
+    """`/probe?debug=true`: the trace of the refresh the answer comes from, then the metrics
+    of that answer in the text format; the whole text redacted."""
+    (snapshot,) = snapshots
+    body, _ = await asyncio.to_thread(renderer.render, snapshots, None, "")
+    head = (
+        f"debug trace of source {snapshot.name} (platform {snapshot.platform}); "
+        f"up: {int(snapshot.up)}" + (f"; error: {snapshot.error}" if snapshot.error else "")
+    )
+    if snapshot.trace is None:
+        trace = "no trace: this answer comes from no refresh of this process\n"
+    else:
+        trace = snapshot.trace.render()
+    text = f"{head}\n\n{trace}\n--- metrics of this answer\n{body.decode('utf-8', 'replace')}"
+    return web.Response(
+        text=runtime.redactor(text),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def healthy(_: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ from exporter.ratelimit import TokenBucket
 from exporter.redact import Redact
 from exporter.refresh import Refresher
 from exporter.settings import Settings
+from exporter.trace import Trace
 from exporter.tracker import Histogram, JobTracker, TrackedJob
 from exporter.upstream import ConnectionPool, Upstream, UpstreamError
 
@@ -56,6 +57,9 @@ class SourceSnapshot:
     last_finished: Mapping[tuple[str, str], float] = field(default_factory=dict)
     rows_skipped: Mapping[tuple[str, str], int] = field(default_factory=dict)
     history_loaded: bool = False
+    # What the refresh did upstream, for `/probe?debug=true`; no longer written once the
+    # snapshot is made (a refresh still running is shown as a copy).
+    trace: Trace | None = field(default=None, compare=False, repr=False)
 
     def failed(self, error: str) -> SourceSnapshot:
         """This snapshot as a failed one: no job data, counters kept."""
@@ -150,11 +154,13 @@ class SourceRunner:
             self.tracker,
             settings,
             incremental=config.incremental,
+            keys=config.ROW_KEYS,
         )
         self.last: SourceSnapshot | None = None
         self.last_success: float | None = None
         self._last_done = 0.0
         self._inflight: asyncio.Task[SourceSnapshot] | None = None
+        self._trace: Trace | None = None  # the trace of the refresh in flight
         self._failures = _FailureLog(config.name, config.platform_name)
         # Called after every refresh (the state store saves what changed then).
         self.on_refreshed: Callable[[SourceRunner], None] | None = None
@@ -192,11 +198,17 @@ class SourceRunner:
             return await asyncio.wait_for(asyncio.shield(self._inflight), patience)
         except TimeoutError:
             waited = time.monotonic() - started
+            running = self._trace.copy() if self._trace is not None else None
             return self._snapshot(
-                False, waited, f"the refresh did not finish within this scrape's {waited:.2f}s"
+                False,
+                waited,
+                f"the refresh did not finish within this scrape's {waited:.2f}s",
+                running,
             )
 
-    def _snapshot(self, up: bool, duration: float, error: str | None) -> SourceSnapshot:
+    def _snapshot(
+        self, up: bool, duration: float, error: str | None, trace: Trace | None = None
+    ) -> SourceSnapshot:
         t = self.tracker
         # Whatever did not change since the last snapshot is that snapshot's very object, so
         # the exposition layer can tell an unchanged source by identity and reuse its samples
@@ -224,6 +236,7 @@ class SourceRunner:
             last_finished=_kept(t.last_finished, last.last_finished if last else None, dict),
             rows_skipped=_kept(t.rows_skipped, last.rows_skipped if last else None, dict),
             history_loaded=self.refresher.history_loaded,
+            trace=trace,
         )
 
     async def _refresh(self, seconds: float) -> SourceSnapshot:
@@ -233,11 +246,12 @@ class SourceRunner:
         error: str | None = None
         kind: str | None = None
         detail: dict[str, object] = {}
+        trace = self._trace = Trace("refresh", seconds, self.config.ROW_KEYS)
         try:
             # The upstream layer honours the deadline per request; this is the backstop for
             # anything else that could wait.
             async with asyncio.timeout_at(deadline + 0.05):
-                await self.refresher.refresh(deadline)
+                await self.refresher.refresh(deadline, trace)
         except UpstreamError as exc:
             error, kind = str(exc), exc.reason
             url = urlsplit(self.config.url)
@@ -263,7 +277,14 @@ class SourceRunner:
             self.tracker.mark_saved()
         duration = time.monotonic() - started
         self._failures.note(self.redact(error) if error else None, kind, detail)
-        snapshot = self._snapshot(error is None, duration, error)
+        # The platform client's notices: what it detected of the upstream's behaviour.
+        notices = getattr(self.refresher.client, "notices", None)
+        trace.finish(
+            "up" if error is None else f"failed: {error}",
+            notices if isinstance(notices, Mapping) else None,
+        )
+        self._trace = None
+        snapshot = self._snapshot(error is None, duration, error, trace)
         self.last = snapshot
         self._last_done = time.monotonic()
         return snapshot
