@@ -25,12 +25,11 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from exporter.cli import build_parser, parse_listen_address
+from exporter.flags import PROGRAM, build_parser, parse_listen_address
 from exporter.webconfig import WebConfigError, load_web_config
 
 PATH = "/-/healthy"
 TIMEOUT = 3.0  # seconds for all attempts together; the image's HEALTHCHECK allows 5
-PROGRAM = "bulk-progress-exporter"
 _CLIENT_CERT_REQUIRED = {"RequireAnyClientCert", "RequireAndVerifyClientCert"}
 
 
@@ -101,9 +100,10 @@ def _ask(host: str, port: int, context: ssl.SSLContext | None, timeout: float) -
 def check(listen_address: str, web_config_file: str | None, timeout: float = TIMEOUT) -> str:
     """What answered, e.g. `http://127.0.0.1:9840/-/healthy answered 200`; Unhealthy if nothing."""
     try:
-        host, port = parse_listen_address(listen_address)
+        address = parse_listen_address(listen_address)
     except ValueError as exc:
-        raise Unhealthy(str(exc)) from None
+        raise Unhealthy(f"listen address {listen_address!r}: {exc}") from None
+    host, port = address.host, address.port
     context, client_cert_required = _tls(web_config_file)
     scheme = "https" if context else "http"
     deadline = time.monotonic() + timeout
@@ -143,15 +143,16 @@ def main(
 ) -> int:
     env = os.environ if env is None else env
     args = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(env)
-    parser.prog = "python -m exporter.healthcheck"
+    parser = build_parser(env, prog="python -m exporter.healthcheck")
     if args:
         opts = parser.parse_args(args)
     else:
         # The exporter's own arguments: ones this check would not know are not its business.
         opts, _ = parser.parse_known_args(exporter_arguments(1, proc) or [])
+    # Both have defaults or are None: a `Given` says how each was given (exporter.flags).
+    web_config_file = opts.web_config_file.value if opts.web_config_file else None
     try:
-        answer = check(opts.listen_address, opts.web_config_file)
+        answer = check(opts.listen_address.value, web_config_file)
     except Unhealthy as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return 1

@@ -14,6 +14,7 @@ from aiohttp import web
 from exporter import __version__
 from exporter.config import Config, ConfigError
 from exporter.demo import Demo
+from exporter.flags import ListenAddress
 from exporter.logs import log
 from exporter.redact import Redactor
 from exporter.runtime import Runtime, Shard
@@ -142,9 +143,7 @@ async def serve_http(
 class Listen:
     """Where and how to serve."""
 
-    address: str
-    host: str | None
-    port: int
+    address: ListenAddress
     web_config: WebConfig | None
 
 
@@ -220,16 +219,20 @@ class Service:
         ssl_context: ssl.SSLContext | None = web_config.ssl_context() if web_config else None
         app = make_app(runtime, web_config.middlewares() if web_config else [])
         try:
-            serving = await serve_http(app, self.listen.host, self.listen.port, ssl_context)
+            serving = await serve_http(
+                app, self.listen.address.host, self.listen.address.port, ssl_context
+            )
         except OSError:
             await self._stop_demo()
             raise
-        url = public_url(self.listen.host, self.listen.port, ssl_context is not None)
+        url = public_url(
+            self.listen.address.host, self.listen.address.port, ssl_context is not None
+        )
         log(
             logger,
             logging.INFO,
             "listening",
-            address=self.listen.address,
+            address=self.listen.address.text,
             url=url,
             sources=len(runtime.sources),
             shard=f"{self.shard.index}/{self.shard.count}",

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from exporter import service
+from exporter.flags import parse_listen_address
 from exporter.redact import Redactor
 from exporter.runtime import Shard
 from exporter.simulator import Fault
@@ -62,7 +63,7 @@ async def test_a_sigterm_the_moment_the_port_listens_shuts_down_cleanly(
     run = service.Service(
         config=config_from("sources: []\n"),
         config_file=None,
-        listen=service.Listen("127.0.0.1:0", "127.0.0.1", 0, None),
+        listen=service.Listen(parse_listen_address("127.0.0.1:0"), None),
         shard=Shard(0, 1),
         redactor=Redactor(),
     )

@@ -18,7 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from exporter.cli import UsageError, resolve_shard
+from exporter.cli import parse_options, resolve_shard
+from exporter.flags import UsageError
 from exporter.runtime import Shard
 from exporter.simulator import Credentials
 from tests.conftest import SimHandle
@@ -386,14 +387,20 @@ async def test_bad_shard_settings_fail_at_start_up(uts: None, tmp_path: Path) ->
         assert result.stdout == "", where  # nothing was served
 
 
+def resolved(index: str, count: str, hostname: str | None = None) -> Shard:
+    """The shard the command line `--shard.index INDEX --shard.count COUNT` resolves to."""
+    opts = parse_options(["--shard.index", index, "--shard.count", count], {})
+    return resolve_shard(opts, hostname=hostname)
+
+
 def test_resolve_shard() -> None:
-    assert resolve_shard("auto", "3", hostname="bulk-progress-exporter-2") == Shard(2, 3)
-    assert resolve_shard("auto", "12", hostname="exporter-011") == Shard(11, 12)
-    assert resolve_shard("1", "3", hostname="no-number-here") == Shard(1, 3)
+    assert resolved("auto", "3", hostname="bulk-progress-exporter-2") == Shard(2, 3)
+    assert resolved("auto", "12", hostname="exporter-011") == Shard(11, 12)
+    assert resolved("1", "3", hostname="no-number-here") == Shard(1, 3)
     # One replica owns everything, whatever its host name (a Deployment pod, a container id).
-    assert resolve_shard("auto", "1", hostname="exporter-7d9f8-x2x9k") == Shard(0, 1)
-    assert resolve_shard("auto", "1", hostname="3f2a9c1b7e55") == Shard(0, 1)
+    assert resolved("auto", "1", hostname="exporter-7d9f8-x2x9k") == Shard(0, 1)
+    assert resolved("auto", "1", hostname="3f2a9c1b7e55") == Shard(0, 1)
     with pytest.raises(UsageError, match="does not end in a number"):
-        resolve_shard("auto", "2", hostname="exporter-7d9f8-x2x9k")
+        resolved("auto", "2", hostname="exporter-7d9f8-x2x9k")
     with pytest.raises(UsageError, match="is not below"):
-        resolve_shard("2", "2")
+        resolved("2", "2")
