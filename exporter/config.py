@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from exporter.platforms.base import SourceConfig
 from exporter.redact import MASK, Redactor
 from exporter.settings import Settings
 from exporter.validation import (
+    FileLimitError,
     Loc,
     Problems,
     YamlError,
@@ -32,6 +32,7 @@ from exporter.validation import (
     key_text,
     load_yaml,
     loc_text,
+    read_regular_file,
     validate,
     yaml_value,
 )
@@ -48,41 +49,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-class FileLimitError(Exception):
-    """A file that must not be read: not a regular file, or larger than allowed."""
-
-
-def read_regular_file(path: Path, limit: int, what: str) -> str:
-    """The text of a regular file of at most `limit` bytes.
-
-    Opened without blocking and checked before reading, so a FIFO cannot hang start-up, a
-    reload or shutdown, and a device such as /dev/zero cannot be read without end.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except OSError as exc:
-        raise FileLimitError(f"cannot read {what}: {exc.strerror}") from None
-    try:
-        # Checked on the descriptor itself (no race with a rename), before anything is read.
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise FileLimitError(f"{what} is not a regular file (a FIFO, device or directory)")
-        if info.st_size > limit:
-            raise FileLimitError(f"{what} is larger than the {limit}-byte limit")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise FileLimitError(f"cannot read {what}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise FileLimitError(f"{what} is larger than the {limit}-byte limit")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise FileLimitError(f"{what} is not UTF-8 text") from None
 
 
 @dataclass(frozen=True)

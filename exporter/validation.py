@@ -1,6 +1,8 @@
-"""Reading YAML with limits and putting what is wrong with it in the exporter's own words.
+"""Reading files and YAML with limits, and putting what is wrong with them in the exporter's
+own words.
 
-Shared by the configuration file and the web configuration file, so that both report every
+Shared by the configuration file and the web configuration file: a file is read only when it
+is a regular file within its size limit (a FIFO cannot hang start-up), and both report every
 problem in one pass, each as `key.path: message`, where the message says what is wrong and
 what is allowed, never pydantic's wording. YAML syntax errors keep PyYAML's short name for the
 problem, with its line and column.
@@ -11,9 +13,12 @@ from __future__ import annotations
 import datetime
 import functools
 import math
+import os
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -24,6 +29,53 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 MAX_ALIAS_NODES = 10_000
 
 Loc = tuple[int | str, ...]
+
+
+class FileLimitError(Exception):
+    """A file that must not be read: not a regular file, or larger than allowed."""
+
+
+def read_regular_file(path: Path, limit: int, what: str) -> str:
+    """The text of a regular file of at most `limit` bytes.
+
+    Opened without blocking and checked before reading, so a FIFO cannot hang start-up, a
+    reload or shutdown, and a device such as /dev/zero cannot be read without end.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise FileLimitError(f"cannot read {what}: {exc.strerror}") from None
+    try:
+        # Checked on the descriptor itself (no race with a rename), before anything is read.
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise FileLimitError(f"{what} is not a regular file (a FIFO, device or directory)")
+        if info.st_size > limit:
+            raise FileLimitError(f"{what} is larger than the {limit}-byte limit")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise FileLimitError(f"cannot read {what}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise FileLimitError(f"{what} is larger than the {limit}-byte limit")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FileLimitError(f"{what} is not UTF-8 text") from None
+
+
+def not_regular_file(path: str) -> str | None:
+    """Why a file another library will open cannot be used (missing, or not a regular file),
+    None when it can: checked before OpenSSL opens a TLS file, which would block on a FIFO."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror}"
+    if not stat.S_ISREG(mode):
+        return f"{path} is not a regular file (a FIFO, device or directory)"
+    return None
 
 
 class YamlError(Exception):

@@ -18,10 +18,8 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import os
 import re
 import ssl
-import stat
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -31,8 +29,8 @@ import bcrypt
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
-from exporter.config import FileLimitError, read_regular_file
 from exporter.validation import (
+    FileLimitError,
     Problems,
     YamlError,
     adapter,
@@ -40,6 +38,8 @@ from exporter.validation import (
     load_yaml,
     loc_text,
     models_in,
+    not_regular_file,
+    read_regular_file,
     validate,
     yaml_value,
 )
@@ -252,19 +252,6 @@ class WebConfig:
         return result
 
 
-def _not_regular(path: str) -> str | None:
-    """Why a TLS file cannot be used (missing, or not a regular file), None when it can.
-
-    Checked before OpenSSL opens it, which would block on a FIFO."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        return f"cannot read {path}: {exc.strerror}"
-    if not stat.S_ISREG(mode):
-        return f"{path} is not a regular file (a FIFO, device or directory)"
-    return None
-
-
 def _sections(raw: Any, p: Problems) -> dict[str, Any]:
     """The file's sections that are valid, each validated on its own so that a mistake in one
     does not hide the checks of another."""
@@ -319,7 +306,7 @@ def _cross_checks(sections: dict[str, Any], base_dir: Path, p: Problems) -> None
             p.add(("tls_server_config", "client_ca_file"), f"required by {tls.client_auth_type}")
         for key in ("cert_file", "key_file", "client_ca_file"):
             value = getattr(tls, key)
-            why = _not_regular(_resolve(base_dir, value)) if value else None
+            why = not_regular_file(_resolve(base_dir, value)) if value else None
             if why is not None:
                 p.add(("tls_server_config", key), why)
     users: dict[str, str] = sections.get("basic_auth_users") or {}
