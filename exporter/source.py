@@ -134,13 +134,18 @@ class SourceRunner:
         self.upstream = Upstream(
             config.url,
             config.auth_headers(),
-            TokenBucket(config.rate),
+            TokenBucket(config.rate_in(settings)),
             settings.max_concurrency,
             source=config.name,
             max_body=settings.max_response_size,
             redact=redact,
         )
-        self.tracker = JobTracker(config.QUEUE_CLOCK, settings.max_actions)
+        self.tracker = JobTracker(
+            config.QUEUE_CLOCK,
+            settings.max_actions,
+            max_details=settings.max_job_series,
+            detail_retention=settings.finished_job_retention,
+        )
         self.refresher = Refresher(
             config.name,
             config.client(self.upstream, settings),

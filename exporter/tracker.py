@@ -7,6 +7,10 @@ never counted. After it, a job reaching completed/failed/cancelled counts once (
 increase of each job's succeeded and failed numbers between sightings, and a job seen leaving
 the queue has its wait observed once (`queue_waits`).
 
+Each running job also keeps what the exporter saw of its pace (`TrackedJob.rate`, see
+`exporter.eta`), and finished jobs keep the platform's failure details only while they can
+have per-job series (within `finished_job_retention`, at most `max_job_series` of them).
+
 The tracker records which jobs changed since it was last saved (`dirty`, `removed`), so that
 the state store writes only those.
 """
@@ -18,7 +22,8 @@ from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 
-from exporter.jobs import Job, Phase, QueueClock
+from exporter import eta
+from exporter.jobs import STALL_AFTER, Job, Phase, QueueClock
 from exporter.logs import log
 from exporter.settings import Settings
 
@@ -33,6 +38,8 @@ BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800
 BUCKET_LABELS = (*(str(float(bound)) for bound in BUCKETS), "+Inf")
 OTHER_ACTION = "_other"
 _DEFAULT_MAX_ACTIONS: int = Settings.model_fields["max_actions"].default
+_DEFAULT_MAX_DETAILS: int = Settings.model_fields["max_job_series"].default
+_DEFAULT_DETAIL_RETENTION: float = Settings.model_fields["finished_job_retention"].default
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,15 @@ class TrackedJob:
     waited: bool = False
     # When it dropped out of the list; None while it is listed.
     gone_since: float | None = None
+    # While it runs: the points of its progress the exporter saw (see exporter.eta).
+    rate: eta.History | None = None
+
+    def eta(self, at: float) -> float | None:
+        """Unix time it should finish, as of the refresh at `at`: running jobs only, None
+        for a stalled one (no change for STALL_AFTER) and until its history shows it moving."""
+        if self.job.phase is not Phase.RUNNING or at - self.last_change >= STALL_AFTER:
+            return None
+        return eta.estimate(self.rate, self.job, at)
 
 
 @dataclass
@@ -74,9 +90,20 @@ class Histogram:
 class JobTracker:
     """Owns one source's job memory and everything counted from it."""
 
-    def __init__(self, queue_clock: QueueClock, max_actions: int = _DEFAULT_MAX_ACTIONS) -> None:
+    def __init__(
+        self,
+        queue_clock: QueueClock,
+        max_actions: int = _DEFAULT_MAX_ACTIONS,
+        *,
+        max_details: int = _DEFAULT_MAX_DETAILS,
+        detail_retention: float = _DEFAULT_DETAIL_RETENTION,
+    ) -> None:
         self.queue_clock = queue_clock
         self.max_actions = max_actions
+        # Failure details are kept for at most this many finished jobs, this long after they
+        # finished: the per-job series bound (max_job_series, finished_job_retention).
+        self.max_details = max_details
+        self.detail_retention = detail_retention
         self.reset()
 
     def reset(self) -> None:
@@ -98,6 +125,13 @@ class JobTracker:
         self.dirty: set[str] = set()
         self.removed: set[str] = set()
         self.counters_dirty = False
+        # When the previous refresh was taken in (for the pace of running jobs); None after a
+        # restart, which costs the first estimate only a little precision.
+        self.last_seen: float | None = None
+        # Jobs whose record carries failure details, and finished ones whose details were
+        # dropped by the count bound (so that the next read does not bring them back).
+        self.detailed: set[str] = set()
+        self.trimmed: set[str] = set()
 
     def begin_sync(self) -> None:
         """A background full read starts: from now on, note what incremental reads update."""
@@ -138,6 +172,8 @@ class JobTracker:
         for job_id in set(forget).union(g for g in gone if g in self.jobs):
             self._forget(job_id, now)
         self._prune(now)
+        self._prune_details(now)
+        self.last_seen = now
 
     def count_skipped(self, skipped: Counter[tuple[str, str]]) -> None:
         if skipped:
@@ -179,6 +215,7 @@ class JobTracker:
         self.removed.discard(tracked.job.id)
 
     def _take(self, job: Job, now: float, first: bool) -> None:
+        job = self._trim(job, now)
         prev = self.jobs.get(job.id)
         returned = prev is None and job.id in self.gone
         if returned:
@@ -199,6 +236,7 @@ class JobTracker:
         tracked = replace(prev, job=job, last_change=now if changed else prev.last_change)
         if tracked.first_queued is None and job.phase is Phase.QUEUED:
             tracked = replace(tracked, first_queued=now)
+        tracked = self._observe(tracked, now)
         self._put(self._finish(self._leave_queue(tracked, prev.job.phase, now)))
 
     def _take_new(self, job: Job, now: float, first: bool) -> None:
@@ -215,12 +253,62 @@ class JobTracker:
                     now if queued else None,
                     counted=job.phase.terminal,
                     waited=not queued,
+                    rate=eta.observe(None, job, now, None) if job.phase is Phase.RUNNING else None,
                 )
             )
             return
-        tracked = TrackedJob(job, last_change, now if queued else None)
+        tracked = self._observe(TrackedJob(job, last_change, now if queued else None), now)
         self._count_items(job.action, job.succeeded, job.failed)
         self._put(self._finish(self._leave_queue(tracked, None, now)))
+
+    def _observe(self, tracked: TrackedJob, now: float) -> TrackedJob:
+        """A running job's pace history with this sighting; none for any other phase."""
+        if tracked.job.phase is not Phase.RUNNING:
+            return tracked if tracked.rate is None else replace(tracked, rate=None)
+        rate = eta.observe(tracked.rate, tracked.job, now, self.last_seen)
+        return tracked if rate is tracked.rate else replace(tracked, rate=rate)
+
+    @staticmethod
+    def _has_details(job: Job) -> bool:
+        return bool(job.errors) or job.failure_file is not None
+
+    def _trim(self, job: Job, now: float) -> Job:
+        """The job without its failure details when it is outside the bound: finished longer
+        than `detail_retention` ago, or pushed out by newer ones (`trimmed`). A history of
+        thousands of failed jobs then holds no details at all."""
+        if not self._has_details(job):
+            return job
+        if job.phase.terminal:
+            done = job.completed_at if job.completed_at is not None else now
+            if now - done > self.detail_retention or job.id in self.trimmed:
+                return replace(job, errors=(), failure_file=None)
+        self.detailed.add(job.id)
+        return job
+
+    def _prune_details(self, now: float) -> None:
+        """Keep the details of the newest `max_details` finished jobs within the retention."""
+        if not self.detailed:
+            return
+        finished: list[tuple[float, str]] = []
+        for job_id in list(self.detailed):
+            tracked = self.jobs.get(job_id)
+            if tracked is None or not self._has_details(tracked.job):
+                self.detailed.discard(job_id)
+            elif tracked.job.phase.terminal:
+                job = tracked.job
+                done = job.completed_at if job.completed_at is not None else tracked.last_change
+                finished.append((done, job_id))
+        finished.sort(reverse=True)
+        for i, (done, job_id) in enumerate(finished):
+            if i >= self.max_details or now - done > self.detail_retention:
+                if i >= self.max_details:
+                    self.trimmed.add(job_id)
+                self._strip(job_id)
+
+    def _strip(self, job_id: str) -> None:
+        tracked = self.jobs[job_id]
+        self._put(replace(tracked, job=replace(tracked.job, errors=(), failure_file=None)))
+        self.detailed.discard(job_id)
 
     def _count_items(self, action: str, succeeded: int, failed: int) -> None:
         if succeeded:
@@ -271,7 +359,11 @@ class JobTracker:
 
     def _forget(self, job_id: str, now: float) -> None:
         tracked = self.jobs.pop(job_id)
-        self.gone[job_id] = replace(tracked, gone_since=now)
+        if self._has_details(tracked.job):
+            # Gone from the list, so from the page: its details are not needed any more.
+            tracked = replace(tracked, job=replace(tracked.job, errors=(), failure_file=None))
+            self.detailed.discard(job_id)
+        self.gone[job_id] = replace(tracked, gone_since=now, rate=None)
         self.dirty.add(job_id)
 
     def _prune(self, now: float) -> None:
@@ -286,6 +378,7 @@ class JobTracker:
             del self.gone[job_id]
             self.dirty.discard(job_id)
             self.removed.add(job_id)
+            self.trimmed.discard(job_id)
 
     def mark_saved(self) -> None:
         self.dirty.clear()

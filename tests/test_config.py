@@ -462,7 +462,7 @@ def test_keys_are_shown_as_written(tmp_path: Path) -> None:
     assert [p.split(": ", 1)[1] for p in found] == [
         "defaults.int: unknown key (allowed here: finished_job_retention, full_sync_interval,"
         " max_actions, max_concurrency, max_job_series, max_jobs, max_response_size,"
-        " min_interval, timeout)",
+        " min_interval, rate_limit, timeout)",
         "null: unknown key (allowed here: defaults, sources)",
         "sources[0].5: this key must be text",
         "sources[0].null: this key must be text",

@@ -22,6 +22,7 @@ from exporter.jobs import (
     label,
     optional_count,
     parse_timestamp,
+    processing_errors,
     require_count,
     require_id,
     require_object,
@@ -36,6 +37,7 @@ from exporter.platforms.base import (
     SourceConfig,
     read_by_id,
 )
+from exporter.redact import Redact
 from exporter.settings import Settings
 from exporter.upstream import Budget, Upstream, UpstreamError
 
@@ -88,8 +90,11 @@ class FirstPromoterSource(SourceConfig):
         return FirstPromoterClient(self, upstream, settings)
 
 
-def parse_row(row: object, progress: ProgressMap | None = None) -> Job:
-    """Map one BatchProcess object to a Job; RowError if it is unusable."""
+def parse_row(
+    row: object, progress: ProgressMap | None = None, redact: Redact | None = None
+) -> Job:
+    """Map one BatchProcess object to a Job; RowError if it is unusable. `redact` masks
+    secrets in the `processing_errors` kept for the landing page."""
     row = require_object(row)
     job_id = require_id(row.get("id"), integer=True)
     status = require_str(row, "status")
@@ -124,13 +129,16 @@ def parse_row(row: object, progress: ProgressMap | None = None) -> Job:
         progress=ratio,
         started_at=parse_timestamp(row.get("created_at"), "created_at"),
         completed_at=updated_at if phase.terminal else None,
+        errors=processing_errors(row.get("processing_errors"), redact),
     )
 
 
-def _parsed(rows: list[object], progress: ProgressMap, *, complete: bool) -> ReadResult:
+def _parsed(
+    rows: list[object], progress: ProgressMap, redact: Redact, *, complete: bool
+) -> ReadResult:
     """List rows as a ReadResult, each batch's percentage taken from the progress map."""
     result = ReadResult(complete=complete)
-    result.add_rows("list", rows, lambda row: parse_row(row, progress))
+    result.add_rows("list", rows, lambda row: parse_row(row, progress, redact))
     return result
 
 
@@ -178,7 +186,7 @@ class FirstPromoterClient:
         rows, progress = await asyncio.gather(
             self._rows(budget, statuses), self._progress(budget, statuses)
         )
-        return _parsed(rows, progress, complete=complete)
+        return _parsed(rows, progress, self.upstream.redact, complete=complete)
 
     def _configured_statuses(self) -> list[Status] | None:
         """The statuses to ask for; None (no filter) when every status is wanted."""
@@ -244,7 +252,7 @@ class FirstPromoterClient:
             )
         else:
             rows, progress = [], await progress_read
-        result = _parsed(rows, progress, complete=False)
+        result = _parsed(rows, progress, self.upstream.redact, complete=False)
         listed = progress.keys()
         result.gone = {job_id for job_id in known.ids if job_id not in listed}
         wanted = [i for i in listed if i not in known.ids and i not in result.jobs]
@@ -252,6 +260,11 @@ class FirstPromoterClient:
         if len(wanted) > BY_ID_LIMIT:
             return await self.read_all(budget)
         await read_by_id(
-            result, wanted, lambda row: parse_row(row, progress), self.upstream, LIST_PATH, budget
+            result,
+            wanted,
+            lambda row: parse_row(row, progress, self.upstream.redact),
+            self.upstream,
+            LIST_PATH,
+            budget,
         )
         return result

@@ -23,6 +23,7 @@ from exporter.jobs import (
     Job,
     Phase,
     QueueClock,
+    failure_file,
     label,
     parse_timestamp,
     require_count,
@@ -41,6 +42,7 @@ from exporter.platforms.base import (
     read_by_id,
     run_all,
 )
+from exporter.redact import Redact
 from exporter.settings import Count, Settings, Strict
 from exporter.upstream import Budget, NotFound, Upstream, UpstreamError
 
@@ -138,8 +140,9 @@ def _timestamp(value: object, field: str) -> float | None:
     return parse_timestamp(value, field)
 
 
-def parse_row(row: object) -> Job:
-    """Map one ReadBulkActionProgress object to a Job; RowError if it is unusable.
+def parse_row(row: object, redact: Redact | None = None) -> Job:
+    """Map one ReadBulkActionProgress object to a Job; RowError if it is unusable. `redact`
+    masks secrets in the failure report's file name kept for the landing page.
 
     A full read of a large account is mostly this (and the JSON decoding before it): the
     common cases are checked inline, the rest goes through the shared `require_*` checks."""
@@ -157,6 +160,7 @@ def parse_row(row: object) -> Job:
     custom_object = row.get("custom_object")
     name = custom_object.get("object_name") if isinstance(custom_object, dict) else None
     completed_at = _timestamp(row.get("completed_at"), "completed_at")
+    report = row.get("failure_report")
     return Job(
         job_id,
         label(require_str(row, "action")),
@@ -169,6 +173,7 @@ def parse_row(row: object) -> Job:
         progress,
         _timestamp(row.get("started_at"), "started_at"),
         completed_at if phase.terminal else None,
+        failure_file=None if report is None else failure_file(report, redact),
     )
 
 
@@ -264,6 +269,9 @@ class KizenClient:
         self.max_jobs = settings.max_jobs
         self.page_size = source.page_size
 
+    def _parse(self, row: object) -> Job:
+        return parse_row(row, self.upstream.redact)
+
     def _params(self, page: int, size: int, extra: Mapping[str, str]) -> dict[str, str]:
         params = {"page": str(page), "page_size": str(size)}
         if self.source.filters is not None:
@@ -298,7 +306,7 @@ class KizenClient:
                 "list", f"the list holds {shown} jobs, more than max_jobs ({self.max_jobs})"
             )
         rows = ReadResult(complete=False)
-        rows.add_rows("list", results, parse_row)
+        rows.add_rows("list", results, self._parse)
         return _Page(rows, count, body.get("next"), len(results))
 
     async def _first_page(self, budget: Budget, extra: Mapping[str, str]) -> _Page | None:
@@ -457,5 +465,5 @@ class KizenClient:
         missing = [job_id for job_id in known.active if job_id not in active.jobs]
         if len(missing) > BY_ID_LIMIT:
             return await self.read_all(budget)
-        await read_by_id(active, missing, parse_row, self.upstream, LIST_PATH, budget)
+        await read_by_id(active, missing, self._parse, self.upstream, LIST_PATH, budget)
         return active
