@@ -131,6 +131,11 @@ def _source_health(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
         labels=BASE,
         unit="seconds",
     )
+    allowance = GaugeMetricFamily(
+        "bulk_rate_limit_requests_per_second",
+        "The source's configured upstream allowance (rate_limit), in requests a second.",
+        labels=BASE,
+    )
     loaded = GaugeMetricFamily(
         "bulk_history_loaded",
         "1 once the source's first full read has completed; 0 while it runs in the background "
@@ -144,7 +149,9 @@ def _source_health(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
         if s.last_success is not None:
             last.add_metric(labels, float(s.last_success))
         loaded.add_metric(labels, 1.0 if s.history_loaded else 0.0)
-    yield from (up, duration, last, loaded)
+        if s.rate_limit is not None:
+            allowance.add_metric(labels, float(s.rate_limit))
+    yield from (up, duration, last, loaded, allowance)
 
 
 def _counters(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
@@ -168,7 +175,14 @@ def _counters(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
         "Upstream rows the exporter could not use, by endpoint and reason.",
         labels=[*BASE, "endpoint", "reason"],
     )
+    waited = CounterMetricFamily(
+        "bulk_rate_limit_wait_seconds",
+        "Time the source's upstream requests waited for its rate-limit bucket.",
+        labels=BASE,
+        unit="seconds",
+    )
     for s in snapshots:
+        waited.add_metric([s.platform, s.name], float(s.rate_limit_wait))
         for (endpoint, code), value in sorted(s.requests.items()):
             requests.add_metric([s.platform, s.name, endpoint, code], float(value))
         # Zero series for every known action, so rate() and increase() see the first event.
@@ -181,7 +195,7 @@ def _counters(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
                 items.add_metric([s.platform, s.name, action, result], float(value))
         for (endpoint, reason), value in sorted(s.rows_skipped.items()):
             skipped.add_metric([s.platform, s.name, endpoint, reason], float(value))
-    yield from (requests, finished, items, skipped)
+    yield from (requests, finished, items, skipped, waited)
 
 
 def _histograms(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
@@ -288,15 +302,25 @@ def _per_job(snapshots: Sequence[SourceSnapshot], now: float) -> Iterator[Metric
         labels=job_labels,
         unit="seconds",
     )
+    estimate = GaugeMetricFamily(
+        "bulk_job_estimated_completion_timestamp_seconds",
+        "Running jobs: Unix time the job should finish at the pace the exporter observed over "
+        "the last 10 minutes; absent until it has seen the job move, and for stalled jobs.",
+        labels=job_labels,
+        unit="seconds",
+    )
     # The samples are made directly rather than through add_metric: with thousands of jobs
     # the zip into a fresh label dict per sample was a fifth of the answer's build time.
     # Label dicts are shared between a job's samples; nothing downstream changes them.
     add_info, add_items = info.samples.append, items.samples.append
     add_progress, add_start = progress.samples.append, start.samples.append
     add_completion, add_change = completion.samples.append, change.samples.append
+    add_estimate = estimate.samples.append
     for s in snapshots:
         if not s.up:
             continue
+        # The pace is known as of the refresh that saw the jobs.
+        seen = s.refreshed_at
         for tracked in emitted_jobs(s, now):
             job = tracked.job
             labels = {
@@ -327,4 +351,8 @@ def _per_job(snapshots: Sequence[SourceSnapshot], now: float) -> Iterator[Metric
             if job.completed_at is not None:
                 add_completion(Sample(completion.name, labels, float(job.completed_at)))
             add_change(Sample(change.name, labels, float(tracked.last_change)))
-    yield from (info, items, progress, start, completion, change)
+            if tracked.rate is not None:
+                finish = tracked.eta(seen)
+                if finish is not None:
+                    add_estimate(Sample(estimate.name, labels, float(finish)))
+    yield from (info, items, progress, start, completion, change, estimate)

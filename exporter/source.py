@@ -55,6 +55,9 @@ class SourceSnapshot:
     last_finished: Mapping[tuple[str, str], float] = field(default_factory=dict)
     rows_skipped: Mapping[tuple[str, str], int] = field(default_factory=dict)
     history_loaded: bool = False
+    # The configured allowance (requests a second) and the time requests waited for it.
+    rate_limit: float | None = None
+    rate_limit_wait: float = 0.0
     # Built once per snapshot by the exposition layer and shared by the scrapes that use it.
     cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -78,6 +81,8 @@ class SourceSnapshot:
             last_finished=self.last_finished,
             rows_skipped=self.rows_skipped,
             history_loaded=self.history_loaded,
+            rate_limit=self.rate_limit,
+            rate_limit_wait=self.rate_limit_wait,
         )
 
 
@@ -219,6 +224,8 @@ class SourceRunner:
             last_finished=dict(t.last_finished),
             rows_skipped=dict(t.rows_skipped),
             history_loaded=self.refresher.history_loaded,
+            rate_limit=self.upstream.bucket.limit.per_second,
+            rate_limit_wait=self.upstream.rate_limit_wait,
         )
 
     async def _refresh(self, seconds: float) -> SourceSnapshot:

@@ -150,6 +150,9 @@ class Upstream:
         self.max_body = max_body
         self.redact = redact
         self.requests: Counter[tuple[str, str]] = Counter()
+        # Seconds requests spent waiting for the rate-limit bucket, for
+        # bulk_rate_limit_wait_seconds_total.
+        self.rate_limit_wait = 0.0
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -241,7 +244,9 @@ class Upstream:
             raise UpstreamError(endpoint, "deadline reached waiting for a request slot") from None
         try:
             try:
-                await self.bucket.acquire(budget.deadline, background=budget.background)
+                self.rate_limit_wait += await self.bucket.acquire(
+                    budget.deadline, background=budget.background
+                )
             except RateLimitWait as exc:
                 raise UpstreamError(endpoint, str(exc)) from None
             return await self._exchange(endpoint, url, params, budget.deadline)
