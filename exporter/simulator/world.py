@@ -152,7 +152,10 @@ class FPBatch:
             "updated_at": fp_time(self.updated_at),
             "meta": {"source": "simulator"},
             "progress": self.percent,
-            "processing_errors": list(self.processing_errors),
+            # As given when a test made it something other than a list (bad input).
+            "processing_errors": list(self.processing_errors)
+            if isinstance(self.processing_errors, list)
+            else self.processing_errors,
         }
 
 
