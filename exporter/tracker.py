@@ -59,6 +59,10 @@ class TrackedJob:
     # While it runs: the points of its progress the exporter saw (see exporter.eta).
     rate: eta.History | None = None
 
+    @property
+    def running(self) -> bool:
+        return self.job.phase is Phase.RUNNING
+
     def eta(self, at: float) -> float | None:
         """Unix time it should finish, as of the refresh at `at`: running jobs only, None
         for a stalled one (no change for STALL_AFTER) and until its history shows it moving."""
@@ -225,7 +229,7 @@ class JobTracker:
         if prev is None:
             self._take_new(job, now, first)
             return
-        if prev.job == job and not returned:
+        if prev.job == job and not returned and (prev.rate is not None or not prev.running):
             return
         self._count_items(
             job.action,

@@ -495,10 +495,10 @@ async def test_eta_and_recently_finished_in_a_browser(
     assert page.find_all("img") == []
     assert page.find_all("b") == []
     assert not [n for n in page.walk() for a in n.attrs if a.startswith("on")]
-    for served in (html, metrics, page.text):
-        assert SIGNED_URL_HOST not in served
-        assert SIGNATURE_PARAM not in served
-        assert "files/" not in served
+    for answer in (html, metrics, page.text):
+        assert SIGNED_URL_HOST not in answer
+        assert SIGNATURE_PARAM not in answer
+        assert "files/" not in answer
     # A source whose rows carry details of any shape is up, with every row shown.
     for source in ("kz", "fp"):
         last = runtime_of(client).sources[source].last

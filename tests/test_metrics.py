@@ -462,7 +462,7 @@ async def test_process_families_follow_the_cached_part_in_both_formats_and_gzip(
             if accept.startswith("application/openmetrics-text"):
                 assert text.count("# EOF") == 1
                 assert text.endswith("# EOF\n")
-                names = {f.name for f in om_parse(text)}
+                names = {f.name for f in om_parse(text)}  # type: ignore[no-untyped-call]
             else:
                 assert "# EOF" not in text
                 names = {name for name, _ in parse_samples(text)}
