@@ -283,7 +283,10 @@ def overview() -> dict[str, Any]:
 
 
 def panel_titled(dashboard: dict[str, Any], title: str, kind: str = "timeseries") -> dict[str, Any]:
-    (panel,) = [p for p in dashboard["panels"] if p["title"] == title and p["type"] == kind]
+    found: list[dict[str, Any]] = [
+        p for p in dashboard["panels"] if p["title"] == title and p["type"] == kind
+    ]
+    (panel,) = found
     return panel
 
 
