@@ -92,7 +92,7 @@ MAX_DETAIL_LENGTH = 200
 # first cut, and so escapes the redactor, lies wholly beyond the final one.
 _DETAIL_SCAN = MAX_DETAIL_LENGTH * 64
 
-# Limits on what an upstream row may hold (see "Limits and hostile input" in the README).
+# Limits on what an upstream row may hold (see "Security and limits" in docs/operations.md).
 MAX_LABEL_LENGTH = 200
 MAX_ID_LENGTH = 100
 # Above this a count is not exactly representable as a float sample value.
