@@ -23,7 +23,7 @@ from exporter.jobs import Job
 from exporter.landing import landing_page
 from exporter.runtime import Runtime
 from exporter.server import RUNTIME
-from exporter.simulator import Fault
+from exporter.simulator import Credentials, Fault
 from exporter.simulator.world import SIGNATURE_PARAM, SIGNED_URL_HOST
 from tests.conftest import Client, ExporterFactory, SimHandle, last_error
 from tests.helpers import one, parse_samples, require_tool
@@ -424,6 +424,15 @@ async def test_eta_and_recently_finished_in_a_browser(
         processing_errors=[{"nested": [1]}, 7],
     )
     fp_odd.processing_errors = {"not": "a list"}  # type: ignore[assignment]
+    # An upstream message that quotes the account's own key: masked before it is cut.
+    key = Credentials().fp_api_key
+    fp_leaky = world.add_fp_batch(
+        status="failed",
+        selected_total=10,
+        created_at=now - 400,
+        updated_at=now - 250,
+        processing_errors=["x" * 195 + key + " was refused"],
+    )
 
     client = await exporter()
     assert (await client.get("/metrics")).status == 200
@@ -489,6 +498,9 @@ async def test_eta_and_recently_finished_in_a_browser(
     errors = [li.text for li in fp_by_id[str(fp_failed.id)].find_all("li")]
     assert errors == [HOSTILE, "<b>two</b>", "x" * 199 + "…"]
     assert fp_by_id[str(fp_odd.id)].find("td", cls="details").text == "—"
+    (leaky,) = [li.text for li in fp_by_id[str(fp_leaky.id)].find_all("li")]
+    assert leaky == "x" * 195 + "<sec…"
+    assert key not in html
 
     # Hostile text is text; the signed link is nowhere, neither in the page nor in the metrics.
     assert page.find_all("script") == []
