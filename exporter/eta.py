@@ -20,9 +20,12 @@ from exporter.jobs import Job
 
 # The span the rate is averaged over.
 WINDOW = 600.0
-# Points kept per job at most; beyond it every other inner point is dropped (the average
-# over the window needs its ends, the inner points only place the window's start).
-MAX_POINTS = 40
+# Kept points are at least this far apart (the newest aside): the average over the window needs
+# its ends, the inner points only place the window's start, to within this much.
+SPACING = 30.0
+# A bound on the points kept per job whatever happens (the spacing keeps ~22); beyond it every
+# other inner point is dropped.
+MAX_POINTS = 24
 
 Point = tuple[float, int, float]  # (Unix time, items processed, progress ratio)
 History = tuple[Point, ...]
@@ -44,6 +47,8 @@ def observe(history: History | None, job: Job, now: float, previous: float | Non
     if previous is not None and last[0] < previous < now:
         points.append((previous, last[1], last[2]))
     points.append(point)
+    if len(points) >= 3 and points[-2][0] - points[-3][0] < SPACING:
+        del points[-2]
     start = now - WINDOW
     # Keep one point at or before the window's start: the job's state when the window began.
     while len(points) > 2 and points[1][0] <= start:
