@@ -21,7 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.samples import Sample
 
-from exporter import __version__
+from exporter import __version__, eta
 from exporter.jobs import ITEM_STATES, PENDING_PHASES, TERMINAL_PHASES, Phase
 from exporter.source import SourceSnapshot
 from exporter.tracker import Histogram, TrackedJob
@@ -320,7 +320,7 @@ def _per_job(snapshots: Sequence[SourceSnapshot], now: float) -> Iterator[Metric
         if not s.up:
             continue
         # The pace is known as of the refresh that saw the jobs.
-        seen = s.refreshed_at
+        seen, rates = s.refreshed_at, s.rates
         for tracked in emitted_jobs(s, now):
             job = tracked.job
             labels = {
@@ -351,8 +351,9 @@ def _per_job(snapshots: Sequence[SourceSnapshot], now: float) -> Iterator[Metric
             if job.completed_at is not None:
                 add_completion(Sample(completion.name, labels, float(job.completed_at)))
             add_change(Sample(change.name, labels, float(tracked.last_change)))
-            if tracked.rate is not None:
-                finish = tracked.eta(seen)
+            history = rates.get(job.id)
+            if history is not None:
+                finish = eta.completion(job, tracked.last_change, history, seen)
                 if finish is not None:
                     add_estimate(Sample(estimate.name, labels, float(finish)))
     yield from (info, items, progress, start, completion, change, estimate)

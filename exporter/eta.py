@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 
-from exporter.jobs import Job
+from exporter.jobs import STALL_AFTER, Job, Phase
 
 # The span the rate is averaged over.
 WINDOW = 600.0
@@ -69,6 +69,15 @@ def _at(history: History, moment: float) -> tuple[float, float]:
             )
     last = history[-1]
     return float(last[1]), last[2]
+
+
+def completion(job: Job, last_change: float, history: History | None, at: float) -> float | None:
+    """The ETA served: running jobs only, none for a stalled one (no change of counts or
+    status for STALL_AFTER, as the stall alert and the landing page's mark say), else
+    `estimate`."""
+    if job.phase is not Phase.RUNNING or at - last_change >= STALL_AFTER:
+        return None
+    return estimate(history, job, at)
 
 
 def estimate(history: History | None, job: Job, at: float) -> float | None:

@@ -46,6 +46,22 @@ ITEM_STATES = ("pending", "succeeded", "failed")
 
 
 @dataclass(frozen=True, slots=True)
+class Failure:
+    """What the platform says went wrong with a job, already cleaned (see `processing_errors`
+    and `failure_file`): up to MAX_ERRORS FirstPromoter `processing_errors`, and the file name
+    of Kizen's `failure_report` (never its signed `url`). Shown on the landing page only,
+    never in a label."""
+
+    errors: tuple[str, ...] = ()
+    report: str | None = None
+
+
+def failure_of(errors: tuple[str, ...] = (), report: str | None = None) -> Failure | None:
+    """The details, or None when there are none (most jobs: no object at all)."""
+    return Failure(errors, report) if errors or report is not None else None
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     """One bulk job as the exporter understands it, whatever platform it came from.
 
@@ -63,11 +79,9 @@ class Job:
     progress: float
     started_at: float | None
     completed_at: float | None
-    # What the platform says went wrong, already cleaned (see `failure_details`): up to
-    # MAX_ERRORS FirstPromoter `processing_errors`, and Kizen's `failure_report` file name
-    # (never its signed `url`). Shown on the landing page only, never in a label.
-    errors: tuple[str, ...] = ()
-    failure_file: str | None = None
+    # One field for both platforms' details: a slot more on every job of a large history
+    # would move the record to the next allocation size (16 bytes a job).
+    failure: Failure | None = None
 
     @property
     def done(self) -> int:

@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from exporter import __version__
 from exporter.collector import emitted_jobs
+from exporter.eta import completion
 from exporter.jobs import STALL_AFTER, Phase
 
 if TYPE_CHECKING:
@@ -141,12 +142,17 @@ def active_jobs(snap: SourceSnapshot) -> list[TrackedJob]:
     return sorted(active, key=_newest_first, reverse=True)
 
 
-def _job_row(tracked: TrackedJob, now: float, seen: float) -> str:
-    """One active job; `seen` is when the refresh that saw it ran (its ETA is as of then)."""
+def _job_row(tracked: TrackedJob, now: float, snap: SourceSnapshot) -> str:
+    """One active job; its ETA is as of the refresh that saw it."""
     job = tracked.job
     since = now - tracked.last_change
     stalled = since >= STALL_AFTER
-    finish = None if stalled else tracked.eta(seen)
+    history = snap.rates.get(job.id)
+    finish = (
+        None
+        if stalled or history is None
+        else completion(job, tracked.last_change, history, snap.refreshed_at)
+    )
     eta_title = "" if finish is None else f' title="{_e(_when(finish))}"'
     width = _percent(job.progress)
     mark = '<span class="stall-mark">stalled</span> ' if stalled else ""
@@ -210,13 +216,13 @@ def _details(tracked: TrackedJob, redact: Callable[[str], str]) -> str:
     """The platform's failure details, each escaped (and masked once more: a secret added by
     a reload after the job was read). Kizen's report by its file name alone: its signed link
     is never read from the API answer, so it cannot appear here."""
-    job = tracked.job
+    failure = tracked.job.failure
     parts = []
-    if job.errors:
-        items = "".join(f"<li>{_e(redact(e))}</li>" for e in job.errors)
+    if failure is not None and failure.errors:
+        items = "".join(f"<li>{_e(redact(e))}</li>" for e in failure.errors)
         parts.append(f'<ul class="errors">{items}</ul>')
-    if job.failure_file is not None:
-        parts.append(f'failure report: <span class="report">{_e(redact(job.failure_file))}</span>')
+    if failure is not None and failure.report is not None:
+        parts.append(f'failure report: <span class="report">{_e(redact(failure.report))}</span>')
     return "".join(parts) or '<span class="muted">—</span>'
 
 
@@ -298,7 +304,7 @@ def _source_section(source: SourceView, now: float, redact: Callable[[str], str]
                 if len(shown) == len(jobs)
                 else f"the newest {len(shown)} of {len(jobs)} active (max_job_series)"
             )
-            rows = "\n".join(_job_row(t, now, snap.refreshed_at) for t in shown)
+            rows = "\n".join(_job_row(t, now, snap) for t in shown)
             body = (
                 f'<p class="state">{_e(count)} jobs, newest first, as of the refresh '
                 f"{_e(_ago(snap.refreshed_at, now))}. Stalled: no change for "

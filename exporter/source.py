@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from exporter.eta import History
 from exporter.logs import log
 from exporter.platforms.base import SourceConfig
 from exporter.ratelimit import TokenBucket
@@ -55,6 +56,8 @@ class SourceSnapshot:
     last_finished: Mapping[tuple[str, str], float] = field(default_factory=dict)
     rows_skipped: Mapping[tuple[str, str], int] = field(default_factory=dict)
     history_loaded: bool = False
+    # Running jobs' pace histories (see exporter.eta), for their ETA.
+    rates: Mapping[str, History] = field(default_factory=dict)
     # The configured allowance (requests a second) and the time requests waited for it.
     rate_limit: float | None = None
     rate_limit_wait: float = 0.0
@@ -224,6 +227,7 @@ class SourceRunner:
             last_finished=dict(t.last_finished),
             rows_skipped=dict(t.rows_skipped),
             history_loaded=self.refresher.history_loaded,
+            rates=dict(t.rates) if up else {},
             rate_limit=self.upstream.bucket.limit.per_second,
             rate_limit_wait=self.upstream.rate_limit_wait,
         )

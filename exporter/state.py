@@ -28,7 +28,7 @@ from typing import Any
 
 from exporter.config import masked_url
 from exporter.eta import History
-from exporter.jobs import MAX_ERRORS, Job, Phase
+from exporter.jobs import MAX_ERRORS, Job, Phase, failure_of
 from exporter.logs import log
 from exporter.refresh import RefreshState
 from exporter.source import SourceRunner
@@ -96,8 +96,8 @@ JobRow = tuple[
 ]  # fmt: skip
 
 
-def _job_row(t: TrackedJob) -> JobRow:
-    j = t.job
+def _job_row(t: TrackedJob, rate: History | None) -> JobRow:
+    j, failure = t.job, t.job.failure
     return (
         j.id,
         j.action,
@@ -115,9 +115,9 @@ def _job_row(t: TrackedJob) -> JobRow:
         t.counted,
         t.waited,
         t.gone_since,
-        json.dumps(j.errors) if j.errors else None,
-        j.failure_file,
-        json.dumps(t.rate) if t.rate else None,
+        json.dumps(failure.errors) if failure is not None and failure.errors else None,
+        failure.report if failure is not None else None,
+        json.dumps(rate) if rate else None,
     )
 
 
@@ -150,7 +150,7 @@ def _rate(text: str | None) -> History | None:
 def _load_jobs(db: sqlite3.Connection, tracker: JobTracker) -> None:
     """Every stored job into the tracker; the row types were checked (`_BAD_ROWS`)."""
     intern, phases = sys.intern, _PHASES
-    jobs, gone = tracker.jobs, tracker.gone
+    jobs, gone, rates = tracker.jobs, tracker.gone, tracker.rates
     for (
         job_id,
         action,
@@ -185,18 +185,20 @@ def _load_jobs(db: sqlite3.Connection, tracker: JobTracker) -> None:
             1.0 if progress == 1.0 else progress,  # a shared 1.0 for every finished job
             started_at,
             completed_at,
-            _errors(errors),
-            failure,
+            failure_of(_errors(errors), failure) if errors or failure else None,
         )
         if last_change == started_at:
             last_change = started_at  # one float object for both, as a fresh read has it
         tracked = TrackedJob(
-            job, last_change, first_queued, bool(counted), bool(waited), gone_since, _rate(rate)
+            job, last_change, first_queued, bool(counted), bool(waited), gone_since
         )
         if gone_since is None:
             jobs[job_id] = tracked
-            if job.errors or failure is not None:
+            if job.failure is not None:
                 tracker.detailed.add(job_id)
+            history = _rate(rate)
+            if history is not None and job.phase is Phase.RUNNING:
+                rates[job_id] = history
         else:
             gone[job_id] = tracked
 
@@ -469,7 +471,7 @@ class StateStore:
         for job_id in sorted(tracker.dirty):
             tracked = tracker.jobs.get(job_id) or tracker.gone.get(job_id)
             if tracked is not None:
-                rows.append(_job_row(tracked))
+                rows.append(_job_row(tracked, tracker.rates.get(job_id)))
         meta = {"refresh": json.dumps(list(_refresh_fields(runner.refresher.state)))}
         if tracker.counters_dirty:
             meta.update(_counters(tracker))

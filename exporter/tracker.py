@@ -7,8 +7,8 @@ never counted. After it, a job reaching completed/failed/cancelled counts once (
 increase of each job's succeeded and failed numbers between sightings, and a job seen leaving
 the queue has its wait observed once (`queue_waits`).
 
-Each running job also keeps what the exporter saw of its pace (`TrackedJob.rate`, see
-`exporter.eta`), and finished jobs keep the platform's failure details only while they can
+Each running job also has what the exporter saw of its pace (`rates`, see `exporter.eta`),
+and finished jobs keep the platform's failure details only while they can
 have per-job series (within `finished_job_retention`, at most `max_job_series` of them).
 
 The tracker records which jobs changed since it was last saved (`dirty`, `removed`), so that
@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 
 from exporter import eta
-from exporter.jobs import STALL_AFTER, Job, Phase, QueueClock
+from exporter.jobs import Job, Phase, QueueClock
 from exporter.logs import log
 from exporter.settings import Settings
 
@@ -56,19 +56,10 @@ class TrackedJob:
     waited: bool = False
     # When it dropped out of the list; None while it is listed.
     gone_since: float | None = None
-    # While it runs: the points of its progress the exporter saw (see exporter.eta).
-    rate: eta.History | None = None
 
-    @property
-    def running(self) -> bool:
-        return self.job.phase is Phase.RUNNING
 
-    def eta(self, at: float) -> float | None:
-        """Unix time it should finish, as of the refresh at `at`: running jobs only, None
-        for a stalled one (no change for STALL_AFTER) and until its history shows it moving."""
-        if self.job.phase is not Phase.RUNNING or at - self.last_change >= STALL_AFTER:
-            return None
-        return eta.estimate(self.rate, self.job, at)
+def _running(job: Job) -> bool:
+    return job.phase is Phase.RUNNING
 
 
 @dataclass
@@ -136,6 +127,9 @@ class JobTracker:
         # dropped by the count bound (so that the next read does not bring them back).
         self.detailed: set[str] = set()
         self.trimmed: set[str] = set()
+        # Running jobs' pace histories, by id. Kept beside the records rather than in them: a
+        # field more on every TrackedJob of a large history costs 16 bytes a job.
+        self.rates: dict[str, eta.History] = {}
 
     def begin_sync(self) -> None:
         """A background full read starts: from now on, note what incremental reads update."""
@@ -229,7 +223,7 @@ class JobTracker:
         if prev is None:
             self._take_new(job, now, first)
             return
-        if prev.job == job and not returned and (prev.rate is not None or not prev.running):
+        if prev.job == job and not returned and (job.id in self.rates or not _running(job)):
             return
         self._count_items(
             job.action,
@@ -240,7 +234,7 @@ class JobTracker:
         tracked = replace(prev, job=job, last_change=now if changed else prev.last_change)
         if tracked.first_queued is None and job.phase is Phase.QUEUED:
             tracked = replace(tracked, first_queued=now)
-        tracked = self._observe(tracked, now)
+        self._observe(job, now)
         self._put(self._finish(self._leave_queue(tracked, prev.job.phase, now)))
 
     def _take_new(self, job: Job, now: float, first: bool) -> None:
@@ -257,24 +251,26 @@ class JobTracker:
                     now if queued else None,
                     counted=job.phase.terminal,
                     waited=not queued,
-                    rate=eta.observe(None, job, now, None) if job.phase is Phase.RUNNING else None,
                 )
             )
+            if job.phase is Phase.RUNNING:
+                self.rates[job.id] = eta.observe(None, job, now, None)
             return
-        tracked = self._observe(TrackedJob(job, last_change, now if queued else None), now)
+        tracked = TrackedJob(job, last_change, now if queued else None)
+        self._observe(job, now)
         self._count_items(job.action, job.succeeded, job.failed)
         self._put(self._finish(self._leave_queue(tracked, None, now)))
 
-    def _observe(self, tracked: TrackedJob, now: float) -> TrackedJob:
-        """A running job's pace history with this sighting; none for any other phase."""
-        if tracked.job.phase is not Phase.RUNNING:
-            return tracked if tracked.rate is None else replace(tracked, rate=None)
-        rate = eta.observe(tracked.rate, tracked.job, now, self.last_seen)
-        return tracked if rate is tracked.rate else replace(tracked, rate=rate)
+    def _observe(self, job: Job, now: float) -> None:
+        """Note a running job's pace with this sighting; forget it for any other phase."""
+        if job.phase is Phase.RUNNING:
+            self.rates[job.id] = eta.observe(self.rates.get(job.id), job, now, self.last_seen)
+        else:
+            self.rates.pop(job.id, None)
 
     @staticmethod
     def _has_details(job: Job) -> bool:
-        return bool(job.errors) or job.failure_file is not None
+        return job.failure is not None
 
     def _trim(self, job: Job, now: float) -> Job:
         """The job without its failure details when it is outside the bound: finished longer
@@ -285,7 +281,7 @@ class JobTracker:
         if job.phase.terminal:
             done = job.completed_at if job.completed_at is not None else now
             if now - done > self.detail_retention or job.id in self.trimmed:
-                return replace(job, errors=(), failure_file=None)
+                return replace(job, failure=None)
         self.detailed.add(job.id)
         return job
 
@@ -311,7 +307,7 @@ class JobTracker:
 
     def _strip(self, job_id: str) -> None:
         tracked = self.jobs[job_id]
-        self._put(replace(tracked, job=replace(tracked.job, errors=(), failure_file=None)))
+        self._put(replace(tracked, job=replace(tracked.job, failure=None)))
         self.detailed.discard(job_id)
 
     def _count_items(self, action: str, succeeded: int, failed: int) -> None:
@@ -365,9 +361,10 @@ class JobTracker:
         tracked = self.jobs.pop(job_id)
         if self._has_details(tracked.job):
             # Gone from the list, so from the page: its details are not needed any more.
-            tracked = replace(tracked, job=replace(tracked.job, errors=(), failure_file=None))
+            tracked = replace(tracked, job=replace(tracked.job, failure=None))
             self.detailed.discard(job_id)
-        self.gone[job_id] = replace(tracked, gone_since=now, rate=None)
+        self.rates.pop(job_id, None)
+        self.gone[job_id] = replace(tracked, gone_since=now)
         self.dirty.add(job_id)
 
     def _prune(self, now: float) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from exporter.eta import completion
 from exporter.jobs import Job
 from exporter.landing import landing_page
 from exporter.runtime import Runtime
@@ -451,7 +452,9 @@ async def test_eta_and_recently_finished_in_a_browser(
         last = runtime_of(client).sources[source].last
         assert last is not None
         tracked = next(t for t in last.jobs if t.job.id == job_id)
-        expected = tracked.eta(last.refreshed_at)
+        expected = completion(
+            tracked.job, tracked.last_change, last.rates.get(job_id), last.refreshed_at
+        )
         assert expected is not None, source
         row = page.find("section", data_source=source).find("tr", cls="job", data_job_id=job_id)
         cell = row.find("td", cls="eta")

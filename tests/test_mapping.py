@@ -177,7 +177,7 @@ MARKUP = '<img src=x onerror="alert(1)">'
 )
 def test_processing_errors_of_any_shape(errors: object, kept: tuple[str, ...]) -> None:
     job = firstpromoter.parse_row(fp_row(status="failed", processing_errors=errors))
-    assert job.errors == kept
+    assert (job.failure.errors if job.failure else ()) == kept
     assert job.phase is Phase.FAILED
 
 
@@ -187,7 +187,8 @@ def test_processing_errors_are_cut_after_redaction() -> None:
     job = firstpromoter.parse_row(
         fp_row(processing_errors=[long]), redact=lambda t: t.replace(secret, "<secret>")
     )
-    (text,) = job.errors
+    assert job.failure is not None
+    (text,) = job.failure.errors
     assert len(text) == 200
     assert text.endswith("…")
     assert text.startswith("x" * 190 + "<secret>")
@@ -218,5 +219,5 @@ def test_processing_errors_are_cut_after_redaction() -> None:
 )
 def test_failure_report_of_any_shape(report: object, name: str | None) -> None:
     job = kizen.parse_row(kizen_row(status="failed", failure_report=report))
-    assert job.failure_file == name
+    assert (job.failure.report if job.failure else None) == name
     assert job.phase is Phase.FAILED

@@ -8,7 +8,7 @@ import pytest
 
 from exporter import eta
 from exporter.collector import source_families
-from exporter.jobs import STALL_AFTER, Job, Phase, QueueClock
+from exporter.jobs import STALL_AFTER, Failure, Job, Phase, QueueClock
 from exporter.settings import Settings
 from exporter.source import SourceSnapshot
 from exporter.tracker import JobTracker
@@ -119,6 +119,12 @@ def running(done: int, total: int = 1000, *, progress: float | None = None) -> J
     )
 
 
+def eta_of(t: JobTracker, at: float, job_id: str = "r") -> float | None:
+    """The job's ETA as the collector and the landing page compute it."""
+    tracked = t.jobs[job_id]
+    return eta.completion(tracked.job, tracked.last_change, t.rates.get(job_id), at)
+
+
 def watch(t: JobTracker, seen: list[tuple[float, Job]]) -> None:
     for moment, j in seen:
         t.apply([j], moment, complete=True)
@@ -127,12 +133,12 @@ def watch(t: JobTracker, seen: list[tuple[float, Job]]) -> None:
 def test_no_eta_until_two_observations_show_progress() -> None:
     t = JobTracker(QueueClock.START_KNOWN)
     t.apply([running(100)], T0, complete=True)
-    assert t.jobs["r"].eta(T0) is None  # one observation
+    assert eta_of(t, T0) is None  # one observation
     t.apply([running(100)], T0 + 30, complete=True)
-    assert t.jobs["r"].eta(T0 + 30) is None  # two, but no progress
+    assert eta_of(t, T0 + 30) is None  # two, but no progress
     t.apply([running(160)], T0 + 60, complete=True)
     # 60 items in the 60 s since first seen: 1 a second, 840 left.
-    assert t.jobs["r"].eta(T0 + 60) == T0 + 60 + 840
+    assert eta_of(t, T0 + 60) == T0 + 60 + 840
 
 
 def test_the_rate_is_the_average_over_the_last_ten_minutes() -> None:
@@ -143,12 +149,12 @@ def test_the_rate_is_the_average_over_the_last_ten_minutes() -> None:
     watch(t, [(T0 + 1200 + s, running(base + 10 * s, 100_000)) for s in range(15, 601, 15)])
     at = T0 + 1800
     done = base + 6000
-    estimate = t.jobs["r"].eta(at)
+    estimate = eta_of(t, at)
     assert estimate is not None
     # The change of pace is placed to within the spacing of the points kept.
     assert (100_000 - done) / (estimate - at) == pytest.approx(10, rel=0.02)
     # What is kept stays small whatever the number of refreshes.
-    assert len(t.jobs["r"].rate or ()) <= eta.MAX_POINTS
+    assert len(t.rates["r"]) <= eta.MAX_POINTS
 
 
 def test_one_slow_refresh_does_not_swing_the_eta() -> None:
@@ -160,10 +166,9 @@ def test_one_slow_refresh_does_not_swing_the_eta() -> None:
 
     def rate_at(at: float) -> float:
         """The pace the estimate implies: items left / seconds left."""
-        tracked = t.jobs["r"]
-        estimate = tracked.eta(at)
+        estimate = eta_of(t, at)
         assert estimate is not None
-        return tracked.job.pending / (estimate - at)
+        return t.jobs["r"].job.pending / (estimate - at)
 
     assert rate_at(T0 + 600) == pytest.approx(5.0)
     t.apply([running(3000, 50_000)], T0 + 615, complete=True)  # no progress in 15 s
@@ -178,7 +183,7 @@ def test_firstpromoter_eta_from_the_percentage_when_counts_stand_still() -> None
     t.apply([running(10, 100, progress=0.1)], T0, complete=True)
     t.apply([running(10, 100, progress=0.3)], T0 + 60, complete=True)
     # 0.2 of the job in 60 s; 0.7 left.
-    estimate = t.jobs["r"].eta(T0 + 60)
+    estimate = eta_of(t, T0 + 60)
     assert estimate == pytest.approx(T0 + 60 + 0.7 / (0.2 / 60))
 
 
@@ -187,24 +192,24 @@ def test_no_eta_for_queued_finished_stalled_or_unknown_jobs() -> None:
     moving = [running(0), running(50)]
     t.apply([moving[0]], T0, complete=True)
     t.apply([moving[1]], T0 + 60, complete=True)
-    assert t.jobs["r"].eta(T0 + 60) is not None
+    assert eta_of(t, T0 + 60) is not None
     # Still running but unchanged for the stall alert's 30 minutes: no estimate.
     t.apply([moving[1]], T0 + 60 + STALL_AFTER, complete=True)
-    assert t.jobs["r"].eta(T0 + 60 + STALL_AFTER) is None
+    assert eta_of(t, T0 + 60 + STALL_AFTER) is None
     for phase in (Phase.QUEUED, Phase.COMPLETED, Phase.UNKNOWN):
         other = JobTracker(QueueClock.START_KNOWN)
         other.apply([replace(moving[0], phase=phase)], T0, complete=True)
         other.apply([replace(moving[1], phase=phase)], T0 + 60, complete=True)
-        assert other.jobs["r"].rate is None, phase
-        assert other.jobs["r"].eta(T0 + 60) is None, phase
+        assert "r" not in other.rates, phase
+        assert eta_of(other, T0 + 60) is None, phase
 
 
 def test_counts_that_go_back_start_the_pace_again() -> None:
     t = JobTracker(QueueClock.START_KNOWN)
     watch(t, [(T0, running(500)), (T0 + 60, running(560))])
-    assert t.jobs["r"].eta(T0 + 60) is not None
+    assert eta_of(t, T0 + 60) is not None
     t.apply([running(20)], T0 + 120, complete=True)
-    assert t.jobs["r"].eta(T0 + 120) is None
+    assert eta_of(t, T0 + 120) is None
 
 
 def test_the_collector_serves_the_eta_of_running_jobs_only() -> None:
@@ -226,6 +231,7 @@ def test_the_collector_serves_the_eta_of_running_jobs_only() -> None:
         settings=Settings(),
         jobs=tuple(t.jobs.values()),
         actions=frozenset(t.actions),
+        rates=dict(t.rates),
     )
     samples = {
         sample.labels["job_id"]: sample.value
@@ -245,8 +251,7 @@ def failed(job_id: str, completed: float, errors: tuple[str, ...] = ("boom",)) -
     return replace(
         job(job_id, Phase.FAILED, started=completed - 10),
         completed_at=completed,
-        errors=errors,
-        failure_file="failures.csv",
+        failure=Failure(errors, "failures.csv"),
     )
 
 
@@ -255,14 +260,14 @@ def test_failure_details_are_kept_only_within_the_per_job_series_bound() -> None
     history = failed("old", T0 - 7200)
     recent = [failed(f"f{i}", T0 - 100 * i) for i in range(4)]
     t.apply([history, *recent], T0, complete=True)
-    kept = {i for i, tr in t.jobs.items() if tr.job.errors or tr.job.failure_file}
+    kept = {i for i, tr in t.jobs.items() if tr.job.failure is not None}
     assert kept == {"f0", "f1"}  # the newest two; none for the job finished 2 h ago
-    assert t.jobs["old"].job.errors == ()
-    assert t.jobs["f3"].job.failure_file is None
+    assert t.jobs["old"].job.failure is None
+    assert t.jobs["f3"].job.failure is None
     # Read again, the trimmed ones stay trimmed and nothing is rewritten.
     t.mark_saved()
     t.apply([history, *recent], T0 + 10, complete=True)
     assert t.dirty == set()
     # An hour later the two with details have aged out of the retention too.
     t.apply([history, *recent], T0 + 3700, complete=True)
-    assert not any(tr.job.errors for tr in t.jobs.values())
+    assert not any(tr.job.failure for tr in t.jobs.values())

@@ -19,6 +19,7 @@ from exporter.jobs import (
     Phase,
     QueueClock,
     clamp_ratio,
+    failure_of,
     label,
     optional_count,
     parse_timestamp,
@@ -129,7 +130,7 @@ def parse_row(
         progress=ratio,
         started_at=parse_timestamp(row.get("created_at"), "created_at"),
         completed_at=updated_at if phase.terminal else None,
-        errors=processing_errors(row.get("processing_errors"), redact),
+        failure=failure_of(processing_errors(row.get("processing_errors"), redact)),
     )
 
 

@@ -24,6 +24,7 @@ from exporter.jobs import (
     Phase,
     QueueClock,
     failure_file,
+    failure_of,
     label,
     parse_timestamp,
     require_count,
@@ -173,7 +174,7 @@ def parse_row(row: object, redact: Redact | None = None) -> Job:
         progress,
         _timestamp(row.get("started_at"), "started_at"),
         completed_at if phase.terminal else None,
-        failure_file=None if report is None else failure_file(report, redact),
+        failure=None if report is None else failure_of(report=failure_file(report, redact)),
     )
 
 
