@@ -52,8 +52,8 @@ class TokenBucket:
         return min(max(2.0, self.limit.capacity * 0.1), max(self.limit.capacity - 1.0, 0.0))
 
     async def acquire(self, deadline: float, *, background: bool = False) -> float:
-        """Wait for a token, but never past `deadline` (a loop.time() value); returns the
-        seconds waited (0.0 when a token was there).
+        """Wait for a token, but never past `deadline` (a loop.time() value); return the
+        seconds waited.
 
         Background work (a long full sync) takes a token only while `headroom` would remain and
         never reserves ahead, so a scrape's requests always go first.

@@ -40,6 +40,7 @@ from exporter.platforms.base import (
 )
 from exporter.redact import Redact
 from exporter.settings import Settings
+from exporter.trace import RowKeys, Trace
 from exporter.upstream import Budget, Upstream, UpstreamError
 
 logger = logging.getLogger("exporter.platforms.firstpromoter")
@@ -61,6 +62,25 @@ PER_PAGE = 100
 MAX_PAGES = 1000
 
 ProgressMap = Mapping[str, float]
+# What `parse_row` reads of a BatchProcess row, and what else the reference lists.
+ROW_KEYS = RowKeys(
+    read=frozenset(
+        {
+            "id",
+            "status",
+            "processed_count",
+            "failed_count",
+            "selected_total",
+            "total",
+            "progress",
+            "action_label",
+            "created_at",
+            "updated_at",
+            "processing_errors",
+        }
+    ),
+    documented=frozenset({"meta"}),
+)
 
 
 class FirstPromoterSource(SourceConfig):
@@ -71,6 +91,7 @@ class FirstPromoterSource(SourceConfig):
     DEFAULT_RATE_LIMIT: ClassVar[str] = "100/m"
     PHASES: ClassVar[Mapping[str, Phase]] = PHASES
     QUEUE_CLOCK: ClassVar[QueueClock] = QueueClock.CREATION_KNOWN
+    ROW_KEYS: ClassVar[RowKeys] = ROW_KEYS
 
     platform: Literal["firstpromoter"]
     account_id: str = Field(min_length=1)
@@ -135,11 +156,16 @@ def parse_row(
 
 
 def _parsed(
-    rows: list[object], progress: ProgressMap, redact: Redact, *, complete: bool
+    rows: list[object],
+    progress: ProgressMap,
+    redact: Redact,
+    *,
+    complete: bool,
+    trace: Trace | None = None,
 ) -> ReadResult:
     """List rows as a ReadResult, each batch's percentage taken from the progress map."""
     result = ReadResult(complete=complete)
-    result.add_rows("list", rows, lambda row: parse_row(row, progress, redact))
+    result.add_rows("list", rows, lambda row: parse_row(row, progress, redact), trace)
     return result
 
 
@@ -187,7 +213,7 @@ class FirstPromoterClient:
         rows, progress = await asyncio.gather(
             self._rows(budget, statuses), self._progress(budget, statuses)
         )
-        return _parsed(rows, progress, self.upstream.redact, complete=complete)
+        return _parsed(rows, progress, self.upstream.redact, complete=complete, trace=budget.trace)
 
     def _configured_statuses(self) -> list[Status] | None:
         """The statuses to ask for; None (no filter) when every status is wanted."""
@@ -218,6 +244,8 @@ class FirstPromoterClient:
             body = await self.upstream.get_json("list", LIST_PATH, params, budget)
             if not isinstance(body, list):
                 raise UpstreamError("list", "response is not a JSON array of batch processes")
+            if budget.trace is not None:
+                budget.trace.page("list", PER_PAGE, len(body))
             ids = {r.get("id") for r in body if isinstance(r, dict)}
             if not body or (ids and ids <= seen):
                 break
@@ -253,7 +281,7 @@ class FirstPromoterClient:
             )
         else:
             rows, progress = [], await progress_read
-        result = _parsed(rows, progress, self.upstream.redact, complete=False)
+        result = _parsed(rows, progress, self.upstream.redact, complete=False, trace=budget.trace)
         listed = progress.keys()
         result.gone = {job_id for job_id in known.ids if job_id not in listed}
         wanted = [i for i in listed if i not in known.ids and i not in result.jobs]
