@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -136,6 +137,17 @@ def exporter_families(status: ExporterStatus) -> Iterator[Metric]:
     )
     writes.add_metric([], float(status.state_write_failures))
     yield from (build, ok, when, writes)
+
+
+def process_families() -> Iterator[Metric]:
+    """The exporter process's own families from prometheus_client's collectors, read now
+    (`process_*` where /proc exists, `python_info`, `python_gc_*`), for /metrics only::
+
+        process_resident_memory_bytes 5.6e+07
+        python_info{implementation="CPython",major="3",minor="11",patchlevel="7",...} 1.0
+    """
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        yield from collector.collect()
 
 
 def _source_health(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:

@@ -31,6 +31,7 @@ from exporter.collector import (
     content_families,
     emitted_jobs,
     exporter_families,
+    process_families,
     source_families,
     volatile_families,
 )
@@ -137,7 +138,9 @@ class Renderer:
         per_source = [
             built[s.name] if built and s.name in built else self.families(s, now) for s in snapshots
         ]
-        exporter = list(exporter_families(status)) if status is not None else []
+        # /metrics only: the exporter's own series and its process's, the latter read now, so
+        # scrapes that share this encoding share their values too.
+        exporter = [*exporter_families(status), *process_families()] if status is not None else []
         return encoder(_registry([*_merged(per_source, now), *exporter]))
 
     def render(

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import time
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
 
 from exporter.collector import ExporterStatus
 from exporter.config import ConfigError
@@ -33,10 +31,6 @@ GZIP_MIN_BYTES = 1024
 # about a third more bytes, which a scrape over a network still sends at a twentieth of the
 # plain text's size.
 GZIP_LEVEL = 1
-# zlib's window bits for a gzip wrapper (header and CRC trailer) rather than a raw stream.
-_GZIP_WBITS = 16 + zlib.MAX_WBITS
-# The OpenMetrics terminator; an answer that more families follow is cached without it.
-_EOF = b"# EOF\n"
 # The landing page runs no script and loads nothing: only its own inline styles.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
@@ -69,17 +63,11 @@ def _accepts_gzip(header: str) -> bool:
 
 @dataclass(frozen=True)
 class Encoded:
-    """An answer ready to send: its body (gzipped or not) and content type.
-
-    For /metrics it is the start of the answer only: the process families follow, fresh on
-    every scrape (`_finish`). Gzipped, `stream` is then the compressor right after the body
-    (flushed, not finished): a copy of it compresses the rest as the same gzip stream, so
-    the sources' part is never compressed again."""
+    """An answer ready to send: its body (gzipped or not) and content type."""
 
     body: bytes
     content_type: str
     gzipped: bool
-    stream: zlib._Compress | None = None
 
 
 class EncodingCache:
@@ -141,24 +129,6 @@ class EncodingCache:
 
 ENCODINGS = web.AppKey("encodings", EncodingCache)
 RENDERER = web.AppKey("renderer", Renderer)
-PROCESS = web.AppKey("process", CollectorRegistry)
-
-
-def process_registry() -> CollectorRegistry:
-    """The exporter process's own families (`process_*`, `python_info`, `python_gc_*`), for
-    /metrics only. The library's own collector objects, read here, never changed."""
-    registry = CollectorRegistry(auto_describe=False)
-    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
-        registry.register(collector)
-    return registry
-
-
-def _gzip(body: bytes, *, more: bool) -> tuple[bytes, zlib._Compress | None]:
-    """Gzip `body`; with `more`, leave the stream open for what follows (see Encoded)."""
-    stream = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
-    if not more:
-        return stream.compress(body) + stream.flush(), None
-    return stream.compress(body) + stream.flush(zlib.Z_SYNC_FLUSH), stream
 
 
 async def _encode(
@@ -167,68 +137,44 @@ async def _encode(
     status: ExporterStatus | None,
     accept: str,
     gzipped: bool,
-    *,
-    more: bool,
 ) -> Encoded:
     """Encode in a worker thread, so that the loop keeps serving health checks and scrapes
-    while the library's encoder works. With `more`, other families follow (see Encoded)."""
+    while the library's encoder works."""
     body, content_type = await asyncio.to_thread(renderer.render, snapshots, status, accept)
-    if more:
-        body = body.removesuffix(_EOF)
     gzipped = gzipped and len(body) >= GZIP_MIN_BYTES
-    stream = None
     if gzipped:
-        body, stream = await asyncio.to_thread(_gzip, body, more=more)
-    return Encoded(body, content_type, gzipped, stream)
-
-
-def _finish(encoded: Encoded, tail: bytes) -> bytes:
-    """The whole answer: the cached start, then `tail` (the process families)."""
-    if not encoded.gzipped:
-        return encoded.body + tail
-    assert encoded.stream is not None
-    # A copy: the cached compressor stays as it was for the next scrape.
-    stream = encoded.stream.copy()
-    return encoded.body + stream.compress(tail) + stream.flush()
+        body = await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL)
+    return Encoded(body, content_type, gzipped)
 
 
 async def _exposition(
-    request: web.Request,
-    snapshots: list[SourceSnapshot],
-    status: ExporterStatus | None,
-    process: CollectorRegistry | None = None,
+    request: web.Request, snapshots: list[SourceSnapshot], status: ExporterStatus | None
 ) -> web.Response:
-    """The answer for these snapshots; `process`, when given (on /metrics), is encoded
-    fresh on every scrape after the cached part: its values change every time."""
     accept = request.headers.get("Accept", "")
     wants_gzip = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
     cache = request.app[ENCODINGS]
     # The negotiated format, not the raw header, decides: many Accept strings map to one format.
-    encoder, fmt = choose_encoder(accept)
-    more = process is not None
-    key = (*snapshots, status, fmt, wants_gzip, more)
+    fmt = choose_encoder(accept)[1]
+    key = (*snapshots, status, fmt, wants_gzip)
     encoded = cache.get(key)
     if encoded is None:
         task = cache.pending(key)
         if task is None:
             renderer = request.app[RENDERER]
-            task = asyncio.create_task(
-                _encode(renderer, snapshots, status, accept, wants_gzip, more=more)
-            )
+            task = asyncio.create_task(_encode(renderer, snapshots, status, accept, wants_gzip))
             cache.start(key, task)
         # Shielded: a scraper that disconnects must not cancel what others wait for.
         encoded = await asyncio.shield(task)
-    body = encoded.body if process is None else _finish(encoded, encoder(process))
     headers = {"Content-Type": encoded.content_type, "Vary": "Accept, Accept-Encoding"}
     if encoded.gzipped:
         headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body, headers=headers)
+    return web.Response(body=encoded.body, headers=headers)
 
 
 async def metrics(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     snapshots = await runtime.scrape(wait=scrape_wait(request))
-    return await _exposition(request, snapshots, runtime.status, request.app[PROCESS])
+    return await _exposition(request, snapshots, runtime.status)
 
 
 async def probe(request: web.Request) -> web.Response:
@@ -320,7 +266,6 @@ def make_app(runtime: Runtime, middlewares: Sequence[object] = ()) -> web.Applic
     app[RUNTIME] = runtime
     app[ENCODINGS] = EncodingCache()
     app[RENDERER] = Renderer()
-    app[PROCESS] = process_registry()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/probe", probe)
     app.router.add_get("/-/healthy", healthy)
