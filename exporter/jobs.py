@@ -61,11 +61,12 @@ def failure_of(errors: tuple[str, ...] = (), report: str | None = None) -> Failu
     return Failure(errors, report) if errors or report is not None else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Job:
     """One bulk job as the exporter understands it, whatever platform it came from.
 
-    Frozen so that a snapshot handed to the collector can never change under it.
+    Frozen so that a snapshot handed to the collector can never change under it. Built with
+    keyword arguments only: eleven fields, several of the same type, are too easy to swap.
     """
 
     id: str

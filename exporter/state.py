@@ -173,19 +173,20 @@ def _load_jobs(db: sqlite3.Connection, tracker: JobTracker) -> None:
         rate,
     ) in db.execute("SELECT * FROM jobs"):
         job = Job(
-            job_id,
+            id=job_id,
             # Interned like freshly read labels: thousands of jobs share a few values.
-            intern(action),
-            intern(obj),
-            intern(status),
-            phases[phase],
-            pending,
-            succeeded,
-            failed,
-            1.0 if progress == 1.0 else progress,  # a shared 1.0 for every finished job
-            started_at,
-            completed_at,
-            failure_of(_errors(errors), failure) if errors or failure else None,
+            action=intern(action),
+            object=intern(obj),
+            status=intern(status),
+            phase=phases[phase],
+            pending=pending,
+            succeeded=succeeded,
+            failed=failed,
+            # A shared 1.0 for every finished job.
+            progress=1.0 if progress == 1.0 else progress,
+            started_at=started_at,
+            completed_at=completed_at,
+            failure=failure_of(_errors(errors), failure) if errors or failure else None,
         )
         if last_change == started_at:
             last_change = started_at  # one float object for both, as a fresh read has it

@@ -240,7 +240,19 @@ def test_the_eta_moves_with_time_though_the_job_does_not() -> None:
     drops, and gone once the job is stalled."""
     t0 = 1_800_000_000.0
     tracker = JobTracker(QueueClock.START_KNOWN)
-    job = Job("j", "a", "", "in_progress", Phase.RUNNING, 100, 0, 0, 0.0, t0 - 60, None)
+    job = Job(
+        id="j",
+        action="a",
+        object="",
+        status="in_progress",
+        phase=Phase.RUNNING,
+        pending=100,
+        succeeded=0,
+        failed=0,
+        progress=0.0,
+        started_at=t0 - 60,
+        completed_at=None,
+    )
     tracker.apply([job], t0, complete=True)
     tracker.apply(
         [dataclasses.replace(job, pending=40, succeeded=60, progress=0.6)], t0 + 60, complete=True

@@ -183,17 +183,17 @@ def parse_row(row: object, redact: Redact | None = None) -> Job:
     completed_at = _timestamp(row.get("completed_at"), "completed_at")
     report = row.get("failure_report")
     return Job(
-        job_id,
-        label(require_str(row, "action")),
-        label(name) if isinstance(name, str) else "",
-        label(status),
-        phase,
-        pending,
-        succeeded,
-        failed,
-        progress,
-        _timestamp(row.get("started_at"), "started_at"),
-        completed_at if phase.terminal else None,
+        id=job_id,
+        action=label(require_str(row, "action")),
+        object=label(name) if isinstance(name, str) else "",
+        status=label(status),
+        phase=phase,
+        pending=pending,
+        succeeded=succeeded,
+        failed=failed,
+        progress=progress,
+        started_at=_timestamp(row.get("started_at"), "started_at"),
+        completed_at=completed_at if phase.terminal else None,
         failure=None if report is None else failure_of(report=failure_file(report, redact)),
     )
 

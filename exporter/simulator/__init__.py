@@ -11,6 +11,7 @@ import contextlib
 from aiohttp import web
 
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX, Credentials, Fault, Simulator
+from exporter.simulator.control import add_control_routes
 from exporter.simulator.world import World
 
 __all__ = ["Credentials", "Fault", "RunningSimulator", "Simulator", "World"]
@@ -19,9 +20,14 @@ __all__ = ["Credentials", "Fault", "RunningSimulator", "Simulator", "World"]
 class RunningSimulator:
     """A simulator served on loopback, optionally evolving its jobs every `tick` seconds."""
 
-    def __init__(self, simulator: Simulator | None = None, tick: float | None = None) -> None:
+    def __init__(
+        self, simulator: Simulator | None = None, tick: float | None = None, control: bool = False
+    ) -> None:
         self.simulator = simulator or Simulator()
         self.tick = tick
+        # `python -m exporter.simulator --control`: POST/PATCH routes under /_control that let
+        # a test in another process shape the world (never in the demo).
+        self.control = control
         self._runner: web.AppRunner | None = None
         self._evolve: asyncio.Task[None] | None = None
         self.port = 0
@@ -35,7 +41,10 @@ class RunningSimulator:
         return f"http://127.0.0.1:{self.port}{FP_PREFIX}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(self.simulator.app(), access_log=None)
+        app = self.simulator.app()
+        if self.control:
+            add_control_routes(self.simulator, app)
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()

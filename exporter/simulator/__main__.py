@@ -88,10 +88,9 @@ async def _serve(args: argparse.Namespace) -> None:
     simulator.latency = {"kizen": args.latency, "firstpromoter": args.latency}
     simulator.kizen_max_page_size = args.kizen_max_page_size
     simulator.kizen_refuse_page_size_above = args.kizen_refuse_page_size_above
-    simulator.control = args.control
     for job in simulator.world.kizen:
         simulator.kizen_row(job)  # serialised once, before the first request
-    running = RunningSimulator(simulator, tick=args.tick or None)
+    running = RunningSimulator(simulator, tick=args.tick or None, control=args.control)
     await running.start(port=args.port)
     creds = simulator.credentials
     print(

@@ -22,7 +22,6 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from exporter.simulator.control import add_control_routes
 from exporter.simulator.world import KizenJob, World
 
 KIZEN_PREFIX = "/kizen"
@@ -94,9 +93,6 @@ class Simulator:
         self._rows: dict[str, tuple[tuple[object, ...], str]] = {}
         # ... or, when set, refused with a 400 field error (a server that validates page_size).
         self.kizen_refuse_page_size_above: int | None = None
-        # `python -m exporter.simulator --control`: POST/PATCH routes under /_control that let
-        # a test in another process shape the world (never in the demo).
-        self.control = False
 
     # --- plumbing ------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -119,8 +115,6 @@ class Simulator:
             f"{FP_PREFIX}/batch_processes/{{batch_id}}",
             self._wrap("firstpromoter", "detail", self.fp_detail),
         )
-        if self.control:
-            add_control_routes(self, app)
         return app
 
     def set_fault(self, platform: str, fault: Fault | None) -> None:
