@@ -1,4 +1,4 @@
-"""Each contract metric and label, checked by value, over real HTTP against the simulator."""
+"""Each documented metric and label, checked by value, over real HTTP against the simulator."""
 
 from __future__ import annotations
 
@@ -9,8 +9,14 @@ from typing import Any
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
-from tests.conftest import Client, ExporterFactory, SimHandle
-from tests.helpers import one, parse_samples, promtool_check_metrics, select
+from tests.conftest import ExporterFactory, SimHandle
+from tests.helpers import (
+    one,
+    parse_samples,
+    promtool_check_metrics,
+    scrape_text,
+    select,
+)
 
 KZ = {"platform": "kizen", "source": "kz"}
 FP = {"platform": "firstpromoter", "source": "fp"}
@@ -102,16 +108,10 @@ def populate(sim: SimHandle) -> dict[str, Any]:
     }
 
 
-async def scrape(client: Client, path: str = "/metrics", **headers: str) -> str:
-    response = await client.get(path, headers=headers)
-    assert response.status == 200
-    return str(await response.text())
-
-
 async def test_kizen_metrics_by_value(sim: SimHandle, exporter: ExporterFactory) -> None:
     jobs = populate(sim)
     client = await exporter()
-    s = parse_samples(await scrape(client))
+    s = parse_samples(await scrape_text(client))
 
     assert one(s, "bulk_up", **KZ) == 1
     assert one(s, "bulk_scrape_duration_seconds", **KZ) > 0
@@ -189,7 +189,7 @@ async def test_kizen_metrics_by_value(sim: SimHandle, exporter: ExporterFactory)
 async def test_firstpromoter_metrics_by_value(sim: SimHandle, exporter: ExporterFactory) -> None:
     jobs = populate(sim)
     client = await exporter()
-    s = parse_samples(await scrape(client))
+    s = parse_samples(await scrape_text(client))
 
     assert one(s, "bulk_up", **FP) == 1
     assert one(s, "bulk_api_requests_total", **FP, endpoint="list", code="200") == 1
@@ -236,7 +236,7 @@ async def test_counters_and_last_change_follow_changes(
 ) -> None:
     jobs = populate(sim)
     client = await exporter()
-    await scrape(client)  # the baseline
+    await scrape_text(client)  # the baseline
     running = jobs["running"]
     running.pending, running.success, running.failed = 0, 85, 15
     running.status, running.completed_at = "completed", time.time()
@@ -248,7 +248,7 @@ async def test_counters_and_last_change_follow_changes(
         action=UPLOAD, status="failed", pending=2, success=3, failed=5, started_at=time.time()
     )
     before = time.time()
-    s = parse_samples(await scrape(client))
+    s = parse_samples(await scrape_text(client))
 
     assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="completed") == 1
     assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="failed") == 1
@@ -267,7 +267,7 @@ async def test_counters_and_last_change_follow_changes(
 
     # Nothing changes: nothing more is counted; a count going down is not subtracted.
     running.success = 80
-    s = parse_samples(await scrape(client))
+    s = parse_samples(await scrape_text(client))
     assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="completed") == 1
     assert one(s, "bulk_items_processed_total", **KZ, action=UPLOAD, result="succeeded") == 58
 
@@ -289,7 +289,7 @@ async def test_job_series_are_capped_active_first(
         for i in range(3)
     ]
     client = await exporter(fp=False, kizen_extra="    max_job_series: 4\n")
-    s = parse_samples(await scrape(client))
+    s = parse_samples(await scrape_text(client))
     emitted = {dict(k)["job_id"] for k in select(s, "bulk_job_info", **KZ)}
     assert len(emitted) == 4
     assert {j.id for j in active} <= emitted
@@ -309,12 +309,14 @@ async def test_label_values_are_escaped(sim: SimHandle, exporter: ExporterFactor
         custom_object={"id": "x", "object_name": 'Ob"j\\', "entity_name": "e"},
     )
     client = await exporter(fp=False)
-    text = await scrape(client)
+    text = await scrape_text(client)
     s = parse_samples(text)
     assert one(s, "bulk_jobs", **KZ, action=tricky, phase="running") == 1
     info = dict(next(iter(select(s, "bulk_job_info", **KZ, action=tricky))))
     assert info["object"] == 'Ob"j\\'
-    om = await scrape(client, Accept="application/openmetrics-text; version=1.0.0")
+    om = await scrape_text(
+        client, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
 
     values = {
         (smp.name, smp.labels.get("action"), smp.labels.get("phase")): smp.value
@@ -360,7 +362,7 @@ async def test_promtool_check_metrics(sim: SimHandle, exporter: ExporterFactory)
         action='a"b\\c\nd', status="in_progress", pending=1, started_at=time.time()
     )
     client = await exporter()
-    await scrape(client)
-    text = await scrape(client)
+    await scrape_text(client)
+    text = await scrape_text(client)
     # Not a single finding, not even a warning.
     assert (await promtool_check_metrics(text)).strip() == ""
