@@ -17,6 +17,8 @@ import pytest
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
 from tests.helpers import Process, free_port, source_yaml
 
+pytestmark = pytest.mark.load
+
 SCRAPERS = 20
 DURATION = 30.0
 

@@ -14,6 +14,7 @@ from tests.helpers import (
     one,
     parse_samples,
     promtool_check_metrics,
+    require_tool,
     scrape_text,
     select,
 )
@@ -356,7 +357,9 @@ async def test_openmetrics_and_gzip(sim: SimHandle, exporter: ExporterFactory) -
     assert "Content-Encoding" not in identity.headers
 
 
+@pytest.mark.tools
 async def test_promtool_check_metrics(sim: SimHandle, exporter: ExporterFactory) -> None:
+    require_tool("promtool")  # the check below is the test: never left out
     populate(sim)
     sim.world.add_kizen_job(
         action='a"b\\c\nd', status="in_progress", pending=1, started_at=time.time()

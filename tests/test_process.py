@@ -87,8 +87,10 @@ async def test_sighup_reloads_and_refuses_bad_config(
     assert '"msg": "configuration reload refused; keeping the old one"' in err
 
 
-async def test_tls_client_certs_and_basic_auth(processes: list[Process], tmp_path: Path) -> None:
-    certs = make_certs(tmp_path)
+def tls_web_config(tmp_path: Path) -> Path:
+    """Server and client certificates in tmp_path, and a web config requiring both a client
+    certificate and basic auth (user prom, password s3cret)."""
+    make_certs(tmp_path)
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
     web = tmp_path / "web.yml"
     web.write_text(
@@ -96,9 +98,15 @@ async def test_tls_client_certs_and_basic_auth(processes: list[Process], tmp_pat
         "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
         f"basic_auth_users:\n  prom: '{hashed}'\n"
     )
+    return web
+
+
+@pytest.mark.tools
+def test_the_tls_web_config_passes_promtool(tmp_path: Path) -> None:
+    """The file the exporter accepts is one the Prometheus tooling accepts too."""
     promtool = require_tool("promtool")
-    check = await asyncio.to_thread(
-        subprocess.run,
+    web = tls_web_config(tmp_path)
+    check = subprocess.run(
         [promtool, "check", "web-config", str(web)],
         capture_output=True,
         text=True,
@@ -107,6 +115,10 @@ async def test_tls_client_certs_and_basic_auth(processes: list[Process], tmp_pat
     )
     assert check.returncode == 0, check.stdout + check.stderr
 
+
+async def test_tls_client_certs_and_basic_auth(processes: list[Process], tmp_path: Path) -> None:
+    web = tls_web_config(tmp_path)
+    certs = {name: tmp_path / name for name in ("ca.crt", "client.crt", "client.key")}
     config = tmp_path / "config.yaml"
     config.write_text("sources: []\n")
     p = Process(["--config.file", str(config), "--web.config.file", str(web)], free_port())
