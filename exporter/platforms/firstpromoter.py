@@ -37,6 +37,7 @@ from exporter.platforms.base import (
     read_by_id,
 )
 from exporter.settings import Settings
+from exporter.trace import RowKeys, Trace
 from exporter.upstream import Budget, Upstream, UpstreamError
 
 logger = logging.getLogger("exporter.platforms.firstpromoter")
@@ -58,6 +59,24 @@ PER_PAGE = 100
 MAX_PAGES = 1000
 
 ProgressMap = Mapping[str, float]
+# What `parse_row` reads of a BatchProcess row, and what else the reference lists.
+ROW_KEYS = RowKeys(
+    read=frozenset(
+        {
+            "id",
+            "status",
+            "processed_count",
+            "failed_count",
+            "selected_total",
+            "total",
+            "progress",
+            "action_label",
+            "created_at",
+            "updated_at",
+        }
+    ),
+    documented=frozenset({"meta", "processing_errors"}),
+)
 
 
 class FirstPromoterSource(SourceConfig):
@@ -68,6 +87,7 @@ class FirstPromoterSource(SourceConfig):
     DEFAULT_RATE_LIMIT: ClassVar[str] = "100/m"
     PHASES: ClassVar[Mapping[str, Phase]] = PHASES
     QUEUE_CLOCK: ClassVar[QueueClock] = QueueClock.CREATION_KNOWN
+    ROW_KEYS: ClassVar[RowKeys] = ROW_KEYS
 
     platform: Literal["firstpromoter"]
     account_id: str = Field(min_length=1)
@@ -127,10 +147,12 @@ def parse_row(row: object, progress: ProgressMap | None = None) -> Job:
     )
 
 
-def _parsed(rows: list[object], progress: ProgressMap, *, complete: bool) -> ReadResult:
+def _parsed(
+    rows: list[object], progress: ProgressMap, *, complete: bool, trace: Trace | None = None
+) -> ReadResult:
     """List rows as a ReadResult, each batch's percentage taken from the progress map."""
     result = ReadResult(complete=complete)
-    result.add_rows("list", rows, lambda row: parse_row(row, progress))
+    result.add_rows("list", rows, lambda row: parse_row(row, progress), trace)
     return result
 
 
@@ -178,7 +200,7 @@ class FirstPromoterClient:
         rows, progress = await asyncio.gather(
             self._rows(budget, statuses), self._progress(budget, statuses)
         )
-        return _parsed(rows, progress, complete=complete)
+        return _parsed(rows, progress, complete=complete, trace=budget.trace)
 
     def _configured_statuses(self) -> list[Status] | None:
         """The statuses to ask for; None (no filter) when every status is wanted."""
@@ -209,6 +231,8 @@ class FirstPromoterClient:
             body = await self.upstream.get_json("list", LIST_PATH, params, budget)
             if not isinstance(body, list):
                 raise UpstreamError("list", "response is not a JSON array of batch processes")
+            if budget.trace is not None:
+                budget.trace.page("list", PER_PAGE, len(body))
             ids = {r.get("id") for r in body if isinstance(r, dict)}
             if not body or (ids and ids <= seen):
                 break
@@ -244,7 +268,7 @@ class FirstPromoterClient:
             )
         else:
             rows, progress = [], await progress_read
-        result = _parsed(rows, progress, complete=False)
+        result = _parsed(rows, progress, complete=False, trace=budget.trace)
         listed = progress.keys()
         result.gone = {job_id for job_id in known.ids if job_id not in listed}
         wanted = [i for i in listed if i not in known.ids and i not in result.jobs]
