@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from exporter import exposition, server
+from exporter import exposition
 from exporter.simulator import Credentials, Fault
 from tests.conftest import Client, ExporterFactory, SimHandle, last_error
 from tests.helpers import (
@@ -282,16 +282,16 @@ async def test_slow_scrape_render_does_not_block_health(
     await scrape_and_keep(client)
     # The real encoder, observed: when it starts and when it ends.
     rendering, rendered = threading.Event(), threading.Event()
-    encode = exposition.render_scrape
+    encode = exposition.Renderer.render
 
-    def observed(*args: Any, **kwargs: Any) -> Any:
+    def observed(self: exposition.Renderer, *args: Any, **kwargs: Any) -> Any:
         rendering.set()
         try:
-            return encode(*args, **kwargs)
+            return encode(self, *args, **kwargs)
         finally:
             rendered.set()
 
-    monkeypatch.setattr(server, "render_scrape", observed)
+    monkeypatch.setattr(exposition.Renderer, "render", observed)
     scrape_task = asyncio.create_task(client.get("/metrics"))
     answered_while_rendering = 0
     async with asyncio.timeout(120):
