@@ -251,6 +251,7 @@ async def test_a_reload_changing_one_source_of_200_keeps_the_others(
         changed = runtime.sources["src-67"]
         assert changed is not before["src-67"]
         assert changed.config.rate.text == "50/m"
+        assert sum(changed.upstream.requests.values()) == 0  # started afresh: nothing counted
         for name, runner in runtime.sources.items():
             if name == "src-67":
                 continue
@@ -266,10 +267,11 @@ async def test_a_reload_changing_one_source_of_200_keeps_the_others(
         for labels, value in select(s, "bulk_api_requests_total").items():
             source = dict(labels)["source"]
             made[source] = made.get(source, 0) + value
-        # A kept source counts on from where it was; the changed one started afresh. Both
-        # are FirstPromoter sources, refreshed once more by this scrape.
+        # A kept source counts on from where it was; the changed one counts only what its new
+        # runner asked (its cold start costs 2 to 4 requests, depending on how soon its first
+        # read can finish on a busy machine; a read in the background may add more later).
         assert made["src-65"] > sum(requests["src-65"].values())
-        assert made["src-67"] <= sum(requests["src-67"].values()) < made["src-65"]
+        assert 0 < made["src-67"] <= sum(changed.upstream.requests.values())
         assert one(s, "bulk_up", source="src-67") == 1
     finally:
         await client.close()
