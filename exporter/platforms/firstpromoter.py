@@ -19,9 +19,11 @@ from exporter.jobs import (
     Phase,
     QueueClock,
     clamp_ratio,
+    failure_of,
     label,
     optional_count,
     parse_timestamp,
+    processing_errors,
     require_count,
     require_id,
     require_object,
@@ -36,6 +38,7 @@ from exporter.platforms.base import (
     SourceConfig,
     read_by_id,
 )
+from exporter.redact import Redact
 from exporter.settings import Settings
 from exporter.trace import RowKeys, Trace
 from exporter.upstream import Budget, Upstream, UpstreamError
@@ -73,9 +76,10 @@ ROW_KEYS = RowKeys(
             "action_label",
             "created_at",
             "updated_at",
+            "processing_errors",
         }
     ),
-    documented=frozenset({"meta", "processing_errors"}),
+    documented=frozenset({"meta"}),
 )
 
 
@@ -108,8 +112,11 @@ class FirstPromoterSource(SourceConfig):
         return FirstPromoterClient(self, upstream, settings)
 
 
-def parse_row(row: object, progress: ProgressMap | None = None) -> Job:
-    """Map one BatchProcess object to a Job; RowError if it is unusable."""
+def parse_row(
+    row: object, progress: ProgressMap | None = None, redact: Redact | None = None
+) -> Job:
+    """Map one BatchProcess object to a Job; RowError if it is unusable. `redact` masks
+    secrets in the `processing_errors` kept for the landing page."""
     row = require_object(row)
     job_id = require_id(row.get("id"), integer=True)
     status = require_str(row, "status")
@@ -144,15 +151,21 @@ def parse_row(row: object, progress: ProgressMap | None = None) -> Job:
         progress=ratio,
         started_at=parse_timestamp(row.get("created_at"), "created_at"),
         completed_at=updated_at if phase.terminal else None,
+        failure=failure_of(processing_errors(row.get("processing_errors"), redact)),
     )
 
 
 def _parsed(
-    rows: list[object], progress: ProgressMap, *, complete: bool, trace: Trace | None = None
+    rows: list[object],
+    progress: ProgressMap,
+    redact: Redact,
+    *,
+    complete: bool,
+    trace: Trace | None = None,
 ) -> ReadResult:
     """List rows as a ReadResult, each batch's percentage taken from the progress map."""
     result = ReadResult(complete=complete)
-    result.add_rows("list", rows, lambda row: parse_row(row, progress), trace)
+    result.add_rows("list", rows, lambda row: parse_row(row, progress, redact), trace)
     return result
 
 
@@ -200,7 +213,7 @@ class FirstPromoterClient:
         rows, progress = await asyncio.gather(
             self._rows(budget, statuses), self._progress(budget, statuses)
         )
-        return _parsed(rows, progress, complete=complete, trace=budget.trace)
+        return _parsed(rows, progress, self.upstream.redact, complete=complete, trace=budget.trace)
 
     def _configured_statuses(self) -> list[Status] | None:
         """The statuses to ask for; None (no filter) when every status is wanted."""
@@ -268,7 +281,7 @@ class FirstPromoterClient:
             )
         else:
             rows, progress = [], await progress_read
-        result = _parsed(rows, progress, complete=False, trace=budget.trace)
+        result = _parsed(rows, progress, self.upstream.redact, complete=False, trace=budget.trace)
         listed = progress.keys()
         result.gone = {job_id for job_id in known.ids if job_id not in listed}
         wanted = [i for i in listed if i not in known.ids and i not in result.jobs]
@@ -276,6 +289,11 @@ class FirstPromoterClient:
         if len(wanted) > BY_ID_LIMIT:
             return await self.read_all(budget)
         await read_by_id(
-            result, wanted, lambda row: parse_row(row, progress), self.upstream, LIST_PATH, budget
+            result,
+            wanted,
+            lambda row: parse_row(row, progress, self.upstream.redact),
+            self.upstream,
+            LIST_PATH,
+            budget,
         )
         return result
