@@ -63,6 +63,7 @@ def parse_options(argv: Sequence[str] | None, env: Mapping[str, str]) -> Options
             given[flag.dest] = found[flag.dest]
     upstream = given["config_check_upstream"]
     if values["config_check_upstream"] and not values["config_check"]:
+        # Named by what it means, whichever word (1, yes, on) switched it on.
         named = (
             upstream.flag if upstream.origin is Origin.FLAG else f"{env_name(upstream.flag)}=true"
         )
