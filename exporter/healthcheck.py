@@ -149,7 +149,7 @@ def main(
     else:
         # The exporter's own arguments: ones this check would not know are not its business.
         opts, _ = parser.parse_known_args(exporter_arguments(1, proc) or [])
-    # Both have defaults or are None: a `Given` says how each was given (exporter.flags).
+    # Each value is a `Given` (exporter.flags); the web config file has no default: maybe None.
     web_config_file = opts.web_config_file.value if opts.web_config_file else None
     try:
         answer = check(opts.listen_address.value, web_config_file)
