@@ -10,10 +10,17 @@ import contextlib
 
 from aiohttp import web
 
-from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX, Credentials, Fault, Simulator
+from exporter.simulator.app import (
+    FP_PREFIX,
+    KIZEN_PREFIX,
+    Behaviour,
+    Credentials,
+    Fault,
+    Simulator,
+)
 from exporter.simulator.world import World
 
-__all__ = ["Credentials", "Fault", "RunningSimulator", "Simulator", "World"]
+__all__ = ["Behaviour", "Credentials", "Fault", "RunningSimulator", "Simulator", "World"]
 
 
 class RunningSimulator:

@@ -17,13 +17,13 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 from aiohttp import web
 
 from exporter.simulator.control import add_control_routes
-from exporter.simulator.world import KizenJob, World
+from exporter.simulator.world import FP_ACTIVE, FPBatch, KizenJob, World
 
 KIZEN_PREFIX = "/kizen"
 FP_PREFIX = "/firstpromoter/api/v2/company"
@@ -56,6 +56,32 @@ class Fault:
 
 
 @dataclass
+class Behaviour:
+    """Which way the simulated platforms answer where their references are silent.
+
+    The defaults are the guesses the exporter was first built on; every other value is a world
+    the exporter must read right too (docs/api.md says what it does in each). A Kizen page cap
+    is `Simulator.kizen_max_page_size`.
+    """
+
+    # FirstPromoter, a list or progress request naming no status: every batch, or only the
+    # batches in progress (as the reference's page titles read).
+    fp_unfiltered: Literal["all", "active"] = "all"
+    # FirstPromoter `processed_count`: the items that succeeded, or every item processed
+    # (so it already includes `failed_count`).
+    fp_processed: Literal["excludes-failed", "includes-failed"] = "excludes-failed"
+    # Kizen `completed=true`: every terminal job, or only the jobs that succeeded (failed and
+    # cancelled ones then answer `completed=false`).
+    kizen_completed: Literal["terminal", "succeeded"] = "terminal"
+    # Kizen `started_after`: applied, or ignored (every job comes back).
+    kizen_started_after: Literal["honoured", "ignored"] = "honoured"
+    # Kizen `next`: a link while more pages follow, or always null.
+    kizen_next: Literal["present", "missing"] = "present"
+    # Kizen `count`: present on every page, or absent.
+    kizen_count: Literal["present", "missing"] = "present"
+
+
+@dataclass
 class Credentials:
     """The keys and ids the simulator accepts."""
 
@@ -78,9 +104,15 @@ def _json(data: Any, status: int = 200) -> web.Response:
 class Simulator:
     """Both fake APIs over one `World`. Tests reach in to shape jobs, faults and latency."""
 
-    def __init__(self, world: World | None = None, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        world: World | None = None,
+        credentials: Credentials | None = None,
+        behaviour: Behaviour | None = None,
+    ) -> None:
         self.world = world or World()
         self.credentials = credentials or Credentials()
+        self.behaviour = behaviour or Behaviour()
         self.faults: dict[str, Fault] = {}
         self.latency: dict[str, float] = {"kizen": 0.0, "firstpromoter": 0.0}
         self.requests: Counter[tuple[str, str]] = Counter()
@@ -248,10 +280,16 @@ class Simulator:
             for _ in range(self.kizen_insert_per_page):
                 self.world.add_kizen_job(pending=10)
 
+        behaviour = self.behaviour
+        if behaviour.kizen_started_after == "ignored":
+            started_after = None
+        succeeded_only = behaviour.kizen_completed == "succeeded"
+
         def keep(job: Any) -> bool:
             if "action" in q and job.action != q["action"]:
                 return False
-            if completed is not None and (not job.active) != completed:
+            done = job.status == "completed" if succeeded_only else not job.active
+            if completed is not None and done != completed:
                 return False
             if object_id is not None and (job.custom_object or {}).get("id") != object_id:
                 return False
@@ -260,7 +298,8 @@ class Simulator:
                 and (job.started_at is None or job.started_at <= started_after)
             )
 
-        filtered = {"action", "completed", "custom_object_id", "started_after"} & set(q)
+        filtered = bool({"action", "completed", "custom_object_id"} & set(q))
+        filtered = filtered or started_after is not None
         rows = [j for j in self.world.kizen if keep(j)] if filtered else self.world.kizen
         count = len(rows)
         last_page = max(1, math.ceil(count / size))
@@ -273,13 +312,16 @@ class Simulator:
             params["page"] = str(number)
             return f"{base}?{urlencode(params)}"
 
-        head = json.dumps(
-            {
-                "count": count,
-                "next": link(page + 1) if page < last_page else None,
-                "previous": link(page - 1) if page > 1 else None,
-            }
-        )
+        head_fields: dict[str, object] = {
+            "count": count,
+            "next": link(page + 1) if page < last_page else None,
+            "previous": link(page - 1) if page > 1 else None,
+        }
+        if behaviour.kizen_next == "missing":
+            head_fields["next"] = None
+        if behaviour.kizen_count == "missing":
+            del head_fields["count"]
+        head = json.dumps(head_fields)
         results = ", ".join(self.kizen_row(j) for j in rows[(page - 1) * size : page * size])
         body = f'{head[:-1]}, "results": [{results}], "errors": null}}'
         return web.Response(body=body.encode(), content_type="application/json")
@@ -348,8 +390,17 @@ class Simulator:
         statuses, invalid = self._fp_statuses(request)
         if invalid is not None:
             return [], invalid
+        if statuses is None and self.behaviour.fp_unfiltered == "active":
+            statuses = set(FP_ACTIVE)
         batches = sorted(self.world.fp.values(), key=lambda b: b.id, reverse=True)
         return [b for b in batches if statuses is None or b.status in statuses], None
+
+    def fp_row(self, batch: FPBatch) -> dict[str, Any]:
+        """A batch's JSON as this platform's `processed_count` counts."""
+        row = batch.to_json()
+        if self.behaviour.fp_processed == "includes-failed":
+            row["processed_count"] = batch.processed + batch.failed
+        return row
 
     async def fp_list(self, request: web.Request) -> web.Response:
         batches, error = self._fp_selected(request)
@@ -362,7 +413,7 @@ class Simulator:
             except ValueError:
                 page, per_page = 1, 20
             batches = batches[(page - 1) * per_page : page * per_page]
-        return _json([b.to_json() for b in batches])
+        return _json([self.fp_row(b) for b in batches])
 
     async def fp_progress(self, request: web.Request) -> web.Response:
         batches, error = self._fp_selected(request)
@@ -378,4 +429,4 @@ class Simulator:
         batch = self.world.fp.get(int(raw)) if raw.isdigit() else None
         if batch is None:
             return _json({"message": "Record not found", "code": "not_found"}, 404)
-        return _json(batch.to_json())
+        return _json(self.fp_row(batch))
