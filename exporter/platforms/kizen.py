@@ -489,6 +489,8 @@ class KizenClient:
         max_jobs. A short page 1 without a link may be a silent cap rather than the end,
         unless this server was seen giving links: then page 2 is read to tell."""
         last, page = first, 1
+        if 0 < first.size < size:
+            size = first.size  # were it a silent cap, the next pages come at its size
         limit = self.max_jobs // max(size, 1) + MAX_EXTRA_PAGES
         while page < limit and last.size > 0:
             short = last.size < (self.page_size if page == 1 else size)
@@ -497,13 +499,12 @@ class KizenClient:
             if short and (page > 1 or (last.next is None and self.links_seen)):
                 return
             page += 1
-            page += 1
             found = await self._page(page, size, budget, extra)
             if found is None:
                 return
             if found.next is not None:
                 self.links_seen = True
-            if found.size and found.rows.jobs.keys() <= result.jobs.keys():
+            if found.rows.jobs and found.rows.jobs.keys() <= result.jobs.keys():
                 return  # the same rows again: the server ignores the page number
             result.merge(found.rows)
             if len(result.jobs) > self.max_jobs:
