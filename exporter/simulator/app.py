@@ -123,6 +123,8 @@ class Simulator:
         self.kizen_max_page_size = 1000
         # What each list request asked (the latest 10,000: the demo runs for days).
         self.kizen_list_queries: deque[dict[str, str]] = deque(maxlen=10_000)
+        # FirstPromoter list and progress requests: (endpoint, query pairs), the latest 10,000.
+        self.fp_queries: deque[tuple[str, list[tuple[str, str]]]] = deque(maxlen=10_000)
         self._rows: dict[str, tuple[tuple[object, ...], str]] = {}
         # ... or, when set, refused with a 400 field error (a server that validates page_size).
         self.kizen_refuse_page_size_above: int | None = None
@@ -387,6 +389,8 @@ class Simulator:
         denied = self._fp_auth(request)
         if denied is not None:
             return [], denied
+        endpoint = "progress" if request.path.endswith("/progress") else "list"
+        self.fp_queries.append((endpoint, list(request.query.items())))
         statuses, invalid = self._fp_statuses(request)
         if invalid is not None:
             return [], invalid
