@@ -2,7 +2,8 @@
 
 Run with `make bench` (or `.venv/bin/python -m benchmarks.scrape [--quick]`). The simulator
 runs in its own process so the exporter's latency and memory are its own. Figures depend on the
-machine; the README records one run. `--quick` skips the 100,000-job part (several minutes).
+machine; docs/benchmarks.md records them. `--quick` skips the 100,000-job part (several
+minutes).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ the command line and the reload endpoint can show them as they are.
 
 from __future__ import annotations
 
+import glob
 import os
 import re
 import stat
@@ -91,6 +92,10 @@ class Config:
     defaults: Settings = field(default_factory=Settings)
     sources: tuple[SourceConfig, ...] = ()
     platforms: Platforms = PLATFORMS
+    # The file each source was read from, by source name (the config file or a source file).
+    origins: Mapping[str, str] = field(default_factory=dict)
+    # What loading noticed without refusing the file: a source_files glob matching nothing.
+    notes: tuple[str, ...] = ()
 
     def settings(self, source: SourceConfig) -> Settings:
         return self.defaults.overridden_by(source)
@@ -99,9 +104,12 @@ class Config:
         return [s.secret for s in self.sources if s.api_key is not None]
 
     def warnings(self) -> list[str]:
+        found = list(self.notes)
         if not self.sources:
-            return ["no sources are configured: only the exporter's own metrics will be served"]
-        return []
+            found.append(
+                "no sources are configured: only the exporter's own metrics will be served"
+            )
+        return found
 
 
 # --- ${VAR} expansion -----------------------------------------------------------------------
@@ -191,18 +199,32 @@ def _source(
     return source
 
 
-def _duplicate_names(raw_sources: list[Any], p: Problems) -> None:
-    seen: dict[str, int] = {}
+@dataclass(frozen=True)
+class _Use:
+    """Where a source name was first used: its file and key path."""
+
+    file: str
+    loc: Loc
+
+
+def _duplicate_names(
+    raw_sources: list[Any], file: str, prefix: Loc, seen: dict[str, _Use], p: Problems
+) -> None:
+    """Reports every name used before, in this file or an earlier one (naming both files)."""
     for i, raw in enumerate(raw_sources):
         name = raw.get("name") if isinstance(raw, dict) else None
         if not isinstance(name, str):
             continue
-        if name in seen:
-            p.add(
-                ("sources", i, "name"),
-                f"duplicate source name {name!r} (first used by sources[{seen[name]}])",
+        first = seen.get(name)
+        if first is not None:
+            where = (
+                loc_text(first.loc)
+                if first.file == file
+                else f"{first.file}: {loc_text(first.loc)}"
             )
-        seen.setdefault(name, i)
+            p.add((*prefix, i, "name"), f"duplicate source name {name!r} (first used by {where})")
+        else:
+            seen[name] = _Use(file, (*prefix, i))
 
 
 def _raw_secrets(raw: Any, base_dir: Path) -> Iterator[str]:
@@ -241,29 +263,148 @@ def _text_secrets(text: str, env: Mapping[str, str]) -> Iterator[str]:
         yield _VAR_RE.sub(lambda m: env.get(m.group(1), m.group(2) or ""), value)
 
 
-def _build(
-    data: Any, platforms: Platforms, base_dir: Path, p: Problems
-) -> tuple[Settings | None, list[SourceConfig]]:
+_TOP_KEYS = ("defaults", "source_files", "sources")
+
+
+@dataclass
+class _Loading:
+    """What loading a configuration has found so far, over the config file and its source
+    files: the sources, where each came from, the problems of each file, and every secret
+    any of them holds (so that refused text can be redacted)."""
+
+    env: Mapping[str, str]
+    platforms: Platforms
+    sources: list[SourceConfig] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)
+    names: dict[str, _Use] = field(default_factory=dict)
+    # Per file, in the order read: its problems, or the one line refusing the whole file.
+    reports: list[tuple[str, Problems | str]] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add_sources(
+        self, raw_sources: list[Any], file: str, prefix: Loc, base_dir: Path, p: Problems
+    ) -> None:
+        _duplicate_names(raw_sources, file, prefix, self.names, p)
+        for i, raw in enumerate(raw_sources):
+            source = _source(raw, (*prefix, i), self.platforms, base_dir, p)
+            if source is not None:
+                self.sources.append(source)
+                self.origins.setdefault(source.name, file)
+
+    def lines(self) -> list[str]:
+        redact = Redactor([*self.secrets, *(s.secret for s in self.sources)])
+        found = []
+        for file, report in self.reports:
+            if isinstance(report, str):
+                found.append(redact(f"{file}: {report}"))
+            else:
+                found += [redact(f"{file}: {loc_text(loc)}: {m}") for loc, m in report.in_order()]
+        return found
+
+
+def _build(data: Any, file: str, base_dir: Path, loading: _Loading, p: Problems) -> Settings | None:
     if not isinstance(data, dict):
-        p.add((), "must be a mapping with defaults and sources")
-        return None, []
+        p.add((), "must be a mapping with defaults, sources and source_files")
+        return None
     for key in data:
-        if key not in ("defaults", "sources"):
-            p.add((key_text(key),), "unknown key (allowed here: defaults, sources)")
+        if key not in _TOP_KEYS:
+            p.add((key_text(key),), f"unknown key (allowed here: {', '.join(_TOP_KEYS)})")
     defaults: Settings | None = Settings()
     if data.get("defaults") is not None:
         defaults = validate(adapter(Settings), data["defaults"], ("defaults",), Settings, p)
     raw_sources = data.get("sources")
-    if raw_sources is None:
-        return defaults, []
-    if not isinstance(raw_sources, list):
+    if isinstance(raw_sources, list):
+        loading.add_sources(raw_sources, file, ("sources",), base_dir, p)
+    elif raw_sources is not None:
         p.add(("sources",), "must be a list of sources")
-        return defaults, []
-    _duplicate_names(raw_sources, p)
-    sources = [
-        _source(raw, ("sources", i), platforms, base_dir, p) for i, raw in enumerate(raw_sources)
-    ]
-    return defaults, [s for s in sources if s is not None]
+    return defaults
+
+
+# --- source_files ----------------------------------------------------------------------------
+
+
+def _globs(value: Any, p: Problems) -> list[tuple[int, str]]:
+    """The source_files patterns, by index; problems for anything that is not one."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        p.add(("source_files",), "must be a list of file patterns, such as [sources.d/*.yaml]")
+        return []
+    found = []
+    for i, pattern in enumerate(value):
+        if p.covers(("source_files", i)):
+            continue  # an unset variable, reported already
+        if not isinstance(pattern, str) or not pattern.strip():
+            p.add(("source_files", i), "must be a file pattern, such as sources.d/*.yaml")
+            continue
+        found.append((i, pattern))
+    return found
+
+
+def _matches(pattern: str, base_dir: Path) -> list[Path]:
+    """The files a pattern names, relative to the config file's directory, in name order.
+    Names starting with a dot are not matched by `*`: a mounted Secret's `..data` is not a
+    source file."""
+    if not os.path.isabs(pattern):
+        pattern = os.path.join(glob.escape(str(base_dir)), pattern)
+    return sorted(Path(match) for match in glob.glob(pattern))
+
+
+def _source_files(
+    globs: list[tuple[int, str]],
+    config_file: Path | None,
+    base_dir: Path,
+    loading: _Loading,
+    p: Problems,
+) -> None:
+    """Reads every file the patterns match, once each, into `loading`."""
+    # realpath, not Path.resolve: a symlink loop is then a file that cannot be read, not an error.
+    config_real = os.path.realpath(config_file) if config_file is not None else None
+    seen: set[str] = set()
+    for i, pattern in globs:
+        matched = _matches(pattern, base_dir)
+        if not matched:
+            loading.notes.append(f"source_files[{i}]: {pattern!r} matches no file")
+        for path in matched:
+            real = os.path.realpath(path)
+            if real == config_real:
+                p.add(("source_files", i), f"{pattern!r} matches the configuration file itself")
+                continue
+            if real in seen:
+                continue  # matched by an earlier pattern too
+            seen.add(real)
+            _source_file(path, loading)
+
+
+def _source_file(path: Path, loading: _Loading) -> None:
+    """One source file: a YAML list of sources, under the config file's limits."""
+    file = str(path)
+    try:
+        text = read_regular_file(path, MAX_CONFIG_BYTES, "the source file")
+    except FileLimitError as exc:
+        loading.reports.append((file, str(exc)))
+        return
+    try:
+        raw = load_yaml(text)
+    except YamlError as exc:
+        loading.secrets.extend(_text_secrets(text, loading.env))
+        loading.reports.append((file, str(exc)))
+        return
+    p = Problems()
+    loading.reports.append((file, p))
+    if raw is None:
+        loading.notes.append(f"{file}: holds no sources (the file is empty)")
+        return
+    expanded = _expand(raw, (), loading.env, p)
+    loading.secrets.extend(_raw_secrets(expanded, path.parent))
+    if not isinstance(expanded, list):
+        # Said without quoting the value: a pattern may match a key file by mistake.
+        found = "a mapping" if isinstance(expanded, dict) else "a single value"
+        p.add((), f"must be a list of sources, not {found}")
+        return
+    # An api_key_file in a source file is relative to that file, as in the config file.
+    loading.add_sources(expanded, file, (), path.parent, p)
 
 
 def parse_config(
@@ -273,11 +414,13 @@ def parse_config(
     env: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
     platforms: Platforms = PLATFORMS,
+    path: Path | None = None,
 ) -> Config:
-    """The configuration in `text`; ConfigError, and nothing else, when it cannot be used."""
+    """The configuration in `text` (read from `path`, when it was read from a file) and the
+    source files it names; ConfigError, and nothing else, when it cannot be used."""
     env = os.environ if env is None else env
     try:
-        return _parse(text, filename, env, base_dir, platforms)
+        return _parse(text, filename, env, base_dir, platforms, path)
     except ConfigError:
         raise
     except Exception as exc:
@@ -293,6 +436,7 @@ def _parse(
     env: Mapping[str, str],
     base_dir: Path | None,
     platforms: Platforms,
+    path: Path | None,
 ) -> Config:
     try:
         raw = load_yaml(text)
@@ -302,26 +446,38 @@ def _parse(
     if raw is None:
         raw = {}
     p = Problems()
+    loading = _Loading(env, platforms)
+    loading.reports.append((filename, p))
     expanded = _expand(raw, (), env, p)
     base_dir = base_dir or Path.cwd()
-    defaults, sources = _build(expanded, platforms, base_dir, p)
-    if p.lines or defaults is None:
-        redact = Redactor([*_raw_secrets(expanded, base_dir), *(s.secret for s in sources)])
-        lines = p.in_order()
-        raise ConfigError([redact(f"{filename}: {loc_text(loc)}: {m}") for loc, m in lines])
-    return Config(defaults=defaults, sources=tuple(sources), platforms=platforms)
+    loading.secrets.extend(_raw_secrets(expanded, base_dir))
+    defaults = _build(expanded, filename, base_dir, loading, p)
+    if isinstance(expanded, dict):
+        globs = _globs(expanded.get("source_files"), p)
+        _source_files(globs, path, base_dir, loading, p)
+    lines = loading.lines()
+    if lines or defaults is None:
+        raise ConfigError(lines)
+    return Config(
+        defaults=defaults,
+        sources=tuple(loading.sources),
+        platforms=platforms,
+        origins=loading.origins,
+        notes=tuple(loading.notes),
+    )
 
 
 def load_config(
     path: str | Path, env: Mapping[str, str] | None = None, platforms: Platforms = PLATFORMS
 ) -> Config:
+    """The configuration file at `path` and the source files it names."""
     file = Path(path)
     try:
         text = read_regular_file(file, MAX_CONFIG_BYTES, "the configuration file")
     except FileLimitError as exc:
         raise ConfigError([f"{file}: {exc}"]) from None
     return parse_config(
-        text, filename=str(file), env=env, base_dir=file.parent, platforms=platforms
+        text, filename=str(file), env=env, base_dir=file.parent, platforms=platforms, path=file
     )
 
 
@@ -362,6 +518,7 @@ def summary(config: Config) -> str:
         settings = config.settings(source)
         lines += [
             f"  - name: {shown(source.name)}",
+            f"    file: {shown(config.origins.get(source.name, '?'))}",
             f"    platform: {source.platform_name}",
             f"    base_url: {shown(source.url)}",
         ]

@@ -69,7 +69,7 @@ class Job:
         )
 
 
-# Limits on what an upstream row may hold (see "Limits and hostile input" in the README).
+# Limits on what an upstream row may hold (see "Security and limits" in docs/operations.md).
 MAX_LABEL_LENGTH = 200
 MAX_ID_LENGTH = 100
 # Above this a count is not exactly representable as a float sample value.

@@ -38,6 +38,8 @@ NAMESPACE = "observability"
 FULLNAME = f"{RELEASE}-bulk-progress-exporter"
 CONFIG_PATH = "/etc/bulk-progress-exporter/config.yaml"
 SECRETS_DIR = "/etc/bulk-progress-exporter/secrets"
+SOURCES_DIR = "/etc/bulk-progress-exporter/sources.d"
+DIGEST = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 # The distinctive fake key of ci/chart-secret-values.yaml.
 FAKE_KEY = "fake-kizen-key-7f3c9a1e-DO-NOT-LEAK"
 OPERATOR_MODELS: dict[str, type[BaseModel]] = {
@@ -167,6 +169,7 @@ def test_ci_variants_cover_the_required_cases() -> None:
         "three-replicas",
         "env-secret",
         "web-config",
+        "cluster-conventions",
     }
     assert required <= set(VARIANTS)
 
@@ -181,9 +184,8 @@ def test_helm_lint(helm: str, variant: str | None) -> None:
     assert "0 chart(s) failed" in result.stdout
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_manifests_are_valid(helm: str, variant: str) -> None:
-    docs = render_variant(helm, variant)
+def validate_all(docs: list[Doc]) -> None:
+    """Every manifest against Kubernetes' schemas (strict) or its Prometheus Operator model."""
     assert docs
     for doc in docs:
         if doc["kind"] in OPERATOR_MODELS:
@@ -199,6 +201,11 @@ def test_manifests_are_valid(helm: str, variant: str) -> None:
                 where = ".".join(str(p) for p in exc.path)
                 pytest.fail(f"{doc['kind']} {doc['metadata']['name']}: {where}: {exc.message}")
         assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_manifests_are_valid(helm: str, variant: str) -> None:
+    validate_all(render_variant(helm, variant))
 
 
 def test_validators_catch_unknown_fields(helm: str) -> None:
@@ -233,6 +240,14 @@ def test_defaults_leave_optional_features_off(helm: str) -> None:
     assert pod["automountServiceAccountToken"] is False
     assert not flags(docs, "web.config.file")
     assert container(docs)["image"] == "bulk-progress-exporter:0.1.0"
+    for key in ("topologySpreadConstraints", "priorityClassName"):
+        assert key not in pod
+    assert [v["name"] for v in pod["volumes"]] == ["config", "storage", "tmp"]
+    assert [m["name"] for m in container(docs)["volumeMounts"]] == ["config", "storage", "tmp"]
+    assert "source_files" not in yaml.safe_load(rendered_config(docs))
+    own = {*UNSTABLE_SELECTOR_LABELS, "app.kubernetes.io/name", "app.kubernetes.io/instance"}
+    own |= {"app.kubernetes.io/managed-by", "app.kubernetes.io/component"}
+    assert all(set(doc["metadata"]["labels"]) <= own for doc in docs)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -314,8 +329,12 @@ def test_config_is_mounted_and_named_by_env(helm: str, variant: str) -> None:
     assert volume(docs, "config")["configMap"]["name"] == FULLNAME
     env = container(docs)["env"]
     assert {"name": "BULK_EXPORTER_CONFIG_FILE", "value": CONFIG_PATH} in env
-    # The ConfigMap holds the `config` value, unchanged.
-    assert yaml.safe_load(rendered_config(docs)) == variant_values(variant)["config"]
+    # The ConfigMap holds the `config` value, unchanged but for the source files' pattern.
+    values = variant_values(variant)
+    expected = dict(values["config"])
+    if values["sourceFiles"]["secretName"]:
+        expected["source_files"] = [f"{SOURCES_DIR}/*.yaml"]
+    assert yaml.safe_load(rendered_config(docs)) == expected
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -545,6 +564,245 @@ def test_notes_render(helm: str) -> None:
     notes = result.stdout.split("NOTES:", 1)[1]
     assert "split over 3 shards" in notes
     assert f"pod/{FULLNAME}-0" in notes
+
+
+# --- cluster conventions ----------------------------------------------------------------------
+
+
+def test_common_labels_are_on_every_object_and_never_in_selectors(helm: str) -> None:
+    docs = render_variant(helm, "cluster-conventions")
+    common = {"team": "observability", "example.org/cost-centre": "monitoring"}
+    kinds = {doc["kind"] for doc in docs}
+    assert {"PodDisruptionBudget", "NetworkPolicy", "ServiceAccount", "ConfigMap"} <= kinds
+    for doc in docs:
+        labels = doc["metadata"]["labels"]
+        assert common.items() <= labels.items(), doc["kind"]
+    sts = statefulset(docs)
+    assert common.items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    selectors = [sts["spec"]["selector"]["matchLabels"]]
+    selectors += [svc["spec"]["selector"] for svc in of_kind(docs, "Service")]
+    selectors += [only(docs, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"]]
+    selectors += [only(docs, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"]]
+    assert all(not set(common) & set(selector) for selector in selectors)
+
+
+def test_pod_labels_win_over_common_labels_and_chart_labels_cannot_be_overridden(
+    helm: str,
+) -> None:
+    docs = render(helm, "--set", "commonLabels.team=all", "--set", "podLabels.team=pods")
+    validate_all(docs)
+    assert statefulset(docs)["spec"]["template"]["metadata"]["labels"]["team"] == "pods"
+    assert statefulset(docs)["metadata"]["labels"]["team"] == "all"
+    result = run_helm(
+        helm, "template", RELEASE, str(CHART), "--set", "commonLabels.app\\.kubernetes\\.io/name=x"
+    )
+    assert result.returncode != 0
+    assert "commonLabels.app.kubernetes.io/name: the chart sets this label itself" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("tag", "image"),
+    [
+        ("0.1.0", f"registry.example.internal/bulk-progress-exporter:0.1.0@{DIGEST}"),
+        ("", f"registry.example.internal/bulk-progress-exporter@{DIGEST}"),
+    ],
+)
+def test_image_digest_pins_the_image(helm: str, tag: str, image: str) -> None:
+    docs = render(
+        helm, "--values", str(values_file("cluster-conventions")), "--set", f"image.tag={tag}"
+    )
+    validate_all(docs)
+    assert container(docs)["image"] == image
+
+
+@pytest.mark.parametrize("digest", ["latest", "sha256:abc", "md5:0123456789abcdef"])
+def test_values_schema_refuses_a_malformed_digest(helm: str, digest: str) -> None:
+    result = run_helm(helm, "template", RELEASE, str(CHART), "--set", f"image.digest={digest}")
+    assert result.returncode != 0
+    assert "digest" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "spec"),
+    [
+        ((), {"maxUnavailable": 1}),
+        (("podDisruptionBudget.maxUnavailable=0",), {"maxUnavailable": 0}),
+        (("podDisruptionBudget.minAvailable=1",), {"minAvailable": 1}),
+        (("podDisruptionBudget.minAvailable=50%",), {"minAvailable": "50%"}),
+    ],
+)
+def test_pod_disruption_budget(helm: str, settings: tuple[str, ...], spec: Doc) -> None:
+    args = ["--set", "podDisruptionBudget.enabled=true", "--set", "replicas=3"]
+    for setting in settings:
+        args += ["--set", setting]
+    docs = render(helm, *args)
+    validate_all(docs)
+    budget = only(docs, "PodDisruptionBudget")
+    assert budget["apiVersion"] == "policy/v1"
+    selector = budget["spec"].pop("selector")["matchLabels"]
+    assert budget["spec"] == spec
+    assert selects(selector, statefulset(docs)["spec"]["template"]["metadata"]["labels"])
+    assert not of_kind(render(helm), "PodDisruptionBudget")  # off by default
+
+
+def test_pod_disruption_budget_takes_one_bound_only(helm: str) -> None:
+    result = run_helm(
+        helm,
+        "template",
+        RELEASE,
+        str(CHART),
+        "--set",
+        "podDisruptionBudget.enabled=true",
+        "--set",
+        "podDisruptionBudget.minAvailable=1",
+        "--set",
+        "podDisruptionBudget.maxUnavailable=1",
+    )
+    assert result.returncode != 0
+    assert "set minAvailable or maxUnavailable, not both" in result.stderr
+    result = run_helm(
+        helm, "template", RELEASE, str(CHART), "--set", "podDisruptionBudget.maxUnavailable=-1"
+    )
+    assert result.returncode != 0
+    assert "maxUnavailable" in result.stderr
+
+
+def test_network_policy_admits_the_selected_scrapers_to_the_metrics_port(helm: str) -> None:
+    docs = render_variant(helm, "cluster-conventions")
+    policy = only(docs, "NetworkPolicy")
+    spec = policy["spec"]
+    pod_labels = statefulset(docs)["spec"]["template"]["metadata"]["labels"]
+    assert selects(spec["podSelector"]["matchLabels"], pod_labels)
+    assert spec["policyTypes"] == ["Ingress"]  # the exporter's own requests stay open
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert [p["containerPort"] for p in container(docs)["ports"] if p["name"] == "http"] == [9840]
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        },
+        {"ipBlock": {"cidr": "10.20.0.0/16"}},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("settings", "peers"),
+    [
+        ((), [{"podSelector": {}}]),
+        (
+            ("networkPolicy.namespaceSelector.matchLabels.team=obs",),
+            [{"namespaceSelector": {"matchLabels": {"team": "obs"}}}],
+        ),
+        (
+            ("networkPolicy.podSelector.matchLabels.app=prometheus",),
+            [{"podSelector": {"matchLabels": {"app": "prometheus"}}}],
+        ),
+    ],
+)
+def test_network_policy_peers(helm: str, settings: tuple[str, ...], peers: list[Doc]) -> None:
+    args = ["--set", "networkPolicy.enabled=true"]
+    for setting in settings:
+        args += ["--set", setting]
+    docs = render(helm, *args)
+    validate_all(docs)
+    assert only(docs, "NetworkPolicy")["spec"]["ingress"][0]["from"] == peers
+    assert not of_kind(render(helm), "NetworkPolicy")  # off by default
+
+
+def test_spreading_priority_and_extra_volumes(helm: str) -> None:
+    docs = render_variant(helm, "cluster-conventions")
+    pod = pod_spec(docs)
+    own = statefulset(docs)["spec"]["selector"]["matchLabels"]
+    zone, host = pod["topologySpreadConstraints"]
+    # A constraint without a labelSelector spreads this release's pods; one with it is kept.
+    assert zone == {
+        "maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": own},
+    }
+    assert host["labelSelector"] == {"matchLabels": {"app.kubernetes.io/instance": RELEASE}}
+    assert pod["priorityClassName"] == "monitoring-critical"
+    assert volume(docs, "ca-bundle") == {"name": "ca-bundle", "configMap": {"name": "corporate-ca"}}
+    assert mount(docs, "ca-bundle") == {
+        "name": "ca-bundle",
+        "mountPath": "/etc/ssl/corporate",
+        "readOnly": True,
+    }
+    # The chart's own volumes are all still there.
+    for name in ("config", "secrets", "source-files", "storage", "tmp"):
+        assert volume(docs, name)
+        assert mount(docs, name)
+
+
+def test_values_schema_refuses_incomplete_pod_options(helm: str) -> None:
+    for setting, complaint in (
+        ("extraVolumes[0].emptyDir.medium=Memory", "name"),
+        ("extraVolumeMounts[0].name=x", "mountPath"),
+        ("topologySpreadConstraints[0].maxSkew=1", "topologyKey"),
+        ("networkPolicy.from=x", "networkPolicy"),
+        ("sourceFiles.mountPath=relative", "mountPath"),
+        ("config.source_files=sources.d", "source_files"),
+    ):
+        result = run_helm(helm, "template", RELEASE, str(CHART), "--set", setting)
+        assert result.returncode != 0, setting
+        assert complaint in result.stderr, (setting, result.stderr)
+
+
+# --- source files from a Secret ---------------------------------------------------------------
+
+
+def test_source_files_are_mounted_from_a_secret_and_named_by_the_config(helm: str) -> None:
+    docs = render_variant(helm, "cluster-conventions")
+    assert volume(docs, "source-files")["secret"] == {"secretName": "bulk-exporter-sources"}
+    # A directory, not a subPath: the kubelet updates the files when the Secret changes.
+    assert mount(docs, "source-files") == {
+        "name": "source-files",
+        "mountPath": SOURCES_DIR,
+        "readOnly": True,
+    }
+    config = yaml.safe_load(rendered_config(docs))
+    assert config["source_files"] == [f"{SOURCES_DIR}/*.yaml"]
+    # A source_files of the user's own is kept, the Secret's pattern added after it.
+    docs = render(
+        helm,
+        "--set",
+        "sourceFiles.secretName=s",
+        "--set",
+        "sourceFiles.mountPath=/srv/sources/",
+        "--set",
+        "sourceFiles.pattern=*.yml",
+        "--set",
+        "config.source_files[0]=/etc/extra/*.yaml",
+    )
+    validate_all(docs)
+    assert mount(docs, "source-files")["mountPath"] == "/srv/sources/"
+    config = yaml.safe_load(rendered_config(docs))
+    assert config["source_files"] == ["/etc/extra/*.yaml", "/srv/sources/*.yml"]
+
+
+def test_the_exporter_reads_the_mounted_source_files(helm: str, tmp_path: Path) -> None:
+    """The rendered config with the Secrets' directories stood in for by local ones."""
+    text = rendered_config(render_variant(helm, "cluster-conventions"))
+    keys, sources = tmp_path / "secrets", tmp_path / "sources.d"
+    keys.mkdir()
+    sources.mkdir()
+    text = text.replace(SECRETS_DIR, str(keys)).replace(SOURCES_DIR, str(sources))
+    (keys / "fp_main").write_text("not-a-real-key\n")
+    # As the kubelet lays out a Secret volume: each key a link into a hidden data directory.
+    data = sources / "..2026_01_01_00_00_00.000000001"
+    data.mkdir()
+    (sources / "..data").symlink_to(data.name)
+    (data / "team-a.yaml").write_text(
+        "- {name: kizen-a, platform: kizen, business_id: b, user_id: u, api_key: inline-key-1}\n"
+        "- {name: fp-a, platform: firstpromoter, account_id: a, api_key: inline-key-2}\n"
+    )
+    (sources / "team-a.yaml").symlink_to("..data/team-a.yaml")
+    config = parse_config(text, filename="config.yaml", env={})
+    assert [s.name for s in config.sources] == ["fp-main", "kizen-a", "fp-a"]
+    assert config.origins["kizen-a"] == str(sources / "team-a.yaml")
+    assert config.warnings() == []
 
 
 # --- rules and dashboards ---------------------------------------------------------------------

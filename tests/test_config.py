@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -233,6 +234,7 @@ def test_shipped_example_config_is_valid() -> None:
 
 
 def test_unset_variable_unknown_key_and_bad_duration_reported_in_one_run(tmp_path: Path) -> None:
+    # Each of the 11 aliases adds the 1001 nodes of the list it names.
     found = problems(
         tmp_path,
         "defaults: {timeout: soon}\n"
@@ -271,7 +273,7 @@ def test_unset_variable_unknown_key_and_bad_duration_reported_in_one_run(tmp_pat
             "sources[0].filters.custom_object_id: must be a UUID",
         ),
         ("sources: {a: 1}\n", "sources: must be a list of sources"),
-        ("colour: red\n", "colour: unknown key (allowed here: defaults, sources)"),
+        ("colour: red\n", "colour: unknown key (allowed here: defaults, source_files, sources)"),
         (
             "defaults: {max_concurrency: .nan}\n",
             "defaults.max_concurrency: must be a finite number (not .nan or .inf)",
@@ -327,6 +329,7 @@ def test_messages_say_what_is_allowed_in_our_words(
 
 
 def test_an_empty_api_key_shows_beside_the_sources_other_problems(tmp_path: Path) -> None:
+    # Each of the 11 aliases adds the 1001 nodes of the list it names.
     found = problems(
         tmp_path,
         "sources:\n  - {name: a, platform: kizen, business_id: b, user_id: u, api_key: '   ',"
@@ -367,8 +370,8 @@ def test_a_bad_environment_value_names_the_variable_and_value(
     assert "--log.level: must be one of" in capsys.readouterr().err
 
 
-def test_the_readme_config_error_example_is_real_output(tmp_path: Path) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+def test_the_documented_config_error_example_is_real_output(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     marker = "<!-- produced by tests/test_config.py from tests/data/config-with-errors.yaml -->"
     assert marker in readme
     block = readme.split(marker, 1)[1].split("```", 2)[1]
@@ -434,6 +437,7 @@ def test_a_value_yaml_cannot_build_is_a_problem_with_its_line(tmp_path: Path) ->
 
 
 def test_a_key_pasted_into_another_setting_is_redacted_as_written(tmp_path: Path) -> None:
+    # Each of the 11 aliases adds the 1001 nodes of the list it names.
     found = problems(
         tmp_path,
         "defaults: {timeout: 'ab\\cd1234'}\n"
@@ -453,6 +457,7 @@ def test_an_unset_platform_variable_is_reported_once(tmp_path: Path) -> None:
 
 def test_keys_are_shown_as_written(tmp_path: Path) -> None:
     """A user's key named like one of pydantic's type tags, and keys that are not text."""
+    # Each of the 11 aliases adds the 1001 nodes of the list it names.
     found = problems(
         tmp_path,
         "defaults: {int: 5}\n"
@@ -463,7 +468,259 @@ def test_keys_are_shown_as_written(tmp_path: Path) -> None:
         "defaults.int: unknown key (allowed here: finished_job_retention, full_sync_interval,"
         " max_actions, max_concurrency, max_job_series, max_jobs, max_response_size,"
         " min_interval, timeout)",
-        "null: unknown key (allowed here: defaults, sources)",
+        "null: unknown key (allowed here: defaults, source_files, sources)",
         "sources[0].5: this key must be text",
         "sources[0].null: this key must be text",
+    ], found
+
+
+# --- source_files ----------------------------------------------------------------------------
+
+
+def kizen(name: str, key: str = "kizen-key-0000") -> str:
+    return f"- name: {name}\n  platform: kizen\n  business_id: b\n  user_id: u\n  api_key: {key}\n"
+
+
+def fp(name: str, key: str = "fp-key-0000") -> str:
+    return f"- {{name: {name}, platform: firstpromoter, account_id: a, api_key: '{key}'}}\n"
+
+
+def source_dir(tmp_path: Path, files: dict[str, str]) -> Path:
+    """tmp_path/sources.d holding `files` (name -> text)."""
+    folder = tmp_path / "sources.d"
+    folder.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def test_source_files_add_sources_in_file_order_under_the_defaults(tmp_path: Path) -> None:
+    source_dir(
+        tmp_path,
+        {
+            "b.yaml": fp("fp-b") + "- {name: fp-key-file, platform: firstpromoter,"
+            " account_id: a, api_key_file: fp.key}\n",
+            "a.yaml": kizen("kizen-a", "${KIZEN_KEY}"),
+            "notes.txt": "not matched by the pattern\n",
+        },
+    )
+    (tmp_path / "sources.d" / "fp.key").write_text("fp-key-from-a-file\n")  # beside its file
+    path = write(
+        tmp_path,
+        "defaults: {timeout: 7s}\nsource_files: [sources.d/*.yaml]\nsources:\n"
+        + kizen("main").replace("- ", "  - ", 1).replace("\n  ", "\n    "),
+    )
+    config = load_config(path, env=ENV)
+    assert [s.name for s in config.sources] == ["main", "kizen-a", "fp-b", "fp-key-file"]
+    folder = tmp_path / "sources.d"
+    assert config.origins == {
+        "main": str(path),
+        "kizen-a": f"{folder}/a.yaml",
+        "fp-b": f"{folder}/b.yaml",
+        "fp-key-file": f"{folder}/b.yaml",
+    }
+    assert config.sources[1].secret == "kizen-secret-value-123"  # ${VAR} expanded there too
+    assert config.sources[3].secret == "fp-key-from-a-file"
+    assert all(config.settings(s).timeout == 7 for s in config.sources)
+    assert config.warnings() == []
+
+
+def test_a_problem_in_a_source_file_names_the_file_and_key_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source_dir(
+        tmp_path,
+        {"a.yaml": kizen("a"), "b.yaml": fp("b0") + fp("b1") + fp("b2") + fp("b3", "${NOPE}")},
+    )
+    write(tmp_path, "source_files: [sources.d/*.yaml]\n")
+    monkeypatch.chdir(tmp_path)  # a relative config path: files are named relative to it too
+    with pytest.raises(ConfigError) as info:
+        load_config("config.yaml", env={})
+    assert info.value.problems == [
+        "sources.d/b.yaml: [3].api_key: environment variable NOPE is not set"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {"a.yaml": "name: a\nplatform: kizen\n"},
+            "{folder}/a.yaml: (top level): must be a list of sources, not a mapping",
+        ),
+        (
+            {"a.yaml": "Kq3vPASTEDkey\n"},
+            "{folder}/a.yaml: (top level): must be a list of sources, not a single value",
+        ),
+        (
+            {
+                "a.yaml": "- {name: a, platform: kizen, business_id: b, user_id: u, api_key: kk,"
+                " page_size: 0}\n"
+            },
+            "{folder}/a.yaml: [0].page_size: must be at least 1",
+        ),
+        ({"a.yaml": "- [\n"}, "{folder}/a.yaml: line 2, column 1: invalid YAML"),
+        (
+            {"a.yaml": kizen("dup"), "b.yaml": fp("ok") + fp("dup")},
+            "{folder}/b.yaml: [1].name: duplicate source name 'dup' (first used by"
+            " {folder}/a.yaml: [0])",
+        ),
+        (
+            {"a.yaml": fp("x") + fp("x")},
+            "{folder}/a.yaml: [1].name: duplicate source name 'x' (first used by [0])",
+        ),
+        (
+            {"a.yaml": fp("main")},
+            "{folder}/a.yaml: [0].name: duplicate source name 'main' (first used by"
+            " {config}: sources[0])",
+        ),
+        (
+            {"a.yaml": "[\n" + "#" * (1024 * 1024) + "\n]\n"},
+            "{folder}/a.yaml: the source file is larger than the 1048576-byte limit",
+        ),
+    ],
+)
+def test_bad_source_files_are_errors_naming_them(
+    tmp_path: Path, files: dict[str, str], expected: str
+) -> None:
+    folder = source_dir(tmp_path, files)
+    config = write(
+        tmp_path,
+        "source_files: [sources.d/*.yaml]\nsources:\n  - {name: main, platform:"
+        " firstpromoter, account_id: a, api_key: kkkk}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(config, env={})
+    wanted = expected.format(folder=folder, config=config)
+    assert any(p.startswith(wanted) for p in info.value.problems), info.value.problems
+
+
+def test_source_files_get_the_config_files_limits(tmp_path: Path) -> None:
+    folder = source_dir(tmp_path, {})
+    os.mkfifo(folder / "fifo.yaml")
+    bomb = ['- &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    bomb += [f"- &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (folder / "bomb.yaml").write_text("\n".join(bomb) + "\n")
+    (folder / "dir.yaml").mkdir()
+    (folder / "loop.yaml").symlink_to("loop.yaml")
+    path = write(tmp_path, "source_files: [sources.d/*.yaml]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    assert info.value.problems[0].startswith(
+        f"{folder}/bomb.yaml: (top level): YAML aliases would add "
+    )
+    assert info.value.problems[1:] == [
+        f"{folder}/dir.yaml: the source file is not a regular file (a FIFO, device or directory)",
+        f"{folder}/fifo.yaml: the source file is not a regular file (a FIFO, device or directory)",
+        f"{folder}/loop.yaml: cannot read the source file: Too many levels of symbolic links",
+    ]
+
+
+def test_a_refused_source_file_does_not_show_its_keys(tmp_path: Path) -> None:
+    source_dir(
+        tmp_path,
+        {
+            # Invalid YAML quoting an alias-like key, and a key pasted into another setting.
+            "a.yaml": "- name: a\n  api_key: *Xk9sSECRETvalue\n",
+            "b.yaml": "- {name: b, platform: firstpromoter, account_id: a,"
+            " api_key: Zq7wOTHERsecret, rate_limit: Zq7wOTHERsecret}\n",
+        },
+    )
+    path = write(tmp_path, "source_files: [sources.d/*.yaml]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    text = "\n".join(info.value.problems)
+    assert len(info.value.problems) == 2, text
+    assert "invalid YAML" in info.value.problems[0]
+    assert "rate_limit: invalid rate limit '<secret>'" in info.value.problems[1]
+    assert "Xk9sSECRETvalue" not in text
+    assert "Zq7wOTHERsecret" not in text
+
+
+def test_a_pattern_matching_nothing_is_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source_dir(tmp_path, {"a.yaml": fp("a")})
+    path = write(tmp_path, "source_files: [sources.d/*.yaml, 'teams/*.yaml']\n")
+    config = load_config(path, env={})
+    assert [s.name for s in config.sources] == ["a"]
+    assert config.warnings() == ["source_files[1]: 'teams/*.yaml' matches no file"]
+    assert main(["--config.file", str(path), "--config.check"], env={}) == 0
+    assert "warning: source_files[1]: 'teams/*.yaml' matches no file" in (
+        capsys.readouterr().out.splitlines()
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("source_files: sources.d/*.yaml\n", "source_files: must be a list of file patterns"),
+        ("source_files: [5]\n", "source_files[0]: must be a file pattern"),
+        ("source_files: ['']\n", "source_files[0]: must be a file pattern"),
+        ("source_files: ['${NOPE}']\n", "source_files[0]: environment variable NOPE is not set"),
+        ("source_files: ['*.yaml']\n", "source_files[0]: '*.yaml' matches the configuration file"),
+    ],
+)
+def test_bad_source_file_patterns(tmp_path: Path, text: str, expected: str) -> None:
+    found = problems(tmp_path, text, env={})
+    assert [p.removeprefix(f"{tmp_path}/config.yaml: ") for p in found] == [
+        next(p.removeprefix(f"{tmp_path}/config.yaml: ") for p in found if expected in p)
+    ], found
+
+
+def test_config_check_lists_the_file_of_each_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = source_dir(tmp_path, {"team-a.yaml": fp("fp-a", "fp-a-secret-key")})
+    path = write(
+        tmp_path,
+        "source_files: [sources.d/*.yaml]\nsources:\n  - {name: main, platform: firstpromoter,"
+        " account_id: a, api_key: main-secret-key}\n",
+    )
+    assert main(["--config.file", str(path), "--config.check"], env={}) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    at = lines.index("  - name: fp-a")
+    assert lines[at + 1] == f"    file: {folder}/team-a.yaml"
+    assert lines[lines.index("  - name: main") + 1] == f"    file: {path}"
+    assert "sources: 2" in lines
+    assert "fp-a-secret-key" not in out
+    assert "main-secret-key" not in out
+
+
+def test_a_megabyte_config_without_aliases_loads(tmp_path: Path) -> None:
+    """The alias guard counts what aliases add, not the nodes an honest file writes."""
+    entries: list[str] = []
+    size = len("sources:\n")
+    while True:
+        n = len(entries)
+        entry = (
+            f"  - {{name: src-{n}, platform: kizen, business_id: business-{n},"
+            f" user_id: user-{n}, api_key: key-{n:06d}-abcdef, rate_limit: 6000/m}}\n"
+        )
+        if size + len(entry) > 1024 * 1024:
+            break
+        entries.append(entry)
+        size += len(entry)
+    path = write(tmp_path, "sources:\n" + "".join(entries))
+    assert path.stat().st_size > 1024 * 1024 - 200
+    config = load_config(path, env={})
+    assert len(config.sources) == len(entries) > 5000
+
+
+def test_aliases_within_the_bound_are_expanded(tmp_path: Path) -> None:
+    text = (
+        "defaults: &d {timeout: 7s}\n"
+        "sources:\n  - &s {name: a, platform: firstpromoter, account_id: a, api_key: kkkk}\n"
+    )
+    config = load_config(write(tmp_path, text), env={})
+    assert config.defaults.timeout == 7
+    # Each of the 11 aliases adds the 1001 nodes of the list it names.
+    found = problems(
+        tmp_path,
+        "x: &x [" + ",".join(["1"] * 1000) + "]\ny: [" + ",".join(["*x"] * 11) + "]\n",
+    )
+    assert found == [
+        f"{tmp_path}/config.yaml: (top level): YAML aliases would add 11011 nodes beyond the"
+        " 1005 written; at most 10000 may be added"
     ], found

@@ -1,5 +1,5 @@
 """Hostile input: upstreams, scrapers and config files that try to take the exporter down,
-exhaust its memory or time, or make it leak a secret (README, "Security and limits").
+exhaust its memory or time, or make it leak a secret (docs/operations.md, "Security and limits").
 
 Where the upstream is the attacker, each test serves it itself: `Hostile` is a tiny aiohttp
 app on loopback that answers whatever the test sets, byte for byte. Everything runs over real
@@ -17,6 +17,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import resource
 import signal
 import statistics
@@ -670,8 +671,13 @@ def test_an_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     elapsed, message = result.stdout.split("\n", 1)
     assert float(elapsed) < 1.0
-    assert message.startswith(f"{path}: (top level): the document expands to ")
-    assert "at most 10000 are allowed" in message
+    assert message.startswith(f"{path}: (top level): YAML aliases would add ")
+    # What was counted: the expansion beyond the nodes written, against the bound.
+    counted = re.search(r"would add (\d+) nodes beyond the (\d+) written", message)
+    assert counted is not None, message
+    assert int(counted[1]) > 9**9
+    assert int(counted[2]) < 200
+    assert "at most 10000 may be added" in message
 
 
 def fifo(path: Path) -> Path:
@@ -692,7 +698,7 @@ def bad_config_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         )
     )
     return {
-        "alias-bomb": (bomb, "(top level): the document expands to"),
+        "alias-bomb": (bomb, "(top level): YAML aliases would add "),
         "over-1-MiB": (big, "larger than the 1048576-byte limit"),
         "api-key-file-dev-zero": (zero, "sources[0].api_key_file: /dev/zero is not a regular file"),
         "fifo": (fifo(tmp_path / "fifo.yaml"), "is not a regular file"),
@@ -713,6 +719,21 @@ def test_the_real_command_refuses_a_hostile_config_file(tmp_path: Path, case: st
     assert message in line
 
 
+def test_the_real_command_refuses_an_alias_bomb_in_a_source_file(tmp_path: Path) -> None:
+    (tmp_path / "sources.d").mkdir()
+    bomb = tmp_path / "sources.d" / "bomb.yaml"
+    # The same bomb as a list: a source file is a list of sources.
+    bomb.write_text("".join(f"- {line.split(': ', 1)[1]}\n" for line in alias_bomb().splitlines()))
+    config = tmp_path / "config.yaml"
+    config.write_text("source_files: [sources.d/*.yaml]\n")
+    result = run_exporter("--config.file", str(config), "--web.listen-address", "127.0.0.1:0")
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"error: {bomb}: (top level): YAML aliases would add "), line
+    assert line.endswith("at most 10000 may be added"), line
+
+
 @pytest.mark.parametrize("case", ["fifo", "dev-zero", "over-64-KiB", "alias-bomb", "tls-fifo"])
 def test_the_real_command_refuses_a_hostile_web_config_file(tmp_path: Path, case: str) -> None:
     config = tmp_path / "config.yaml"
@@ -728,7 +749,7 @@ def test_the_real_command_refuses_a_hostile_web_config_file(tmp_path: Path, case
         message = "larger than the 65536-byte limit"
     elif case == "alias-bomb":
         web_config.write_text(alias_bomb())
-        message = "at most 10000 are allowed"
+        message = "at most 10000 may be added"
     else:
         fifo(tmp_path / "cert.pem")
         fifo(tmp_path / "key.pem")

@@ -93,8 +93,8 @@ def test_recording_rules_precede_their_users_in_one_group() -> None:
 
 
 def test_dashboards_use_only_shipped_recording_rules() -> None:
-    """Panels that read a recorded series need prometheus/alerts.yml loaded (the README says to
-    load the rules first): every recorded name a panel uses must be one the rules record."""
+    """Panels that read a recorded series need prometheus/alerts.yml loaded (docs/operations.md
+    says to load the rules first): every recorded name a panel uses must be one the rules record."""
     recorded = {rule["record"] for g in rule_groups() for rule in g["rules"] if "record" in rule}
     used = {name for _, expr in dashboard_exprs() for name in RECORDED.findall(expr)}
     assert used <= recorded, used - recorded
@@ -215,8 +215,8 @@ def test_schema_check_catches_what_grafana_would_not_accept(tmp_path: Path) -> N
     assert f"{bad}:" in out
 
 
-def test_readme_states_the_minimum_grafana_version() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_state_the_minimum_grafana_version() -> None:
+    readme = (ROOT / "docs" / "operations.md").read_text()
     versions = {json.loads(p.read_text())["schemaVersion"] for p in DASHBOARDS}
     # schemaVersion 39 is what Grafana 10.3 writes.
     assert versions == {39}

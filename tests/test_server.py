@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from exporter.config import load_config
 from exporter.runtime import Runtime
 from exporter.server import make_app
-from exporter.simulator import Fault
+from exporter.simulator import Credentials, Fault
 from tests.conftest import ExporterFactory, SimHandle
 from tests.helpers import config_from, one, parse_samples, select, source_yaml
 
@@ -192,5 +192,82 @@ async def test_reload_endpoint(sim: SimHandle, tmp_path: Path) -> None:
         assert one(s, "bulk_up", source="fp") == 1  # the old configuration keeps serving
         assert one(s, "bulk_config_last_reload_success_timestamp_seconds") > 0
         assert (await client.get("/-/reload")).status == 405
+    finally:
+        await client.close()
+
+
+def many_sources(sim: SimHandle, first: int, count: int, changed: str | None = None) -> str:
+    """A source file of `count` sources (Kizen and FirstPromoter by turns) on the simulator;
+    the source named `changed` gets a lower rate limit."""
+    c = Credentials()
+    lines = []
+    for n in range(first, first + count):
+        rate = "50/m" if f"src-{n}" == changed else "100/m"
+        if n % 2:
+            lines.append(
+                f"- {{name: src-{n}, platform: firstpromoter, base_url: '{sim.fp_url}',"
+                f" account_id: {c.fp_account_id}, api_key: {c.fp_api_key}, rate_limit: {rate}}}"
+            )
+        else:
+            lines.append(
+                f"- {{name: src-{n}, platform: kizen, base_url: '{sim.kizen_url}',"
+                f" business_id: {c.kizen_business_id}, user_id: {c.kizen_user_id},"
+                f" api_key: {c.kizen_api_key}, rate_limit: {rate}}}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+async def test_a_reload_changing_one_source_of_200_keeps_the_others(
+    sim: SimHandle, tmp_path: Path
+) -> None:
+    seed(sim)
+    folder = tmp_path / "sources.d"
+    folder.mkdir()
+    for part in range(10):
+        (folder / f"part-{part}.yaml").write_text(many_sources(sim, part * 20, 20))
+    path = tmp_path / "config.yaml"
+    path.write_text("defaults: {timeout: 30s}\nsource_files: [sources.d/*.yaml]\n")
+    runtime = Runtime(load_config(path), path)
+    client = TestClient(TestServer(make_app(runtime)))
+    await client.start_server()
+    try:
+        s = parse_samples(await (await client.get("/metrics")).text())
+        assert len(select(s, "bulk_up")) == 200
+        assert set(select(s, "bulk_up").values()) == {1}
+        before = dict(runtime.sources)
+        sessions = {name: r.upstream._client() for name, r in before.items()}
+        requests = {name: dict(r.upstream.requests) for name, r in before.items()}
+        jobs = {name: dict(r.tracker.jobs) for name, r in before.items()}
+        assert all(requests.values())
+        assert all(jobs.values())
+
+        (folder / "part-3.yaml").write_text(many_sources(sim, 60, 20, changed="src-67"))
+        response = await client.post("/-/reload")
+        assert response.status == 200, await response.text()
+
+        assert set(runtime.sources) == set(before)
+        changed = runtime.sources["src-67"]
+        assert changed is not before["src-67"]
+        assert changed.config.rate.text == "50/m"
+        for name, runner in runtime.sources.items():
+            if name == "src-67":
+                continue
+            assert runner is before[name], name
+            assert runner.tracker.jobs == jobs[name], name  # job state, counters, connections
+            assert runner.upstream.requests == requests[name], name
+            assert runner.upstream._client() is sessions[name], name
+            assert not sessions[name].closed, name
+        assert sessions["src-67"].closed  # the replaced runner's connections are let go
+
+        s = parse_samples(await (await client.get("/metrics")).text())
+        made: dict[str, float] = {}
+        for labels, value in select(s, "bulk_api_requests_total").items():
+            source = dict(labels)["source"]
+            made[source] = made.get(source, 0) + value
+        # A kept source counts on from where it was; the changed one started afresh. Both
+        # are FirstPromoter sources, refreshed once more by this scrape.
+        assert made["src-65"] > sum(requests["src-65"].values())
+        assert made["src-67"] <= sum(requests["src-67"].values()) < made["src-65"]
+        assert one(s, "bulk_up", source="src-67") == 1
     finally:
         await client.close()

@@ -30,13 +30,41 @@ Chart name and version, for the helm.sh/chart label.
 {{- end }}
 
 {{/*
-Labels every object carries.
+The chart's own labels.
 */}}
-{{- define "bulk-progress-exporter.labels" -}}
+{{- define "bulk-progress-exporter.chartLabels" -}}
 helm.sh/chart: {{ include "bulk-progress-exporter.chart" . }}
 {{ include "bulk-progress-exporter.selectorLabels" . }}
 app.kubernetes.io/version: {{ include "bulk-progress-exporter.imageTag" . | trunc 63 | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+Labels every object carries: the chart's own, then commonLabels.
+*/}}
+{{- define "bulk-progress-exporter.labels" -}}
+{{ include "bulk-progress-exporter.chartLabels" . }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The pods' labels: the chart's own, then commonLabels and podLabels (podLabels win a key both
+set, being the more specific).
+*/}}
+{{- define "bulk-progress-exporter.podLabels" -}}
+{{ include "bulk-progress-exporter.chartLabels" . }}
+{{- with merge (deepCopy (.Values.podLabels | default dict)) (.Values.commonLabels | default dict) }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Label keys the chart sets itself, which commonLabels must not repeat.
+*/}}
+{{- define "bulk-progress-exporter.ownLabelKeys" -}}
+helm.sh/chart app.kubernetes.io/name app.kubernetes.io/instance app.kubernetes.io/version app.kubernetes.io/managed-by app.kubernetes.io/component
 {{- end }}
 
 {{/*
@@ -49,6 +77,24 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "bulk-progress-exporter.imageTag" -}}
 {{- .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/*
+The container image: repository:tag, or with image.digest set repository@digest (pinned to the
+digest alone) or, when a tag is given too, repository:tag@digest (the tag for people, the digest
+for the runtime).
+*/}}
+{{- define "bulk-progress-exporter.image" -}}
+{{- $image := .Values.image }}
+{{- if $image.digest }}
+{{- if $image.tag }}
+{{- printf "%s:%s@%s" $image.repository $image.tag $image.digest }}
+{{- else }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- end }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (include "bulk-progress-exporter.imageTag" .) }}
+{{- end }}
 {{- end }}
 
 {{- define "bulk-progress-exporter.serviceAccountName" -}}
@@ -80,10 +126,34 @@ The Secret mounted under secretsMountPath: existingSecret, or the one the chart 
 {{- end }}
 
 {{/*
+The exporter's config.yaml as data: the `config` value, plus, when sourceFiles.secretName is
+set, a source_files pattern for the directory that Secret is mounted at.
+*/}}
+{{- define "bulk-progress-exporter.config" -}}
+{{- $config := deepCopy (.Values.config | default dict) }}
+{{- with .Values.sourceFiles.secretName }}
+{{- $pattern := printf "%s/%s" (trimSuffix "/" $.Values.sourceFiles.mountPath) $.Values.sourceFiles.pattern }}
+{{- $patterns := get $config "source_files" | default list }}
+{{- $_ := set $config "source_files" (append $patterns $pattern) }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/*
 Refuse values that would put a secret where it does not belong. An api_key in the config may
 only name an environment variable (`${VAR}`, no default), whose value comes from a Secret.
 */}}
 {{- define "bulk-progress-exporter.validate" -}}
+{{- $own := splitList " " (include "bulk-progress-exporter.ownLabelKeys" .) }}
+{{- range $key, $_ := .Values.commonLabels }}
+{{- if has $key $own }}
+{{- fail (printf "commonLabels.%s: the chart sets this label itself" $key) }}
+{{- end }}
+{{- end }}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- if and $pdb.enabled (not (kindIs "invalid" $pdb.minAvailable)) (not (kindIs "invalid" $pdb.maxUnavailable)) }}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)" }}
+{{- end }}
 {{- if and .Values.existingSecret .Values.secrets }}
 {{- fail "existingSecret and secrets are both set: choose one (existingSecret names a Secret you manage; secrets makes one from values)" }}
 {{- end }}
