@@ -168,9 +168,9 @@ class Reference:
         for (action, result), n in self.items.items():
             out[self._key("bulk_items_processed_total", action=action, result=result)] = n
         for (action, phase), histogram in self.durations.items():
-            for le, n in histogram.cumulative():
+            for le, cumulative in histogram.cumulative():
                 name = "bulk_job_duration_seconds_bucket"
-                out[self._key(name, action=action, phase=phase, le=le)] = n
+                out[self._key(name, action=action, phase=phase, le=le)] = cumulative
             count = sum(histogram.counts)
             out[self._key("bulk_job_duration_seconds_count", action=action, phase=phase)] = count
             out[self._key("bulk_job_duration_seconds_sum", action=action, phase=phase)] = (

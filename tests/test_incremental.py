@@ -245,6 +245,7 @@ WORLDS: dict[str, tuple[Behaviour, int | None]] = {
     "default": (Behaviour(), None),
     "fp-unfiltered-active": (Behaviour(fp_unfiltered="active"), None),
     "fp-processed-includes-failed": (Behaviour(fp_processed="includes-failed"), None),
+    "fp-progress-fraction": (Behaviour(fp_progress="fraction"), None),
     "kizen-completed-succeeded": (Behaviour(kizen_completed="succeeded"), None),
     "kizen-started-after-ignored": (Behaviour(kizen_started_after="ignored"), None),
     "kizen-page-cap-7": (Behaviour(), 7),
@@ -254,6 +255,7 @@ WORLDS: dict[str, tuple[Behaviour, int | None]] = {
         Behaviour(
             fp_unfiltered="active",
             fp_processed="includes-failed",
+            fp_progress="items",
             kizen_completed="succeeded",
             kizen_started_after="ignored",
             kizen_next="missing",

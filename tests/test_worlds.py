@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import pytest
 
@@ -272,6 +273,24 @@ async def test_firstpromoter_processed_count_including_failed_is_seen(
     assert one(s, "bulk_pending_items", **FP, action=ACCEPT) == 64
     assert "processed_includes_failed" in notices(client, "fp")
     assert warnings_of(logs, "processed_includes_failed") == 1
+
+
+@pytest.mark.parametrize(
+    ("unit", "key"), [("fraction", "progress_is_fraction"), ("items", "progress_not_percent")]
+)
+async def test_firstpromoter_progress_numbers_that_are_not_percentages_are_seen(
+    sim: SimHandle, exporter: ExporterFactory, unit: Literal["fraction", "items"], key: str
+) -> None:
+    sim.sim.behaviour = Behaviour(fp_progress=unit)
+    sim.world.add_fp_batch(status="completed", selected_total=400, processed=390, failed=10)
+    batch = sim.world.add_fp_batch(status="in_progress", selected_total=1000, processed=250)
+    with capture_logs() as logs:
+        client = await exporter(kizen=False)
+        for _ in range(2):
+            s = await scrape(client)
+    assert one(s, "bulk_job_progress_ratio", **FP, job_id=str(batch.id)) == 0.25
+    assert key in notices(client, "fp")
+    assert warnings_of(logs, key) == 1
 
 
 @contextmanager

@@ -114,13 +114,53 @@ def counts_failed_as_processed(row: object) -> bool:
     return basis is not None and failed > 0 and processed + failed > basis >= processed >= failed
 
 
+def _percent_of(row: dict[str, object], progress: ProgressMap | None) -> float | None:
+    """The batch's progress number: the progress map's, else the row's own `progress`."""
+    job_id = row.get("id")
+    value: float | None = (progress or {}).get(str(job_id)) if job_id is not None else None
+    if value is None:
+        field = row.get("progress")
+        if isinstance(field, int | float) and not isinstance(field, bool):
+            value = field
+    return value
+
+
+def progress_unit(row: object, progress: ProgressMap | None, includes_failed: bool) -> str | None:
+    """What a row shows the progress number to be, when it shows anything: "fraction" (at
+    least half the items done, and a number of at most 1) or "other" (above 100: not a
+    percentage, perhaps a count of items)."""
+    if not isinstance(row, dict):
+        return None
+    value = _percent_of(row, progress)
+    if value is None:
+        return None
+    if value > 100.5:
+        return "other"
+    try:
+        processed = require_count(row, "processed_count")
+        failed = require_count(row, "failed_count")
+        basis = _basis(row)
+    except RowError:
+        return None
+    if not basis:
+        return None
+    done = processed if includes_failed else processed + failed
+    return "fraction" if done / basis >= 0.5 and value <= 1 else None
+
+
 def parse_row(
-    row: object, progress: ProgressMap | None = None, *, includes_failed: bool = False
+    row: object,
+    progress: ProgressMap | None = None,
+    *,
+    includes_failed: bool = False,
+    progress_scale: float | None = 100,
 ) -> Job:
     """Map one BatchProcess object to a Job; RowError if it is unusable.
 
     includes_failed: `processed_count` counts the failed items too (the account was seen
-    answering so), so the succeeded ones are `processed_count - failed_count`."""
+    answering so), so the succeeded ones are `processed_count - failed_count`.
+    progress_scale: what the progress number is out of (100: a percentage; 1: a fraction);
+    None: the number is not a progress at all, and the counts give it."""
     row = require_object(row)
     job_id = require_id(row.get("id"), integer=True)
     status = require_str(row, "status")
@@ -133,13 +173,9 @@ def parse_row(
     else:
         done = processed + failed
     pending = max((basis if basis is not None else 0) - done, 0)
-    percent: float | None = (progress or {}).get(job_id)
-    if percent is None:
-        field = row.get("progress")
-        if isinstance(field, int | float) and not isinstance(field, bool):
-            percent = field
-    if percent is not None:
-        ratio = clamp_ratio(percent / 100)
+    percent = _percent_of(row, progress) if progress_scale is not None else None
+    if percent is not None and progress_scale is not None:
+        ratio = clamp_ratio(percent / progress_scale)
     elif basis:
         ratio = clamp_ratio(done / basis)
     else:
@@ -188,6 +224,8 @@ class FirstPromoterClient:
         self.max_jobs = settings.max_jobs
         self.notices: dict[str, str] = {}
         self.includes_failed = False
+        # What the progress number is out of; None: not a progress (the counts give it).
+        self.progress_scale: float | None = 100
         # Ids last seen queued, running or in a status nobody mapped.
         self._unfinished: set[str] = set()
 
@@ -210,16 +248,49 @@ class FirstPromoterClient:
             "failed_count",
         )
 
+    def _observe_progress(self, rows: list[object], progress: ProgressMap) -> None:
+        """Learn from rows, before any is parsed, what the progress number is out of."""
+        if self.progress_scale != 100:
+            return
+        units = {progress_unit(r, progress, self.includes_failed) for r in rows}
+        if "other" in units:
+            self.progress_scale = None
+            notice(
+                self.notices,
+                logger,
+                self.source.name,
+                "progress_not_percent",
+                "progress numbers above 100 came back: they are not percentages; a batch's "
+                "progress is computed from its counts",
+            )
+        elif "fraction" in units:
+            self.progress_scale = 1
+            notice(
+                self.notices,
+                logger,
+                self.source.name,
+                "progress_is_fraction",
+                "progress numbers are fractions of 1, not percentages (a batch more than half "
+                "done shows at most 1); they are read as fractions",
+            )
+
     def _parse(self, progress: ProgressMap) -> Callable[[object], Job]:
         def parse(row: object) -> Job:
             self._observe([row])
-            return parse_row(row, progress, includes_failed=self.includes_failed)
+            self._observe_progress([row], progress)
+            return parse_row(
+                row,
+                progress,
+                includes_failed=self.includes_failed,
+                progress_scale=self.progress_scale,
+            )
 
         return parse
 
     def _parsed(self, rows: list[object], progress: ProgressMap, *, complete: bool) -> ReadResult:
         """List rows as a ReadResult, each batch's percentage taken from the progress map."""
         self._observe(rows)
+        self._observe_progress(rows, progress)
         result = ReadResult(complete=complete)
         result.add_rows("list", rows, self._parse(progress))
         return result

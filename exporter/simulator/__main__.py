@@ -31,6 +31,11 @@ BEHAVIOUR_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("excludes-failed", "includes-failed"),
         "whether FirstPromoter processed_count already counts the failed items",
     ),
+    "--firstpromoter-progress": (
+        "fp_progress",
+        ("percent", "fraction", "items"),
+        "what FirstPromoter progress numbers are: percentages, fractions of 1, or items processed",
+    ),
     "--kizen-completed": (
         "kizen_completed",
         ("terminal", "succeeded"),

@@ -70,6 +70,9 @@ class Behaviour:
     # FirstPromoter `processed_count`: the items that succeeded, or every item processed
     # (so it already includes `failed_count`).
     fp_processed: Literal["excludes-failed", "includes-failed"] = "excludes-failed"
+    # FirstPromoter progress numbers (the map's and the rows' own `progress`): percentages,
+    # fractions of 1, or the number of items processed.
+    fp_progress: Literal["percent", "fraction", "items"] = "percent"
     # Kizen `completed=true`: every terminal job, or only the jobs that succeeded (failed and
     # cancelled ones then answer `completed=false`).
     kizen_completed: Literal["terminal", "succeeded"] = "terminal"
@@ -404,7 +407,16 @@ class Simulator:
         row = batch.to_json()
         if self.behaviour.fp_processed == "includes-failed":
             row["processed_count"] = batch.processed + batch.failed
+        row["progress"] = self.fp_percent(batch)
         return row
+
+    def fp_percent(self, batch: FPBatch) -> float:
+        """A batch's progress number, in this platform's unit."""
+        if self.behaviour.fp_progress == "fraction":
+            return batch.percent / 100
+        if self.behaviour.fp_progress == "items":
+            return batch.processed + batch.failed
+        return batch.percent
 
     async def fp_list(self, request: web.Request) -> web.Response:
         batches, error = self._fp_selected(request)
@@ -423,7 +435,7 @@ class Simulator:
         batches, error = self._fp_selected(request)
         if error is not None:
             return error
-        return _json({str(b.id): b.percent for b in batches})
+        return _json({str(b.id): self.fp_percent(b) for b in batches})
 
     async def fp_detail(self, request: web.Request) -> web.Response:
         denied = self._fp_auth(request)
