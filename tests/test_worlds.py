@@ -197,6 +197,10 @@ async def test_the_default_world_raises_no_notice(
 ) -> None:
     add_kizen_history(sim.world, 300)
     sim.world.add_fp_batch(status="completed", selected_total=10, processed=8, failed=2)
+    # A finished batch whose progress number was left at 0 is no sign of fractions.
+    sim.world.add_fp_batch(
+        status="completed", selected_total=10, processed=10
+    ).progress_override = 0
     client = await exporter(kizen_extra="    page_size: 100\n")
     for _ in range(3):
         await scrape(client)

@@ -127,8 +127,8 @@ def _percent_of(row: dict[str, object], progress: ProgressMap | None) -> float |
 
 def progress_unit(row: object, progress: ProgressMap | None, includes_failed: bool) -> str | None:
     """What a row shows the progress number to be, when it shows anything: "fraction" (at
-    least half the items done, and a number of at most 1) or "other" (above 100: not a
-    percentage, perhaps a count of items)."""
+    least half the items done, and a number of at most 1 close to the share done) or "other"
+    (above 100: not a percentage, perhaps a count of items)."""
     if not isinstance(row, dict):
         return None
     value = _percent_of(row, progress)
@@ -145,7 +145,11 @@ def progress_unit(row: object, progress: ProgressMap | None, includes_failed: bo
     if not basis:
         return None
     done = processed if includes_failed else processed + failed
-    return "fraction" if done / basis >= 0.5 and value <= 1 else None
+    ratio = done / basis
+    # Tight on purpose: a percentage of a batch half done is at least 50, and a number that
+    # merely is small (a 0 left on a finished batch) is not taken for a fraction.
+    fraction = ratio >= 0.5 and 0 < value <= 1 and abs(value - ratio) <= 0.1
+    return "fraction" if fraction else None
 
 
 def parse_row(
