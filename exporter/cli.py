@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter import __version__, logs
+from exporter.accounts import check_accounts, report
 from exporter.config import Config, ConfigError, load_config, summary
 from exporter.demo import DEMO_CONFIG_NAME, Demo
 from exporter.redact import Redactor
@@ -177,6 +178,12 @@ FLAGS = (
 )
 SWITCHES = (
     ("--config.check", "config_check", "validate the configuration, print a summary and exit"),
+    (
+        "--config.check.upstream",
+        "config_check_upstream",
+        "with --config.check: also read every source once (all shards) and report what each "
+        "account answered",
+    ),
     ("--demo", "demo", "run against the built-in simulator of both APIs"),
 )
 
@@ -222,6 +229,7 @@ class Options:
     shard_index: str
     shard_count: str
     config_check: bool
+    config_check_upstream: bool
     demo: bool
     version: bool
     given: Mapping[str, Given]
@@ -274,8 +282,16 @@ def parse_options(argv: Sequence[str] | None, env: Mapping[str, str]) -> Options
         _check(flag, found)
         values[flag.dest] = found.value
         given[flag.dest] = found
+    upstream_on_command_line = values["config_check_upstream"] is not None
     for name, dest, _ in SWITCHES:
         values[dest] = _switch(name, values[dest], env)
+    if values["config_check_upstream"] and not values["config_check"]:
+        upstream = "--config.check.upstream"
+        named = upstream if upstream_on_command_line else f"{env_name(upstream)}=true"
+        raise UsageError(
+            f"{named} needs --config.check: it reads every source after the configuration "
+            "is checked, and exits"
+        )
     return Options(**values, given=given)
 
 
@@ -326,37 +342,53 @@ def _problems(problems: Iterable[str]) -> int:
     return 1
 
 
-async def _demo_config() -> Config:
-    """The configuration demo mode serves; its simulator runs only while it is made."""
-    demo = Demo()
-    try:
-        return await demo.start()
-    finally:
-        await demo.stop()
-
-
-def check_config(opts: Options) -> int:
+def check_config(opts: Options, redactor: Redactor | None = None) -> int:
     """`--config.check`: the configuration the exporter would serve (the file, or the demo's
     with `--demo`) and the `--web.config.file` when given are OK, with a redacted summary
-    (0), or the problems of both, one a line (1)."""
-    problems: list[str] = []
-    config: Config | None = None
+    (0), or the problems of both, one a line (1). With `--config.check.upstream`, then every
+    source read once: 0 when each was read, 1 naming each that was not and why."""
+    return asyncio.run(_check_config(opts, redactor or Redactor()))
+
+
+async def _check_config(opts: Options, redactor: Redactor) -> int:
+    # Demo mode: its simulator runs while the configuration is made and its sources read.
+    demo = Demo() if opts.demo else None
     try:
-        config = asyncio.run(_demo_config()) if opts.demo else load_config(opts.config_file)
-    except ConfigError as exc:
-        problems += exc.problems
-    if opts.web_config_file:
+        problems: list[str] = []
+        config: Config | None = None
         try:
-            load_web_config(opts.web_config_file)
-        except WebConfigError as exc:
+            config = await demo.start() if demo is not None else load_config(opts.config_file)
+        except ConfigError as exc:
             problems += exc.problems
-    if problems or config is None:
-        return _problems(problems)
-    print(f"{DEMO_CONFIG_NAME if opts.demo else opts.config_file}: OK")
-    if opts.web_config_file:
-        print(f"{opts.web_config_file}: OK")
-    print(summary(config))
-    return 0
+        if opts.web_config_file:
+            try:
+                load_web_config(opts.web_config_file)
+            except WebConfigError as exc:
+                problems += exc.problems
+        if problems or config is None:
+            return _problems(problems)
+        print(f"{DEMO_CONFIG_NAME if opts.demo else opts.config_file}: OK")
+        if opts.web_config_file:
+            print(f"{opts.web_config_file}: OK")
+        print(summary(config))
+        if not opts.config_check_upstream:
+            return 0
+        return await _check_upstream(config, redactor)
+    finally:
+        if demo is not None:
+            await demo.stop()
+
+
+async def _check_upstream(config: Config, redact: Redactor) -> int:
+    """Read every source once; print what each answered; name each failure on stderr.
+    `redact` (the one the logs use too) learns the configuration's secrets first."""
+    redact.add(config.secrets())
+    checks = await check_accounts(config, redact)
+    print(redact(report(checks)), end="", flush=True)
+    failed = [c for c in checks if c.cause is not None]
+    for check in failed:
+        _error(redact(f"{check.source.name}: {check.cause}"))
+    return 1 if failed else 0
 
 
 def serve(opts: Options, shard: Shard, redactor: Redactor) -> int:
@@ -409,5 +441,5 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except UsageError as exc:
         return _error(str(exc))
     if opts.config_check:
-        return check_config(opts)
+        return check_config(opts, redactor)
     return serve(opts, shard, redactor)

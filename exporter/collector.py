@@ -1,4 +1,4 @@
-"""Turns source snapshots into metric families, fresh for every snapshot.
+"""Turns source snapshots into metric families.
 
 Nothing here keeps state between scrapes: families are built from already-fetched snapshots,
 so a job or source that disappears simply is not yielded again. Every value is converted to
@@ -24,7 +24,7 @@ from prometheus_client.samples import Sample
 from exporter import __version__
 from exporter.jobs import ITEM_STATES, PENDING_PHASES, TERMINAL_PHASES, Phase
 from exporter.source import SourceSnapshot
-from exporter.tracker import Histogram, TrackedJob
+from exporter.tracker import BUCKET_LABELS, Histogram, TrackedJob
 
 BASE = ["platform", "source"]
 TERMINAL = sorted(p.value for p in TERMINAL_PHASES)
@@ -76,11 +76,27 @@ def source_families(snapshots: Sequence[SourceSnapshot], now: float) -> Iterator
         bulk_job_duration_seconds_bucket{platform="kizen",source="kp",action="upload",\
 phase="completed",le="60.0"} 3.0
     """
+    yield from volatile_families(snapshots)
+    yield from content_families(snapshots, [emitted_jobs(s, now) for s in snapshots])
+
+
+def volatile_families(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
+    """The families whose values change with every refresh (health and request counts):
+    `bulk_up` ... `bulk_history_loaded`, `bulk_api_requests_total`."""
     yield from _source_health(snapshots)
+    yield _requests(snapshots)
+
+
+def content_families(
+    snapshots: Sequence[SourceSnapshot], emitted: Sequence[Sequence[TrackedJob]]
+) -> Iterator[Metric]:
+    """The families that change only when the sources' jobs or counters do (or a finished
+    job leaves the retention window): counters, histograms, aggregates and per-job series.
+    `emitted` holds, for each snapshot, the jobs that get per-job series (`emitted_jobs`)."""
     yield from _counters(snapshots)
     yield from _histograms(snapshots)
     yield from _aggregates(snapshots)
-    yield from _per_job(snapshots, now)
+    yield from _per_job(snapshots, emitted)
 
 
 def exporter_families(status: ExporterStatus) -> Iterator[Metric]:
@@ -147,12 +163,19 @@ def _source_health(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
     yield from (up, duration, last, loaded)
 
 
-def _counters(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
+def _requests(snapshots: Sequence[SourceSnapshot]) -> Metric:
     requests = CounterMetricFamily(
         "bulk_api_requests",
         "Upstream API requests made, by endpoint and HTTP status (or timeout / error).",
         labels=[*BASE, "endpoint", "code"],
     )
+    for s in snapshots:
+        for (endpoint, code), value in sorted(s.requests.items()):
+            requests.add_metric([s.platform, s.name, endpoint, code], float(value))
+    return requests
+
+
+def _counters(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
     finished = CounterMetricFamily(
         "bulk_jobs_finished",
         "Jobs seen reaching completed, failed or cancelled since the exporter's baseline.",
@@ -169,8 +192,6 @@ def _counters(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
         labels=[*BASE, "endpoint", "reason"],
     )
     for s in snapshots:
-        for (endpoint, code), value in sorted(s.requests.items()):
-            requests.add_metric([s.platform, s.name, endpoint, code], float(value))
         # Zero series for every known action, so rate() and increase() see the first event.
         for action in sorted(s.actions):
             for phase in TERMINAL:
@@ -181,7 +202,7 @@ def _counters(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
                 items.add_metric([s.platform, s.name, action, result], float(value))
         for (endpoint, reason), value in sorted(s.rows_skipped.items()):
             skipped.add_metric([s.platform, s.name, endpoint, reason], float(value))
-    yield from (requests, finished, items, skipped)
+    yield from (finished, items, skipped)
 
 
 def _histograms(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
@@ -214,18 +235,26 @@ def _histograms(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
         # Zero histograms for every known action, like the counters: rate() and
         # histogram_quantile() then see an action's first observation too.
         for action in sorted(s.actions):
+            labels = {"platform": s.platform, "source": s.name, "action": action}
             for phase in TERMINAL:
                 histogram = s.durations.get((action, phase), empty)
-                durations.add_metric(
-                    [s.platform, s.name, action, phase],
-                    histogram.cumulative(),
-                    float(histogram.total),
-                )
-            histogram = s.queue_waits.get(action, empty)
-            waits.add_metric(
-                [s.platform, s.name, action], histogram.cumulative(), float(histogram.total)
-            )
+                _add_histogram(durations, {**labels, "phase": phase}, histogram)
+            _add_histogram(waits, labels, s.queue_waits.get(action, empty))
     yield from (durations, waits, last)
+
+
+def _add_histogram(family: Metric, labels: dict[str, str], histogram: Histogram) -> None:
+    """The samples `HistogramMetricFamily.add_metric` would add (cumulative buckets, count,
+    sum), made directly: with ~70 zero-valued series per action and hundreds of sources,
+    its label lists rebuilt for every bucket were most of a cold answer's build time. The
+    count and sum share one label dict; nothing downstream changes them."""
+    bucket, add = family.name + "_bucket", family.samples.append
+    running = 0
+    for le, n in zip(BUCKET_LABELS, histogram.counts, strict=True):
+        running += n
+        add(Sample(bucket, {**labels, "le": le}, float(running)))
+    add(Sample(family.name + "_count", labels, float(running)))
+    add(Sample(family.name + "_sum", labels, float(histogram.total)))
 
 
 def _aggregates(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
@@ -257,7 +286,9 @@ def _aggregates(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
     yield from (jobs, pending)
 
 
-def _per_job(snapshots: Sequence[SourceSnapshot], now: float) -> Iterator[Metric]:
+def _per_job(
+    snapshots: Sequence[SourceSnapshot], emitted: Sequence[Sequence[TrackedJob]]
+) -> Iterator[Metric]:
     job_labels = [*BASE, "job_id", "action"]  # for the families; samples are made below
     info = GaugeMetricFamily(
         "bulk_job_info",
@@ -294,10 +325,10 @@ def _per_job(snapshots: Sequence[SourceSnapshot], now: float) -> Iterator[Metric
     add_info, add_items = info.samples.append, items.samples.append
     add_progress, add_start = progress.samples.append, start.samples.append
     add_completion, add_change = completion.samples.append, change.samples.append
-    for s in snapshots:
+    for s, jobs in zip(snapshots, emitted, strict=True):
         if not s.up:
             continue
-        for tracked in emitted_jobs(s, now):
+        for tracked in jobs:
             job = tracked.job
             labels = {
                 "platform": s.platform,

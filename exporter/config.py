@@ -101,7 +101,10 @@ class Config:
         return self.defaults.overridden_by(source)
 
     def secrets(self) -> list[str]:
-        return [s.secret for s in self.sources if s.api_key is not None]
+        """Every API key, and every password given in a base_url's user information."""
+        keys = [s.secret for s in self.sources if s.api_key is not None]
+        passwords = [urlsplit(s.url).password for s in self.sources]
+        return keys + [p for p in passwords if p]
 
     def warnings(self) -> list[str]:
         found = list(self.notes)

@@ -1,9 +1,13 @@
 """A scrape's answer, encoded by prometheus_client's own encoders.
 
-The families of one source are built once per snapshot and kept on it, so every scrape that
-shares the snapshot (single flight, `min_interval`, several Prometheus servers) reuses them;
-an answer for several sources merges them under one header per family. Content negotiation
-(text 0.0.4, OpenMetrics 1.0, the escaping schemes newer servers ask for) is the library's.
+An answer for several sources merges their families by name, one header per family. Each
+source's families are built in two parts: the few that change with every refresh (health and
+request counts), built every time, and the rest (counters, histograms, aggregates, per-job
+series), which a `Renderer` keeps per source and builds again only when that source's jobs or
+counters changed (a snapshot then reuses the previous one's objects, so identity tells) or a
+finished job left the retention window. On a replica of many mostly idle accounts that is most
+of the building. Content negotiation (text 0.0.4, OpenMetrics 1.0, the escaping schemes newer
+servers ask for) and every byte of the encoding stay the library's.
 
 Whatever goes wrong building or encoding one source's families fails that source alone:
 it is answered as `bulk_up 0` with the reason, never as a failed scrape.
@@ -11,22 +15,31 @@ it is answered as `bulk_up 0` with the reason, never as a failed scrape.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from exporter.collector import ExporterStatus, exporter_families, source_families
+from exporter.collector import (
+    ExporterStatus,
+    content_families,
+    emitted_jobs,
+    exporter_families,
+    source_families,
+    volatile_families,
+)
 from exporter.logs import log
 from exporter.source import SourceSnapshot
+from exporter.tracker import TrackedJob
 
 logger = logging.getLogger("exporter.exposition")
 
 Encoder = Callable[[CollectorRegistry], bytes]
-_FAMILIES = "families"
 
 
 class _Families(Collector):
@@ -48,23 +61,117 @@ def _registry(families: list[Metric]) -> CollectorRegistry:
     return registry
 
 
-def _build(snapshot: SourceSnapshot, now: float) -> list[Metric]:
-    return list(source_families([snapshot], now))
+def _content_key(snapshot: SourceSnapshot, emitted: list[TrackedJob]) -> tuple[object, ...]:
+    """What a source's content families are made of, compared by identity."""
+    s = snapshot
+    return (
+        s.up,
+        s.jobs,
+        s.actions,
+        s.finished,
+        s.items,
+        s.durations,
+        s.queue_waits,
+        s.last_finished,
+        s.rows_skipped,
+        *emitted,
+    )
 
 
-def families_of(snapshot: SourceSnapshot, now: float | None = None) -> list[Metric]:
-    """One source's families, built once per snapshot; a snapshot whose families cannot be
-    built is reported as failed instead."""
-    cached = snapshot.cache.get(_FAMILIES)
-    if cached is None:
+def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+@dataclass(frozen=True)
+class _Content:
+    key: tuple[object, ...]
+    families: list[Metric]
+
+
+class Renderer:
+    """Builds and encodes answers, keeping each source's content families between scrapes.
+
+    Answers are encoded in worker threads, possibly two at once (say text and OpenMetrics):
+    the cache is a dict replaced or updated whole under the GIL, so the worst a race costs
+    is one build made twice. Sources that left the configuration drop out of it at the next
+    answer for every source.
+    """
+
+    def __init__(self) -> None:
+        self._content: dict[str, _Content] = {}
+
+    def families(self, snapshot: SourceSnapshot, now: float | None = None) -> list[Metric]:
+        """One source's families; a snapshot whose families cannot be built is reported as
+        failed instead."""
         moment = time.time() if now is None else now
         try:
-            cached = _build(snapshot, moment)
+            volatile = list(volatile_families([snapshot]))
+            return volatile + self._content_of(snapshot, moment)
         except Exception as exc:  # one source's bad data must not fail the answer
-            cached = _failed(snapshot, f"cannot build its metrics: {type(exc).__name__}", moment)
-        snapshot.cache[_FAMILIES] = cached
-    families: list[Metric] = cached
-    return families
+            return _failed(snapshot, f"cannot build its metrics: {type(exc).__name__}", moment)
+
+    def _content_of(self, snapshot: SourceSnapshot, now: float) -> list[Metric]:
+        emitted = emitted_jobs(snapshot, now) if snapshot.up else []
+        key = _content_key(snapshot, emitted)
+        cached = self._content.get(snapshot.name)
+        if cached is not None and _same(cached.key, key):
+            return cached.families
+        families = list(content_families([snapshot], [emitted]))
+        self._content[snapshot.name] = _Content(key, families)
+        return families
+
+    def _forget_others(self, snapshots: Sequence[SourceSnapshot]) -> None:
+        names = {s.name for s in snapshots}
+        if names != self._content.keys():
+            self._content = {n: c for n, c in self._content.items() if n in names}
+
+    def _encode_all(
+        self,
+        encoder: Encoder,
+        snapshots: Sequence[SourceSnapshot],
+        status: ExporterStatus | None,
+        now: float,
+        built: dict[str, list[Metric]] | None = None,
+    ) -> bytes:
+        per_source = [
+            built[s.name] if built and s.name in built else self.families(s, now) for s in snapshots
+        ]
+        exporter = list(exporter_families(status)) if status is not None else []
+        return encoder(_registry([*_merged(per_source, now), *exporter]))
+
+    def render(
+        self,
+        snapshots: Sequence[SourceSnapshot],
+        status: ExporterStatus | None,
+        accept: str,
+        now: float | None = None,
+    ) -> tuple[bytes, str]:
+        """A scrape's answer for the given Accept header: (body, content type). `status` is
+        given for /metrics (every source of this replica) and None for /probe."""
+        encoder, content_type = choose_encoder(accept)
+        moment = time.time() if now is None else now
+        if status is not None:
+            self._forget_others(snapshots)
+        try:
+            return self._encode_all(encoder, snapshots, status, moment), content_type
+        except Exception:
+            pass
+        # Some source's families would not encode: find it, answer it as failed, keep the rest.
+        built: dict[str, list[Metric]] = {}
+        for snapshot in snapshots:
+            families = self.families(snapshot, moment)
+            try:
+                encoder(_registry(families))
+            except Exception as exc:
+                failed = snapshot.failed(f"cannot encode its metrics: {type(exc).__name__}")
+                self._content.pop(snapshot.name, None)
+                families = _failed(failed, failed.error or "", moment)
+            built[snapshot.name] = families
+        return self._encode_all(encoder, snapshots, status, moment, built), content_type
+
+
+def _build(snapshot: SourceSnapshot, now: float) -> list[Metric]:
+    return list(source_families([snapshot], now))
 
 
 def _failed(snapshot: SourceSnapshot, reason: str, now: float) -> list[Metric]:
@@ -74,39 +181,32 @@ def _failed(snapshot: SourceSnapshot, reason: str, now: float) -> list[Metric]:
         return _build(failed, now)
     except Exception:
         # Even its counters are unusable: report only that it is down.
-        bare = SourceSnapshot(
-            name=snapshot.name,
-            platform=snapshot.platform,
-            up=False,
-            duration=0.0,
-            refreshed_at=snapshot.refreshed_at,
-            last_success=None,
-            error=reason,
-            settings=snapshot.settings,
+        bare = dataclasses.replace(
+            failed,
+            actions=frozenset(),
+            finished={},
+            items={},
+            requests={},
+            durations={},
+            queue_waits={},
+            last_finished={},
+            rows_skipped={},
         )
         return _build(bare, now)
 
 
-def _merged(per_source: Sequence[list[Metric]], frame: list[Metric]) -> list[Metric]:
-    """One family per name, holding every source's samples in source order."""
-    merged = []
-    for i, empty in enumerate(frame):
-        family = Metric(empty.name, empty.documentation, empty.type, empty.unit)
-        family.samples = [sample for families in per_source for sample in families[i].samples]
-        merged.append(family)
-    return merged
-
-
-def _encode_all(
-    encoder: Encoder,
-    snapshots: Sequence[SourceSnapshot],
-    status: ExporterStatus | None,
-    now: float,
-) -> bytes:
-    frame = list(source_families([], now))
-    per_source = [families_of(s, now) for s in snapshots]
-    exporter = list(exporter_families(status)) if status is not None else []
-    return encoder(_registry([*_merged(per_source, frame), *exporter]))
+def _merged(per_source: Sequence[list[Metric]], now: float) -> list[Metric]:
+    """One family per name, holding every source's samples in source order. Every family is
+    there, with its help text, even when no source has samples for it."""
+    merged: dict[str, Metric] = {f.name: f for f in source_families([], now)}
+    for families in per_source:
+        for family in families:
+            into = merged.get(family.name)
+            if into is None:
+                into = Metric(family.name, family.documentation, family.type, family.unit)
+                merged[family.name] = into
+            into.samples.extend(family.samples)
+    return list(merged.values())
 
 
 def render_scrape(
@@ -115,20 +215,5 @@ def render_scrape(
     accept: str,
     now: float | None = None,
 ) -> tuple[bytes, str]:
-    """A scrape's answer for the given Accept header: (body, content type)."""
-    encoder, content_type = choose_encoder(accept)
-    moment = time.time() if now is None else now
-    try:
-        return _encode_all(encoder, snapshots, status, moment), content_type
-    except Exception:
-        pass
-    # Some source's families would not encode: find it, answer it as failed, keep the rest.
-    kept = []
-    for snapshot in snapshots:
-        try:
-            encoder(_registry(families_of(snapshot, moment)))
-        except Exception as exc:
-            snapshot = snapshot.failed(f"cannot encode its metrics: {type(exc).__name__}")
-            snapshot.cache[_FAMILIES] = _failed(snapshot, snapshot.error or "", moment)
-        kept.append(snapshot)
-    return _encode_all(encoder, kept, status, moment), content_type
+    """One answer built from nothing (no families kept): for tests and benchmarks."""
+    return Renderer().render(snapshots, status, accept, now)

@@ -80,12 +80,13 @@ class RowError(ValueError):
     """An upstream row that cannot be turned into a Job; the row is skipped, never fatal.
 
     `kind` is the `reason` label of `bulk_rows_skipped_total`: not_an_object, missing_id or
-    bad_field.
+    bad_field. `field` names the offending field (never its value), for the debug trace.
     """
 
-    def __init__(self, message: str, kind: str = "bad_field") -> None:
+    def __init__(self, message: str, kind: str = "bad_field", field: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.field = field
 
 
 def require_object(row: object) -> dict[str, object]:
@@ -97,15 +98,15 @@ def require_object(row: object) -> dict[str, object]:
 def require_id(value: object, *, integer: bool = False) -> str:
     """A row's id as text: missing_id when absent, bad_field when malformed or too long."""
     if value is None or value == "":
-        raise RowError("id is missing", "missing_id")
+        raise RowError("id is missing", "missing_id", "id")
     if integer:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise RowError("id is not an integer")
+            raise RowError("id is not an integer", field="id")
     elif not isinstance(value, str):
-        raise RowError("id is not a string")
+        raise RowError("id is not a string", field="id")
     text = str(value)
     if len(text) > MAX_ID_LENGTH:
-        raise RowError(f"id is longer than {MAX_ID_LENGTH} characters")
+        raise RowError(f"id is longer than {MAX_ID_LENGTH} characters", field="id")
     return text
 
 
@@ -120,14 +121,14 @@ def parse_timestamp(value: object, field: str) -> float | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise RowError(f"{field} is not a string")
+        raise RowError(f"{field} is not a string", field=field)
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise RowError(f"{field} is not an ISO 8601 date-time") from None
+        raise RowError(f"{field} is not an ISO 8601 date-time", field=field) from None
     if parsed.tzinfo is None:
         # Both APIs document UTC; a naive value is read as UTC rather than local time.
         parsed = parsed.replace(tzinfo=UTC)
@@ -137,7 +138,7 @@ def parse_timestamp(value: object, field: str) -> float | None:
 def require_str(row: dict[str, object], field: str) -> str:
     value = row.get(field)
     if not isinstance(value, str) or not value:
-        raise RowError(f"{field} is missing or not a non-empty string")
+        raise RowError(f"{field} is missing or not a non-empty string", field=field)
     return value
 
 
@@ -154,11 +155,11 @@ def require_count(row: dict[str, object], field: str) -> int:
     value = row.get(field)
     # bool is an int subclass in Python; a JSON true is not a count.
     if not isinstance(value, int) or isinstance(value, bool):
-        raise RowError(f"{field} is missing or not an integer")
+        raise RowError(f"{field} is missing or not an integer", field=field)
     if value < 0:
-        raise RowError(f"{field} is negative")
+        raise RowError(f"{field} is negative", field=field)
     if value > MAX_COUNT:
-        raise RowError(f"{field} is above 2^53")
+        raise RowError(f"{field} is above 2^53", field=field)
     return value
 
 

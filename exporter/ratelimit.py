@@ -51,8 +51,9 @@ class TokenBucket:
         """Tokens background work leaves for scrapes: a tenth of the bucket, at least 2."""
         return min(max(2.0, self.limit.capacity * 0.1), max(self.limit.capacity - 1.0, 0.0))
 
-    async def acquire(self, deadline: float, *, background: bool = False) -> None:
-        """Wait for a token, but never past `deadline` (a loop.time() value).
+    async def acquire(self, deadline: float, *, background: bool = False) -> float:
+        """Wait for a token, but never past `deadline` (a loop.time() value); return the
+        seconds waited.
 
         Background work (a long full sync) takes a token only while `headroom` would remain and
         never reserves ahead, so a scrape's requests always go first.
@@ -62,17 +63,19 @@ class TokenBucket:
             wait = self.reserve(deadline - loop.time())
             if wait > 0:
                 await asyncio.sleep(wait)
-            return
+            return wait
+        waited = 0.0
         while True:
             self._refill()
             needed = 1.0 + self.headroom - self._tokens
             if needed <= 0:
                 self._tokens -= 1.0
-                return
+                return waited
             wait = needed / self.limit.per_second
             if loop.time() + wait > deadline:
                 raise RateLimitWait(wait)
             await asyncio.sleep(wait)
+            waited += wait
 
     @property
     def available(self) -> float:

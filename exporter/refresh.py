@@ -22,6 +22,7 @@ from exporter.jobs import Phase
 from exporter.logs import log
 from exporter.platforms.base import Known, PlatformClient, ReadResult
 from exporter.settings import Settings
+from exporter.trace import RowKeys, Trace
 from exporter.tracker import JobTracker
 from exporter.upstream import Budget, Progress, UpstreamError
 
@@ -63,8 +64,10 @@ class Refresher:
         settings: Settings,
         *,
         incremental: bool,
+        keys: RowKeys | None = None,
     ) -> None:
         self.name = name
+        self.keys = keys or RowKeys()
         self.client = client
         self.tracker = tracker
         self.settings = settings
@@ -86,6 +89,9 @@ class Refresher:
         self._active_started = 0.0
         # Raw statuses in phase `unknown` already warned of.
         self._unmapped: set[str] = set()
+        # The trace of the running full read, and of the one the current refresh took in.
+        self._sync_trace: Trace | None = None
+        self._taken_trace: Trace | None = None
 
     @property
     def state(self) -> RefreshState:
@@ -96,13 +102,18 @@ class Refresher:
         self._last_full = state.last_full
         self.history_loaded = state.history_loaded
 
-    async def refresh(self, deadline: float) -> None:
+    async def refresh(self, deadline: float, trace: Trace | None = None) -> None:
         """Bring the tracker up to date within `deadline` (event-loop time), or raise
-        UpstreamError. Rows skipped by all the reads it takes in are logged once."""
+        UpstreamError. Rows skipped by all the reads it takes in are logged once. `trace`,
+        when given, records this refresh's requests and rows, and those of the full read it
+        took in or that runs beside it."""
         self._skipped = ReadResult(complete=False)
+        self._taken_trace = None
         try:
-            await self._refresh(Budget(deadline))
+            await self._refresh(Budget(deadline, trace=trace))
         finally:
+            if trace is not None:
+                self._include_sync(trace)
             skipped = self._skipped
             if skipped.skipped:
                 log(
@@ -234,6 +245,14 @@ class Refresher:
             await asyncio.wait({sync}, timeout=min(_POLL, max(0.0, deadline - now)))
         return True
 
+    def _include_sync(self, trace: Trace) -> None:
+        taken, self._taken_trace = self._taken_trace, None
+        if taken is not None:
+            trace.include("full read, finished and taken in by this refresh", taken)
+        running = self._sync_trace if self._sync is not None else None
+        if running is not None:
+            trace.include("full read, still running on its own deadline", running.copy())
+
     def _full_read_due(self) -> bool:
         if self._last_full is None:
             return True
@@ -246,8 +265,12 @@ class Refresher:
         loop = asyncio.get_running_loop()
         self._sync_loop_start = loop.time()
         self._progress = Progress(on_page=None if background else self._on_cold_page)
-        deadline = loop.time() + max(SYNC_DEADLINE, self.settings.timeout)
-        budget = Budget(deadline, background=background, progress=self._progress)
+        seconds = max(SYNC_DEADLINE, self.settings.timeout)
+        deadline = loop.time() + seconds
+        self._sync_trace = Trace("full read", seconds, self.keys, background=background)
+        budget = Budget(
+            deadline, background=background, progress=self._progress, trace=self._sync_trace
+        )
         self._sync = asyncio.create_task(
             self.client.read_all(budget), name=f"full-read-{self.name}"
         )
@@ -267,9 +290,13 @@ class Refresher:
         task, self._sync = self._sync, None
         assert task is not None
         assert task.done()
+        sync_trace, self._sync_trace = self._sync_trace, None
         try:
             result = task.result()
         except UpstreamError as exc:
+            if sync_trace is not None:
+                sync_trace.finish(f"failed: {exc}")
+                self._taken_trace = sync_trace
             if self.tracker.baseline is None:
                 raise
             log(
@@ -283,6 +310,9 @@ class Refresher:
                 self._last_full = time.time()
             return
         took = time.time() - self._sync_started
+        if sync_trace is not None:
+            sync_trace.finish("read")
+            self._taken_trace = sync_trace
         if self._sync_logged:
             log(
                 logger,

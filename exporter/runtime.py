@@ -17,6 +17,7 @@ from exporter.logs import log
 from exporter.redact import Redactor
 from exporter.source import SourceRunner, SourceSnapshot
 from exporter.state import StateStore
+from exporter.upstream import ConnectionPool
 
 logger = logging.getLogger("exporter.runtime")
 
@@ -55,6 +56,7 @@ class Runtime:
         self.store = store
         self.demo = demo
         self.sources: dict[str, SourceRunner] = {}
+        self.pool = ConnectionPool()
         self.reload_successful = True
         self.reload_success_timestamp = time.time()
         self.ready = False
@@ -75,7 +77,7 @@ class Runtime:
 
     def _runner(self, config: Config, index: int) -> SourceRunner:
         source = config.sources[index]
-        runner = SourceRunner(source, config.settings(source), self.redactor)
+        runner = SourceRunner(source, config.settings(source), self.redactor, self.pool)
         if self.store is not None:
             self.store.attach(runner)
         return runner
@@ -160,5 +162,6 @@ class Runtime:
 
     async def close(self) -> None:
         await asyncio.gather(*(r.close() for r in self.sources.values()))
+        await self.pool.close()
         if self.store is not None:
             self.store.close()

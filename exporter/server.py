@@ -14,7 +14,7 @@ from prometheus_client.exposition import choose_encoder
 
 from exporter.collector import ExporterStatus
 from exporter.config import ConfigError
-from exporter.exposition import render_scrape
+from exporter.exposition import Renderer
 from exporter.landing import landing_page
 from exporter.logs import log
 from exporter.runtime import Runtime
@@ -27,6 +27,10 @@ TIMEOUT_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 # Taken off Prometheus' scrape timeout so the answer arrives before Prometheus gives up.
 TIMEOUT_MARGIN = 0.5
 GZIP_MIN_BYTES = 1024
+# Level 1: a third of level 6's time on a large answer (0.04 s against 0.12 s for 20 MB) for
+# about a third more bytes, which a scrape over a network still sends at a twentieth of the
+# plain text's size.
+GZIP_LEVEL = 1
 # The landing page runs no script and loads nothing: only its own inline styles.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
@@ -75,7 +79,7 @@ class EncodingCache:
     in entries and in bytes: an answer larger than the byte budget is not kept at all.
     """
 
-    def __init__(self, size: int = 8, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, size: int = 8, max_bytes: int = 32 * 1024 * 1024) -> None:
         self.size = size
         self.max_bytes = max_bytes
         self._entries: list[tuple[tuple[object, ...], Encoded]] = []
@@ -124,17 +128,22 @@ class EncodingCache:
 
 
 ENCODINGS = web.AppKey("encodings", EncodingCache)
+RENDERER = web.AppKey("renderer", Renderer)
 
 
 async def _encode(
-    snapshots: list[SourceSnapshot], status: ExporterStatus | None, accept: str, gzipped: bool
+    renderer: Renderer,
+    snapshots: list[SourceSnapshot],
+    status: ExporterStatus | None,
+    accept: str,
+    gzipped: bool,
 ) -> Encoded:
     """Encode in a worker thread, so that the loop keeps serving health checks and scrapes
     while the library's encoder works."""
-    body, content_type = await asyncio.to_thread(render_scrape, snapshots, status, accept)
+    body, content_type = await asyncio.to_thread(renderer.render, snapshots, status, accept)
     gzipped = gzipped and len(body) >= GZIP_MIN_BYTES
     if gzipped:
-        body = await asyncio.to_thread(gzip.compress, body, 6)
+        body = await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL)
     return Encoded(body, content_type, gzipped)
 
 
@@ -151,7 +160,8 @@ async def _exposition(
     if encoded is None:
         task = cache.pending(key)
         if task is None:
-            task = asyncio.create_task(_encode(snapshots, status, accept, wants_gzip))
+            renderer = request.app[RENDERER]
+            task = asyncio.create_task(_encode(renderer, snapshots, status, accept, wants_gzip))
             cache.start(key, task)
         # Shielded: a scraper that disconnects must not cancel what others wait for.
         encoded = await asyncio.shield(task)
@@ -184,7 +194,36 @@ async def probe(request: web.Request) -> web.Response:
             f"this replica is shard {runtime.shard.index}\n",
         )
     snapshots = await runtime.scrape([name], wait=scrape_wait(request))
+    if request.query.get("debug", "").strip().lower() in _TRUE:
+        return await _debug(request.app[RENDERER], runtime, snapshots)
     return await _exposition(request, snapshots, None)
+
+
+_TRUE = ("true", "1", "yes", "on")
+
+
+async def _debug(
+    renderer: Renderer, runtime: Runtime, snapshots: list[SourceSnapshot]
+) -> web.Response:
+    """`/probe?debug=true`: the trace of the refresh the answer comes from, then the metrics
+    of that answer in the text format; the whole text redacted."""
+    (snapshot,) = snapshots
+    body, _ = await asyncio.to_thread(renderer.render, snapshots, None, "")
+    head = (
+        f"debug trace of source {snapshot.name} (platform {snapshot.platform}); "
+        f"up: {int(snapshot.up)}" + (f"; error: {snapshot.error}" if snapshot.error else "")
+    )
+    if snapshot.trace is None:
+        trace = "no trace: this answer comes from no refresh of this process\n"
+    else:
+        trace = snapshot.trace.render()
+    text = f"{head}\n\n{trace}\n--- metrics of this answer\n{body.decode('utf-8', 'replace')}"
+    return web.Response(
+        text=runtime.redactor(text),
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 async def healthy(_: web.Request) -> web.Response:
@@ -226,6 +265,7 @@ def make_app(runtime: Runtime, middlewares: Sequence[object] = ()) -> web.Applic
     app = web.Application(middlewares=list(middlewares))  # type: ignore[arg-type]
     app[RUNTIME] = runtime
     app[ENCODINGS] = EncodingCache()
+    app[RENDERER] = Renderer()
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/probe", probe)
     app.router.add_get("/-/healthy", healthy)

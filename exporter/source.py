@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from exporter.logs import log
@@ -18,8 +19,9 @@ from exporter.ratelimit import TokenBucket
 from exporter.redact import Redact
 from exporter.refresh import Refresher
 from exporter.settings import Settings
+from exporter.trace import Trace
 from exporter.tracker import Histogram, JobTracker, TrackedJob
-from exporter.upstream import Upstream, UpstreamError
+from exporter.upstream import ConnectionPool, Upstream, UpstreamError
 
 logger = logging.getLogger("exporter.source")
 
@@ -55,30 +57,13 @@ class SourceSnapshot:
     last_finished: Mapping[tuple[str, str], float] = field(default_factory=dict)
     rows_skipped: Mapping[tuple[str, str], int] = field(default_factory=dict)
     history_loaded: bool = False
-    # Built once per snapshot by the exposition layer and shared by the scrapes that use it.
-    cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    # What the refresh did upstream, for `/probe?debug=true`; no longer written once the
+    # snapshot is made (a refresh still running is shown as a copy).
+    trace: Trace | None = field(default=None, compare=False, repr=False)
 
     def failed(self, error: str) -> SourceSnapshot:
         """This snapshot as a failed one: no job data, counters kept."""
-        return SourceSnapshot(
-            name=self.name,
-            platform=self.platform,
-            up=False,
-            duration=self.duration,
-            refreshed_at=self.refreshed_at,
-            last_success=self.last_success,
-            error=error,
-            settings=self.settings,
-            actions=self.actions,
-            finished=self.finished,
-            items=self.items,
-            requests=self.requests,
-            durations=self.durations,
-            queue_waits=self.queue_waits,
-            last_finished=self.last_finished,
-            rows_skipped=self.rows_skipped,
-            history_loaded=self.history_loaded,
-        )
+        return dataclasses.replace(self, up=False, error=error, jobs=())
 
 
 class _FailureLog:
@@ -123,11 +108,32 @@ class _FailureLog:
         self._failing = kind
 
 
+T = TypeVar("T")
+
+
+def _same_items(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def _kept(live: T, previous: T | None, copy_of: Callable[[T], T] | None = None) -> T:
+    """The previous snapshot's object when it equals the tracker's live one, else a copy of
+    the live one (the tracker goes on changing it; a snapshot must not)."""
+    if previous is not None and previous == live:
+        return previous
+    return copy_of(live) if copy_of is not None else live
+
+
 class SourceRunner:
     """Owns one source at run time: its upstream, client, tracker and refresher, the refresh
     in flight, and the last snapshot."""
 
-    def __init__(self, config: SourceConfig, settings: Settings, redact: Redact) -> None:
+    def __init__(
+        self,
+        config: SourceConfig,
+        settings: Settings,
+        redact: Redact,
+        pool: ConnectionPool | None = None,
+    ) -> None:
         self.config = config
         self.settings = settings
         self.redact = redact
@@ -139,6 +145,7 @@ class SourceRunner:
             source=config.name,
             max_body=settings.max_response_size,
             redact=redact,
+            pool=pool,
         )
         self.tracker = JobTracker(config.QUEUE_CLOCK, settings.max_actions)
         self.refresher = Refresher(
@@ -147,11 +154,13 @@ class SourceRunner:
             self.tracker,
             settings,
             incremental=config.incremental,
+            keys=config.ROW_KEYS,
         )
         self.last: SourceSnapshot | None = None
         self.last_success: float | None = None
         self._last_done = 0.0
         self._inflight: asyncio.Task[SourceSnapshot] | None = None
+        self._trace: Trace | None = None  # the trace of the refresh in flight
         self._failures = _FailureLog(config.name, config.platform_name)
         # Called after every refresh (the state store saves what changed then).
         self.on_refreshed: Callable[[SourceRunner], None] | None = None
@@ -189,12 +198,25 @@ class SourceRunner:
             return await asyncio.wait_for(asyncio.shield(self._inflight), patience)
         except TimeoutError:
             waited = time.monotonic() - started
+            running = self._trace.copy() if self._trace is not None else None
             return self._snapshot(
-                False, waited, f"the refresh did not finish within this scrape's {waited:.2f}s"
+                False,
+                waited,
+                f"the refresh did not finish within this scrape's {waited:.2f}s",
+                running,
             )
 
-    def _snapshot(self, up: bool, duration: float, error: str | None) -> SourceSnapshot:
+    def _snapshot(
+        self, up: bool, duration: float, error: str | None, trace: Trace | None = None
+    ) -> SourceSnapshot:
         t = self.tracker
+        # Whatever did not change since the last snapshot is that snapshot's very object, so
+        # the exposition layer can tell an unchanged source by identity and reuse its samples
+        # (most accounts are idle most of the time), and nothing is copied again.
+        last = self.last
+        jobs: tuple[TrackedJob, ...] = tuple(t.jobs.values()) if up else ()
+        if last is not None and _same_items(jobs, last.jobs):
+            jobs = last.jobs
         return SourceSnapshot(
             name=self.name,
             platform=self.platform,
@@ -204,16 +226,17 @@ class SourceRunner:
             last_success=self.last_success,
             error=self.redact(error) if error else None,
             settings=self.settings,
-            jobs=tuple(t.jobs.values()) if up else (),
-            actions=frozenset(t.actions),
-            finished=dict(t.finished),
-            items=dict(t.items),
+            jobs=jobs,
+            actions=_kept(frozenset(t.actions), last.actions if last else None),
+            finished=_kept(t.finished, last.finished if last else None, dict),
+            items=_kept(t.items, last.items if last else None, dict),
             requests=dict(self.upstream.requests),
-            durations=copy.deepcopy(t.durations),
-            queue_waits=copy.deepcopy(t.queue_waits),
-            last_finished=dict(t.last_finished),
-            rows_skipped=dict(t.rows_skipped),
+            durations=_kept(t.durations, last.durations if last else None, copy.deepcopy),
+            queue_waits=_kept(t.queue_waits, last.queue_waits if last else None, copy.deepcopy),
+            last_finished=_kept(t.last_finished, last.last_finished if last else None, dict),
+            rows_skipped=_kept(t.rows_skipped, last.rows_skipped if last else None, dict),
             history_loaded=self.refresher.history_loaded,
+            trace=trace,
         )
 
     async def _refresh(self, seconds: float) -> SourceSnapshot:
@@ -223,11 +246,12 @@ class SourceRunner:
         error: str | None = None
         kind: str | None = None
         detail: dict[str, object] = {}
+        trace = self._trace = Trace("refresh", seconds, self.config.ROW_KEYS)
         try:
             # The upstream layer honours the deadline per request; this is the backstop for
             # anything else that could wait.
             async with asyncio.timeout_at(deadline + 0.05):
-                await self.refresher.refresh(deadline)
+                await self.refresher.refresh(deadline, trace)
         except UpstreamError as exc:
             error, kind = str(exc), exc.reason
             url = urlsplit(self.config.url)
@@ -253,7 +277,14 @@ class SourceRunner:
             self.tracker.mark_saved()
         duration = time.monotonic() - started
         self._failures.note(self.redact(error) if error else None, kind, detail)
-        snapshot = self._snapshot(error is None, duration, error)
+        # The platform client's notices: what it detected of the upstream's behaviour.
+        notices = getattr(self.refresher.client, "notices", None)
+        trace.finish(
+            "up" if error is None else f"failed: {error}",
+            notices if isinstance(notices, Mapping) else None,
+        )
+        self._trace = None
+        snapshot = self._snapshot(error is None, duration, error, trace)
         self.last = snapshot
         self._last_done = time.monotonic()
         return snapshot

@@ -15,8 +15,9 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import unquote, urlencode, urlsplit
 
 import aiohttp
 
@@ -24,6 +25,7 @@ from exporter import __version__
 from exporter.logs import log
 from exporter.ratelimit import RateLimitWait, TokenBucket
 from exporter.redact import Redact
+from exporter.trace import RequestRecord, Trace
 
 logger = logging.getLogger("exporter.upstream")
 
@@ -71,11 +73,13 @@ class Progress:
 class Budget:
     """What a read may spend: until `deadline` (an event-loop time), and whether it is
     background work (a long full read) that yields tokens and connection slots to scrapes.
-    `progress`, when given, is where a paged read reports how far it has got."""
+    `progress`, when given, is where a paged read reports how far it has got; `trace`, when
+    given, records every request and row of the read (see exporter/trace.py)."""
 
     deadline: float
     background: bool = False
     progress: Progress | None = None
+    trace: Trace | None = None
 
 
 class UpstreamError(Exception):
@@ -125,10 +129,36 @@ class _Answer:
     body: bytes = b""
     retry_after: float | None = None
     failure: str | None = None  # set when no usable answer came (timeout, error, too large)
+    ms: float = 0.0  # from sending to the end of the body
+    waited: float = 0.0  # seconds waited for a rate-limit token
+
+
+class ConnectionPool:
+    """One pool of connections and one DNS cache for the sources of a runtime.
+
+    Sources on one host (an agency's many accounts) reuse each other's kept-alive
+    connections instead of each holding its own; everything that is a source's own (headers
+    and credentials, rate limit, concurrency cap, deadline) stays on its `Upstream`, which
+    sends every request with its own headers over whichever connection is free. Unbounded
+    here: each source's concurrency cap bounds what it has in flight.
+    """
+
+    def __init__(self) -> None:
+        self._connector: aiohttp.TCPConnector | None = None
+
+    def connector(self) -> aiohttp.TCPConnector:
+        if self._connector is None or self._connector.closed:
+            self._connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        return self._connector
+
+    async def close(self) -> None:
+        if self._connector is not None and not self._connector.closed:
+            await self._connector.close()
 
 
 class Upstream:
-    """One aiohttp session, token bucket, connection cap and request counter for one source."""
+    """One aiohttp session, token bucket, connection cap and request counter for one source;
+    its connections come from a shared `ConnectionPool` when given one."""
 
     def __init__(
         self,
@@ -140,8 +170,12 @@ class Upstream:
         source: str,
         max_body: int,
         redact: Redact,
+        pool: ConnectionPool | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.pool = pool
+        # What a trace shows of a request: the path and query, never the host or userinfo.
+        self._base_path = urlsplit(self.base_url).path
         self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **headers}
         self.bucket = bucket
         self.max_concurrency = max_concurrency
@@ -154,10 +188,17 @@ class Upstream:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=max(self.max_concurrency, 1) * 2)
+            if self.pool is not None:
+                connector, owned = self.pool.connector(), False
+            else:
+                connector, owned = (
+                    aiohttp.TCPConnector(limit=max(self.max_concurrency, 1) * 2),
+                    True,
+                )
             self._session = aiohttp.ClientSession(
                 headers=self._headers,
                 connector=connector,
+                connector_owner=owned,
                 # The per-request deadline governs; no separate aiohttp total timeout.
                 timeout=aiohttp.ClientTimeout(total=None),
             )
@@ -189,30 +230,50 @@ class Upstream:
         never waiting past the budget's deadline."""
         loop = asyncio.get_running_loop()
         url = self.base_url + path
+        trace = budget.trace
         attempt = 0
         while True:
             attempt += 1
-            answer = await self._send(endpoint, url, params, budget)
+            try:
+                answer = await self._send(endpoint, url, params, budget)
+            except UpstreamError as exc:
+                if trace is not None:
+                    self._note(
+                        trace, endpoint, path, params, _Answer("not sent"), attempt, exc.reason
+                    )
+                raise
             self.requests[(endpoint, answer.code)] += 1
             if answer.status == 200 and answer.failure is None:
+                if trace is not None:
+                    self._note(trace, endpoint, path, params, answer, attempt)
                 return self.decode_json(endpoint, answer.body)
             reason = self._reason(answer)
             if answer.status == 404:
+                if trace is not None:
+                    self._note(trace, endpoint, path, params, answer, attempt, "not found")
                 raise NotFound(endpoint, reason, 404)
             retryable = answer.code == "error" or answer.status == 429
             retryable = retryable or (answer.status is not None and answer.status >= 500)
             if answer.failure is not None and answer.code != "error":
                 retryable = False  # a timeout or an oversized body will not improve
             if not retryable or attempt >= _MAX_ATTEMPTS:
+                if trace is not None:
+                    self._note(trace, endpoint, path, params, answer, attempt, f"gave up: {reason}")
                 raise UpstreamError(endpoint, reason, answer.status)
             backoff = random.uniform(0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1)))
             delay = max(backoff, answer.retry_after or 0.0)
             if loop.time() + delay >= budget.deadline:
+                if trace is not None:
+                    why = f"gave up, no time left to retry before the deadline: {reason}"
+                    self._note(trace, endpoint, path, params, answer, attempt, why)
                 raise UpstreamError(
                     endpoint,
                     f"{reason} (no time left to retry before the deadline)",
                     answer.status,
                 )
+            if trace is not None:
+                why = f"retried after {delay:.2f}s: {reason}"
+                self._note(trace, endpoint, path, params, answer, attempt, why)
             log(
                 logger,
                 logging.DEBUG,
@@ -224,6 +285,31 @@ class Upstream:
                 reason=reason,
             )
             await asyncio.sleep(delay)
+
+    def _note(
+        self,
+        trace: Trace,
+        endpoint: str,
+        path: str,
+        params: Params,
+        answer: _Answer,
+        attempt: int,
+        note: str = "",
+    ) -> None:
+        query = unquote(urlencode(params)) if params else ""
+        target = self._base_path + path + (f"?{query}" if query else "")
+        trace.request(
+            RequestRecord(
+                endpoint,
+                target,
+                answer.code,
+                len(answer.body),
+                answer.ms,
+                attempt,
+                answer.waited,
+                note,
+            )
+        )
 
     def _reason(self, answer: _Answer) -> str:
         if answer.failure is not None:
@@ -241,10 +327,12 @@ class Upstream:
             raise UpstreamError(endpoint, "deadline reached waiting for a request slot") from None
         try:
             try:
-                await self.bucket.acquire(budget.deadline, background=budget.background)
+                waited = await self.bucket.acquire(budget.deadline, background=budget.background)
             except RateLimitWait as exc:
                 raise UpstreamError(endpoint, str(exc)) from None
-            return await self._exchange(endpoint, url, params, budget.deadline)
+            sent = time.perf_counter()
+            answer = await self._exchange(endpoint, url, params, budget.deadline)
+            return replace(answer, ms=(time.perf_counter() - sent) * 1000, waited=waited)
         finally:
             self._semaphore.release()
 
@@ -268,6 +356,12 @@ class Upstream:
                 )
         except TimeoutError:
             return _Answer("timeout", failure="no answer before the deadline")
+        except asyncio.CancelledError:
+            # Cancelled from outside while sent (the refresh's backstop, which a busy loop
+            # can run in the same turn as this request's own deadline, or shutdown): the
+            # request was made and got no answer, so it is counted as one that timed out.
+            self.requests[(endpoint, "timeout")] += 1
+            raise
         except (aiohttp.ClientError, OSError) as exc:
             detail = self.redact(f"{type(exc).__name__}: {exc}")
             log(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from exporter.jobs import Phase
 from exporter.platforms.base import Known
 from exporter.platforms.firstpromoter import FirstPromoterSource
@@ -61,3 +63,33 @@ async def test_by_id_reads_for_both_platforms(sim: SimHandle) -> None:
             assert upstream.requests[("detail", "404")] == 1
         finally:
             await upstream.close()
+
+
+async def test_a_request_cancelled_from_outside_is_counted_as_timed_out(sim: SimHandle) -> None:
+    """A refresh's backstop (or shutdown) can cancel a request in flight before the request's
+    own deadline turns into a timeout: it was still a request made, with no answer."""
+    sim.sim.latency["kizen"] = 30.0  # never answers within this test
+    upstream = Upstream(
+        sim.kizen_url,
+        {},
+        TokenBucket(config_from(source_yaml(sim.kizen_url, None)).sources[0].rate),
+        2,
+        source="kz",
+        max_body=1024,
+        redact=Redactor(),
+    )
+    try:
+        budget = Budget(asyncio.get_running_loop().time() + 60)
+        read = asyncio.create_task(
+            upstream.get_json("list", "/api/bulk-action-progress", {}, budget)
+        )
+        async with asyncio.timeout(10):
+            # The simulator counts requests but signals nothing: poll its counter.
+            while sim.count("kizen") == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await read
+        assert upstream.requests == {("list", "timeout"): 1}
+    finally:
+        await upstream.close()

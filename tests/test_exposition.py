@@ -3,21 +3,31 @@ promtool, shared across scrapes, and one bad source never fails the answer."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_om,
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.collector import ExporterStatus
-from exporter.exposition import families_of, render_scrape
+from exporter.collector import ExporterStatus, _add_histogram
+from exporter.exposition import Renderer, render_scrape
 from exporter.jobs import Job, Phase
 from exporter.settings import Settings
 from exporter.source import SourceSnapshot
 from exporter.tracker import Histogram, TrackedJob
 from tests.helpers import promtool_check_metrics
 
+# The families built afresh for every snapshot (health and request counts).
+VOLATILE = {
+    "bulk_up",
+    "bulk_scrape_duration_seconds",
+    "bulk_last_success_timestamp_seconds",
+    "bulk_history_loaded",
+    "bulk_api_requests",
+}
 SETTINGS = Settings.model_construct(
     timeout=10,
     min_interval=0,
@@ -141,14 +151,42 @@ def test_the_library_negotiates_what_prometheus_3_asks_for() -> None:
     assert _samples(parse_om(body.decode()))  # type: ignore[no-untyped-call]
 
 
-def test_families_are_built_once_per_snapshot_and_shared() -> None:
+def test_an_unchanged_source_reuses_its_families_and_a_changed_one_is_built_again() -> None:
     snaps = snapshots()
     now = time.time()
-    first = families_of(snaps[0], now)
-    assert families_of(snaps[0], now) is first
-    one, _ = render_scrape(snaps[:1], None, "text/plain", now=now)
-    again, _ = render_scrape(snaps[:1], None, "text/plain", now=now)
-    assert one == again
+    renderer = Renderer()
+    first = renderer.families(snaps[0], now)
+    again = renderer.families(snaps[0], now)
+    # The families that change with every refresh are built every time; the rest is kept.
+    content = [f for f in first if f.name not in VOLATILE]
+    assert content
+    assert all(
+        a is b for a, b in zip(content, [f for f in again if f.name not in VOLATILE], strict=True)
+    )
+    # A new snapshot of the same source whose jobs and counters are the very same objects
+    # (what a refresh that changed nothing gives) keeps them too, with its own health values.
+    later = dataclasses.replace(snaps[0], duration=9.0)
+    kept = renderer.families(later, now)
+    assert next(f for f in kept if f.name not in VOLATILE) is content[0]
+    assert (
+        _samples(kept)[("bulk_scrape_duration_seconds", (("platform", "kizen"), ("source", "kz")))]
+        == 9.0
+    )
+    # Changed counters are built again.
+    changed = dataclasses.replace(snaps[0], items={**snaps[0].items, ("plain", "failed"): 99})
+    rebuilt = renderer.families(changed, now)
+    assert next(f for f in rebuilt if f.name not in VOLATILE) is not content[0]
+    key = (
+        "bulk_items_processed_total",
+        (("action", "plain"), ("platform", "kizen"), ("result", "failed"), ("source", "kz")),
+    )
+    assert _samples(rebuilt)[key] == 99
+    # A finished job leaving the retention window changes the per-job series without any
+    # new object: that is rebuilt too.
+    later_still = now + snaps[0].settings.finished_job_retention + 10**6
+    assert _samples(renderer.families(snaps[0], later_still)) != _samples(first)
+    one, _ = renderer.render(snaps[:1], None, "text/plain", now=now)
+    assert one == render_scrape(snaps[:1], None, "text/plain", now=now)[0]
 
 
 def test_a_source_whose_values_cannot_be_encoded_fails_alone() -> None:
@@ -172,3 +210,15 @@ def test_a_source_whose_values_cannot_be_encoded_fails_alone() -> None:
     assert not any(
         dict(k[1]).get("source") == "huge" and k[0] == "bulk_items_processed_total" for k in samples
     )
+
+
+def test_histogram_samples_are_those_the_library_would_make() -> None:
+    """The collector makes histogram samples directly (for speed): they must equal what
+    `HistogramMetricFamily.add_metric` gives for the same histogram, empty or not."""
+    for counts, total in (([0] * 16, 0.0), ([1, 0, 2] + [0] * 12 + [4], 1e6 + 0.5)):
+        histogram = Histogram(list(counts), total)
+        ours = HistogramMetricFamily("h", "help", labels=["platform", "source", "action"])
+        _add_histogram(ours, {"platform": "kizen", "source": "kz", "action": "a"}, histogram)
+        theirs = HistogramMetricFamily("h", "help", labels=["platform", "source", "action"])
+        theirs.add_metric(["kizen", "kz", "a"], histogram.cumulative(), histogram.total)
+        assert ours.samples == theirs.samples

@@ -41,7 +41,14 @@ async def test_secrets_echoed_by_upstream_are_redacted(
     await client.start_server()
     seen: list[str] = []
     try:
-        for url in ("/metrics", "/probe?source=kz", "/probe?source=fp", "/"):
+        for url in (
+            "/metrics",
+            "/probe?source=kz",
+            "/probe?source=fp",
+            "/probe?target=kz&debug=true",
+            "/probe?target=fp&debug=true",
+            "/",
+        ):
             response = await client.get(url)
             seen.append(await response.text())
         # A refused reload whose error text would quote the key.

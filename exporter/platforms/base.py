@@ -21,6 +21,7 @@ from pydantic import AfterValidator, SecretStr, field_validator
 from exporter.jobs import Job, Phase, QueueClock, RowError
 from exporter.logs import log
 from exporter.settings import Rate, RateLimit, SettingOverrides, Settings
+from exporter.trace import RowKeys, Trace
 from exporter.upstream import Budget, NotFound, Upstream, UpstreamError
 
 T = TypeVar("T")
@@ -77,21 +78,34 @@ class ReadResult:
         self.first_skip = self.first_skip or other.first_skip
         self.gone |= other.gone
 
-    def add_rows(self, endpoint: str, rows: list[object], parse: Callable[[object], Job]) -> None:
+    def add_rows(
+        self,
+        endpoint: str,
+        rows: list[object],
+        parse: Callable[[object], Job],
+        trace: Trace | None = None,
+    ) -> None:
         """Parse each row; keep the good ones (the latest sighting of an id wins), count the
-        bad ones."""
+        bad ones; note them all in `trace` when given."""
+        jobs = self.jobs
+        good: list[Job] = []
         for row in rows:
             try:
                 job = parse(row)
             except RowError as exc:
-                self.skip(endpoint, exc)
+                self.skip(endpoint, exc, trace)
                 continue
-            self.jobs[job.id] = job
+            jobs[job.id] = job
+            good.append(job)
+        if trace is not None:
+            trace.read(endpoint, rows, good)
 
-    def skip(self, endpoint: str, error: RowError) -> None:
+    def skip(self, endpoint: str, error: RowError, trace: Trace | None = None) -> None:
         self.skipped[(endpoint, error.kind)] += 1
         if self.first_skip is None:
             self.first_skip = str(error)
+        if trace is not None:
+            trace.skip(endpoint, error)
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,9 @@ class SourceConfig(SettingOverrides):
     DEFAULT_RATE_LIMIT: ClassVar[str]  # as `rate_limit:` is written, such as "100/m"
     PHASES: ClassVar[Mapping[str, Phase]]
     QUEUE_CLOCK: ClassVar[QueueClock]
+    # The row keys the parser reads and those the API reference documents besides: a key in
+    # neither is drift, which the debug trace shows.
+    ROW_KEYS: ClassVar[RowKeys] = RowKeys()
 
     name: Annotated[str, AfterValidator(_source_name)]
     base_url: str | None = None
@@ -249,6 +266,8 @@ async def read_by_id(
     """Read each id at `{list_path}/{id}` into `result`: a 404 means the job is gone; an
     unusable answer is skipped like a bad list row, never fatal."""
 
+    trace = budget.trace
+
     async def one(job_id: str) -> Job | RowError | None:
         try:
             body = await upstream.get_json(
@@ -257,15 +276,18 @@ async def read_by_id(
         except NotFound:
             return None
         try:
-            return parse(body)
+            job = parse(body)
         except RowError as exc:
             return exc
+        if trace is not None:
+            trace.read("detail", [body], [job])
+        return job
 
     found = await pooled(ids, one, upstream.workers(budget))
     for job_id, job in found.items():
         if job is None:
             result.gone.add(job_id)
         elif isinstance(job, RowError):
-            result.skip("detail", job)
+            result.skip("detail", job, trace)
         else:
             result.jobs[job_id] = job

@@ -39,6 +39,7 @@ from exporter.platforms.base import (
     read_by_id,
 )
 from exporter.settings import Settings
+from exporter.trace import RowKeys, Trace
 from exporter.upstream import Budget, Upstream, UpstreamError
 
 logger = logging.getLogger("exporter.platforms.firstpromoter")
@@ -64,6 +65,24 @@ PER_PAGE = 100
 MAX_PAGES = 1000
 
 ProgressMap = Mapping[str, float]
+# What `parse_row` reads of a BatchProcess row, and what else the reference lists.
+ROW_KEYS = RowKeys(
+    read=frozenset(
+        {
+            "id",
+            "status",
+            "processed_count",
+            "failed_count",
+            "selected_total",
+            "total",
+            "progress",
+            "action_label",
+            "created_at",
+            "updated_at",
+        }
+    ),
+    documented=frozenset({"meta", "processing_errors"}),
+)
 
 
 class FirstPromoterSource(SourceConfig):
@@ -74,6 +93,7 @@ class FirstPromoterSource(SourceConfig):
     DEFAULT_RATE_LIMIT: ClassVar[str] = "100/m"
     PHASES: ClassVar[Mapping[str, Phase]] = PHASES
     QUEUE_CLOCK: ClassVar[QueueClock] = QueueClock.CREATION_KNOWN
+    ROW_KEYS: ClassVar[RowKeys] = ROW_KEYS
 
     platform: Literal["firstpromoter"]
     account_id: str = Field(min_length=1)
@@ -291,12 +311,19 @@ class FirstPromoterClient:
 
         return parse
 
-    def _parsed(self, rows: list[object], progress: ProgressMap, *, complete: bool) -> ReadResult:
+    def _parsed(
+        self,
+        rows: list[object],
+        progress: ProgressMap,
+        *,
+        complete: bool,
+        trace: Trace | None = None,
+    ) -> ReadResult:
         """List rows as a ReadResult, each batch's percentage taken from the progress map."""
         self._observe(rows)
         self._observe_progress(rows, progress)
         result = ReadResult(complete=complete)
-        result.add_rows("list", rows, self._parse(progress))
+        result.add_rows("list", rows, self._parse(progress), trace)
         return result
 
     async def _progress(self, budget: Budget, statuses: list[Status]) -> dict[str, float]:
@@ -315,7 +342,7 @@ class FirstPromoterClient:
         rows, progress = await asyncio.gather(
             self._rows(budget, statuses), self._progress(budget, statuses)
         )
-        result = self._parsed(rows, progress, complete=complete)
+        result = self._parsed(rows, progress, complete=complete, trace=budget.trace)
         if complete:
             # Whatever a full read misses is forgotten: batches it last saw unfinished are
             # first read by id (they may have moved to a status nobody mapped, which no
@@ -378,6 +405,8 @@ class FirstPromoterClient:
             body = await self.upstream.get_json("list", LIST_PATH, params, budget)
             if not isinstance(body, list):
                 raise UpstreamError("list", "response is not a JSON array of batch processes")
+            if budget.trace is not None:
+                budget.trace.page("list", PER_PAGE, len(body))
             ids = {r.get("id") for r in body if isinstance(r, dict)}
             if not body or (ids and ids <= seen):
                 break
@@ -414,7 +443,7 @@ class FirstPromoterClient:
             )
         else:
             rows, progress = [], await progress_read
-        result = self._parsed(rows, progress, complete=False)
+        result = self._parsed(rows, progress, complete=False, trace=budget.trace)
         listed = progress.keys()
         unfinished = list(dict.fromkeys([*known.active, *self._unfinished]))
         left = [i for i in unfinished if i not in result.jobs]

@@ -43,6 +43,7 @@ from exporter.platforms.base import (
     run_all,
 )
 from exporter.settings import Count, Settings, Strict
+from exporter.trace import RowKeys
 from exporter.upstream import Budget, NotFound, Upstream, UpstreamError
 
 logger = logging.getLogger("exporter.platforms.kizen")
@@ -65,6 +66,23 @@ MAX_EXTRA_PAGES = 20
 GAP_ROUNDS = 3
 # The page size every Kizen client is known to be served; used after a larger one is refused.
 SAFE_PAGE_SIZE = 100
+# What `parse_row` reads of a ReadBulkActionProgress row, and what else the reference lists.
+ROW_KEYS = RowKeys(
+    read=frozenset(
+        {
+            "id",
+            "action",
+            "status",
+            "started_at",
+            "completed_at",
+            "custom_object",
+            "pending_count",
+            "success_count",
+            "failed_count",
+        }
+    ),
+    documented=frozenset({"meta", "report", "failure_report", "imported_file", "export_file"}),
+)
 UUID_FORM = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
 
@@ -90,6 +108,7 @@ class KizenSource(SourceConfig):
     DEFAULT_RATE_LIMIT: ClassVar[str] = "100/m"
     PHASES: ClassVar[Mapping[str, Phase]] = PHASES
     QUEUE_CLOCK: ClassVar[QueueClock] = QueueClock.START_KNOWN
+    ROW_KEYS: ClassVar[RowKeys] = ROW_KEYS
 
     platform: Literal["kizen"]
     business_id: str = Field(min_length=1)
@@ -309,7 +328,9 @@ class KizenClient:
                 "list", f"the list holds {shown} jobs, more than max_jobs ({self.max_jobs})"
             )
         rows = ReadResult(complete=False)
-        rows.add_rows("list", results, parse_row)
+        if budget.trace is not None:
+            budget.trace.page("list", size, len(results))
+        rows.add_rows("list", results, parse_row, budget.trace)
         return _Page(rows, count, body.get("next"), len(results))
 
     async def _first_page(self, budget: Budget, extra: Mapping[str, str]) -> _Page | None:

@@ -1,0 +1,273 @@
+"""Many accounts on one replica: N Kizen + N FirstPromoter sources against one simulator.
+
+Prints figures; asserts nothing. `.venv/bin/python -m benchmarks.sources [--pairs 1,10,100]`.
+
+Every source reads the same simulated account (60 jobs per platform, 7 active), 50 ms a
+request, default settings but `rate_limit: 6000/m`. The simulator and the exporter each run in
+a process of their own, so the exporter's memory and CPU time are its own (read from /proc).
+Per size it prints: ready time (start to `/-/ready` 200), cold and steady scrape time (median
+and p90 of /metrics over HTTP), upstream requests per source per steady scrape, resident memory,
+answer bytes in both formats, CPU seconds per scrape, and, measured in this run, one upstream
+round trip and prometheus_client's bare encoding of the same answer (its families parsed back
+from the text answer and encoded again), the floor a scrape cannot go below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+from benchmarks.scrape import CREDS, OPENMETRICS, TEXT, free_port
+from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
+
+LATENCY = 0.05
+STEADY_SCRAPES = 9
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def simulator() -> Iterator[int]:
+    """The simulator in its own process, still (no ticks): 60 jobs per platform, the usual
+    active and recently finished ones and older history (a `--max-jobs` world)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "exporter.simulator",
+            "--port",
+            str(port),
+            "--tick",
+            "0",
+            "--max-jobs",
+            "60",
+            "--latency",
+            str(LATENCY),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()  # printed once it listens
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def config_text(pairs: int, port: int) -> str:
+    base = f"http://127.0.0.1:{port}"
+    lines = ["sources:"]
+    for i in range(pairs):
+        lines += [
+            f"  - name: kz-{i}",
+            "    platform: kizen",
+            f"    base_url: {base}{KIZEN_PREFIX}",
+            f"    business_id: {CREDS.kizen_business_id}",
+            f"    user_id: {CREDS.kizen_user_id}",
+            f"    api_key: {CREDS.kizen_api_key}",
+            "    rate_limit: 6000/m",
+            f"  - name: fp-{i}",
+            "    platform: firstpromoter",
+            f"    base_url: {base}{FP_PREFIX}",
+            f"    account_id: {CREDS.fp_account_id}",
+            f"    api_key: {CREDS.fp_api_key}",
+            "    rate_limit: 6000/m",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def metric_value_sum(text: str, name: str) -> float:
+    """The sum of a metric's samples in a text answer."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name)] in "{ ":
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def proc_figures(pid: int) -> tuple[float, float]:
+    """Resident MiB and CPU seconds (user + system) of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        rss = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return rss, cpu
+
+
+class Parsed(Collector):
+    """Families parsed back from an answer, for the library to encode again."""
+
+    def __init__(self, text: str) -> None:
+        self.families = list(text_string_to_metric_families(text))
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        return iter(self.families)
+
+
+def zero_histogram_share(text: str) -> tuple[int, int]:
+    """Samples of histograms that have observed nothing (served so that rate() and the
+    quantile rules see an action's first job), and all samples of the answer."""
+    zero = total = 0
+    for family in text_string_to_metric_families(text):
+        total += len(family.samples)
+        if family.type != "histogram":
+            continue
+        counts = [s for s in family.samples if s.name.endswith("_count")]
+        # Each histogram series is its buckets, _count and _sum: 18 samples.
+        zero += sum(len(family.samples) // len(counts) for s in counts if s.value == 0)
+    return zero, total
+
+
+def bare_encoding(text: str) -> float:
+    """prometheus_client's own encoding of the answer's families (median of 5 runs)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Parsed(text))
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        generate_latest(registry)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+
+
+async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
+    config = workdir / f"config-{pairs}.yaml"
+    config.write_text(config_text(pairs, sim_port))
+    port = free_port()
+    started = time.perf_counter()
+    proc = subprocess.Popen(  # noqa: ASYNC220 (started once, before anything is measured)
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config.file",
+            str(config),
+            "--web.listen-address",
+            f"127.0.0.1:{port}",
+            "--log.level",
+            "error",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    sources = 2 * pairs
+    try:
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                if proc.poll() is not None:
+                    assert proc.stderr is not None
+                    print(f"  {pairs:>4} pairs: the exporter exited: {proc.stderr.read()[:300]}")
+                    return
+                try:
+                    async with http.get(f"{url}/-/ready") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.02)
+            ready = time.perf_counter() - started
+
+            async def scrape(accept: str = TEXT) -> tuple[float, str]:
+                began = time.perf_counter()
+                async with http.get(f"{url}/metrics", headers={"Accept": accept}) as response:
+                    body = await response.text()
+                return time.perf_counter() - began, body
+
+            async def round_trip() -> float:
+                headers = {"Authorization": f"Bearer {CREDS.fp_api_key}"}
+                headers["Account-ID"] = CREDS.fp_account_id
+                began = time.perf_counter()
+                async with http.get(
+                    f"http://127.0.0.1:{sim_port}{FP_PREFIX}/batch_processes/progress",
+                    headers=headers,
+                ) as response:
+                    await response.read()
+                return time.perf_counter() - began
+
+            cold, _ = await scrape()
+            await scrape()  # the first steady one may still settle (a background full read)
+            _, cpu_before = proc_figures(proc.pid)
+            steady: list[float] = []
+            requests: list[float] = []
+            body = ""
+            for _ in range(STEADY_SCRAPES):
+                before = metric_value_sum(body, "bulk_api_requests_total") if body else None
+                took, body = await scrape()
+                steady.append(took)
+                if before is not None:
+                    after = metric_value_sum(body, "bulk_api_requests_total")
+                    requests.append((after - before) / sources)
+            rss, cpu_after = proc_figures(proc.pid)
+            cpu_per_scrape = (cpu_after - cpu_before) / STEADY_SCRAPES
+            _, openmetrics = await scrape(OPENMETRICS)
+            trip = statistics.median([await round_trip() for _ in range(5)])
+    finally:
+        proc.terminate()
+        proc.wait()
+    down = sum(
+        1 for line in body.splitlines() if line.startswith("bulk_up{") and line.endswith(" 0.0")
+    )
+    encode = bare_encoding(body)
+    zero, samples = zero_histogram_share(body)
+    median = statistics.median(steady)
+    floor = trip + encode
+    print(
+        f"  {pairs:>4} pairs ({sources} sources): ready {ready:.2f} s; cold {cold:.2f} s; "
+        f"steady median {median:.3f} s, p90 {p90(steady):.3f} s; "
+        f"{max(requests):.2f} requests/source, {down} sources down in the last; "
+        f"resident {rss:.0f} MiB; "
+        f"answer {len(body.encode()) / 1e6:.2f} MB text, "
+        f"{len(openmetrics.encode()) / 1e6:.2f} MB OpenMetrics; "
+        f"CPU {cpu_per_scrape:.3f} s/scrape; round trip {trip * 1000:.0f} ms, "
+        f"bare encoding {encode * 1000:.0f} ms; steady / (round trip + bare encoding) "
+        f"= {median / floor:.2f}; {samples} samples, {zero} ({zero / samples:.0%}) of them "
+        "in histograms that observed nothing"
+    )
+
+
+async def main_async(sizes: list[int]) -> None:
+    print(
+        f"N Kizen + N FirstPromoter sources on one simulated host, 60 jobs each (7 active), "
+        f"{LATENCY * 1000:.0f} ms a request, rate_limit 6000/m, {STEADY_SCRAPES} steady scrapes"
+    )
+    with simulator() as sim_port, tempfile.TemporaryDirectory() as tmp:
+        for pairs in sizes:
+            await one_size(pairs, sim_port, Path(tmp))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--pairs", default="1,10,100,200,500", help="comma-separated sizes (pairs of sources)"
+    )
+    args = parser.parse_args()
+    asyncio.run(main_async([int(n) for n in args.pairs.split(",")]))
+
+
+if __name__ == "__main__":
+    main()
