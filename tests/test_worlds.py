@@ -190,6 +190,12 @@ async def test_kizen_ignoring_started_after_is_seen_and_steady_scrapes_stay_chea
     assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="completed") == 1
     assert one(s, "bulk_jobs", **KZ, action=UPLOAD, phase="completed") == 2001
     assert warnings_of(logs, "started_after_ignored") == 1
+    # The debug trace of the source says it too, in the same words.
+    response = await client.get("/probe?source=kz&debug=true")
+    assert response.status == 200
+    trace = await response.text()
+    sentence = notices(client, "kz")["started_after_ignored"]
+    assert f"  started_after_ignored: {sentence}" in trace
 
 
 async def test_the_default_world_raises_no_notice(
