@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -21,7 +22,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.samples import Sample
 
-from exporter import __version__
+from exporter import __version__, eta
 from exporter.jobs import ITEM_STATES, PENDING_PHASES, TERMINAL_PHASES, Phase
 from exporter.source import SourceSnapshot
 from exporter.tracker import BUCKET_LABELS, Histogram, TrackedJob
@@ -76,15 +77,22 @@ def source_families(snapshots: Sequence[SourceSnapshot], now: float) -> Iterator
         bulk_job_duration_seconds_bucket{platform="kizen",source="kp",action="upload",\
 phase="completed",le="60.0"} 3.0
     """
-    yield from volatile_families(snapshots)
-    yield from content_families(snapshots, [emitted_jobs(s, now) for s in snapshots])
+    emitted = [emitted_jobs(s, now) for s in snapshots]
+    yield from volatile_families(snapshots, emitted)
+    yield from content_families(snapshots, emitted)
 
 
-def volatile_families(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
-    """The families whose values change with every refresh (health and request counts):
-    `bulk_up` ... `bulk_history_loaded`, `bulk_api_requests_total`."""
+def volatile_families(
+    snapshots: Sequence[SourceSnapshot], emitted: Sequence[Sequence[TrackedJob]]
+) -> Iterator[Metric]:
+    """The families whose values change with every refresh (health, request counts and rate-
+    limit waits, and the running jobs' ETAs, which move with time even while a job stands
+    still): `bulk_up` ... `bulk_rate_limit_requests_per_second`, `bulk_api_requests_total`,
+    `bulk_rate_limit_wait_seconds_total`, `bulk_job_estimated_completion_timestamp_seconds`."""
     yield from _source_health(snapshots)
     yield _requests(snapshots)
+    yield _rate_limit_wait(snapshots)
+    yield _estimates(snapshots, emitted)
 
 
 def content_families(
@@ -131,6 +139,17 @@ def exporter_families(status: ExporterStatus) -> Iterator[Metric]:
     yield from (build, ok, when, writes)
 
 
+def process_families() -> Iterator[Metric]:
+    """The exporter process's own families from prometheus_client's collectors, read now
+    (`process_*` where /proc exists, `python_info`, `python_gc_*`), for /metrics only::
+
+        process_resident_memory_bytes 5.6e+07
+        python_info{implementation="CPython",major="3",minor="11",patchlevel="7",...} 1.0
+    """
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        yield from collector.collect()
+
+
 def _source_health(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
     up = GaugeMetricFamily(
         "bulk_up", "1 when this scrape's refresh of the source succeeded, else 0.", labels=BASE
@@ -147,6 +166,11 @@ def _source_health(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
         labels=BASE,
         unit="seconds",
     )
+    allowance = GaugeMetricFamily(
+        "bulk_rate_limit_requests_per_second",
+        "The source's configured upstream allowance (rate_limit), in requests a second.",
+        labels=BASE,
+    )
     loaded = GaugeMetricFamily(
         "bulk_history_loaded",
         "1 once the source's first full read has completed; 0 while it runs in the background "
@@ -160,7 +184,9 @@ def _source_health(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:
         if s.last_success is not None:
             last.add_metric(labels, float(s.last_success))
         loaded.add_metric(labels, 1.0 if s.history_loaded else 0.0)
-    yield from (up, duration, last, loaded)
+        if s.rate_limit is not None:
+            allowance.add_metric(labels, float(s.rate_limit))
+    yield from (up, duration, last, loaded, allowance)
 
 
 def _requests(snapshots: Sequence[SourceSnapshot]) -> Metric:
@@ -173,6 +199,51 @@ def _requests(snapshots: Sequence[SourceSnapshot]) -> Metric:
         for (endpoint, code), value in sorted(s.requests.items()):
             requests.add_metric([s.platform, s.name, endpoint, code], float(value))
     return requests
+
+
+def _rate_limit_wait(snapshots: Sequence[SourceSnapshot]) -> Metric:
+    waited = CounterMetricFamily(
+        "bulk_rate_limit_wait_seconds",
+        "Time the source's upstream requests waited for its rate-limit bucket.",
+        labels=BASE,
+        unit="seconds",
+    )
+    for s in snapshots:
+        waited.add_metric([s.platform, s.name], float(s.rate_limit_wait))
+    return waited
+
+
+def _estimates(
+    snapshots: Sequence[SourceSnapshot], emitted: Sequence[Sequence[TrackedJob]]
+) -> Metric:
+    estimate = GaugeMetricFamily(
+        "bulk_job_estimated_completion_timestamp_seconds",
+        "Running jobs: Unix time the job should finish at the pace the exporter observed over "
+        "the last 10 minutes; absent until it has seen the job move, and for stalled jobs.",
+        labels=[*BASE, "job_id", "action"],
+        unit="seconds",
+    )
+    add = estimate.samples.append
+    for s, jobs in zip(snapshots, emitted, strict=True):
+        if not s.up or not s.rates:
+            continue
+        # As of the refresh that saw the jobs.
+        seen, rates = s.refreshed_at, s.rates
+        for tracked in jobs:
+            job = tracked.job
+            history = rates.get(job.id)
+            if history is None:
+                continue
+            finish = eta.completion(job, tracked.last_change, history, seen)
+            if finish is not None:
+                labels = {
+                    "platform": s.platform,
+                    "source": s.name,
+                    "job_id": job.id,
+                    "action": job.action,
+                }
+                add(Sample(estimate.name, labels, float(finish)))
+    return estimate
 
 
 def _counters(snapshots: Sequence[SourceSnapshot]) -> Iterator[Metric]:

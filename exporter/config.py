@@ -530,9 +530,12 @@ def summary(config: Config) -> str:
         origin = f"from {shown(source.api_key_file)}" if source.api_key_file else "inline"
         lines += [
             f"    api_key: {MASK} ({origin})",
-            f"    rate_limit: {shown(source.rate.text)}",
+            f"    rate_limit: {shown(source.rate_in(settings).text)}",
             f"    incremental: {str(source.incremental).lower()}",
-            "    " + ", ".join(f"{key}: {value}" for key, value in settings.described()),
+            "    "
+            + ", ".join(
+                f"{key}: {value}" for key, value in settings.described() if key != "rate_limit"
+            ),
         ]
     lines += [f"warning: {w}" for w in config.warnings()]
     redact = Redactor(config.secrets())

@@ -2,7 +2,8 @@
 
 An answer for several sources merges their families by name, one header per family. Each
 source's families are built in two parts: the few that change with every refresh (health and
-request counts), built every time, and the rest (counters, histograms, aggregates, per-job
+request counts, rate-limit waits and the running jobs' ETAs, which move with time), built
+every time, and the rest (counters, histograms, aggregates, per-job
 series), which a `Renderer` keeps per source and builds again only when that source's jobs or
 counters changed (a snapshot then reuses the previous one's objects, so identity tells) or a
 finished job left the retention window. On a replica of many mostly idle accounts that is most
@@ -30,6 +31,7 @@ from exporter.collector import (
     content_families,
     emitted_jobs,
     exporter_families,
+    process_families,
     source_families,
     volatile_families,
 )
@@ -105,13 +107,13 @@ class Renderer:
         failed instead."""
         moment = time.time() if now is None else now
         try:
-            volatile = list(volatile_families([snapshot]))
-            return volatile + self._content_of(snapshot, moment)
+            emitted = emitted_jobs(snapshot, moment) if snapshot.up else []
+            volatile = list(volatile_families([snapshot], [emitted]))
+            return volatile + self._content_of(snapshot, emitted)
         except Exception as exc:  # one source's bad data must not fail the answer
             return _failed(snapshot, f"cannot build its metrics: {type(exc).__name__}", moment)
 
-    def _content_of(self, snapshot: SourceSnapshot, now: float) -> list[Metric]:
-        emitted = emitted_jobs(snapshot, now) if snapshot.up else []
+    def _content_of(self, snapshot: SourceSnapshot, emitted: list[TrackedJob]) -> list[Metric]:
         key = _content_key(snapshot, emitted)
         cached = self._content.get(snapshot.name)
         if cached is not None and _same(cached.key, key):
@@ -136,7 +138,9 @@ class Renderer:
         per_source = [
             built[s.name] if built and s.name in built else self.families(s, now) for s in snapshots
         ]
-        exporter = list(exporter_families(status)) if status is not None else []
+        # /metrics only: the exporter's own series and its process's, the latter read now, so
+        # scrapes that share this encoding share their values too.
+        exporter = [*exporter_families(status), *process_families()] if status is not None else []
         return encoder(_registry([*_merged(per_source, now), *exporter]))
 
     def render(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -34,10 +35,30 @@ class QueueClock(enum.Enum):
     CREATION_KNOWN = "creation"
 
 
+# A job whose counts and status have not changed for this long is stalled: the same 30 minutes
+# as the stall alert (BulkExporterJobStalled), the landing page's mark and the ETA's absence.
+STALL_AFTER = 30 * 60.0
+
 TERMINAL_PHASES = frozenset({Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED})
 PENDING_PHASES = frozenset({Phase.QUEUED, Phase.RUNNING})
 
 ITEM_STATES = ("pending", "succeeded", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What the platform says went wrong with a job, already cleaned (see `processing_errors`
+    and `failure_file`): up to MAX_ERRORS FirstPromoter `processing_errors`, and the file name
+    of Kizen's `failure_report` (never its signed `url`). Shown on the landing page only,
+    never in a label."""
+
+    errors: tuple[str, ...] = ()
+    report: str | None = None
+
+
+def failure_of(errors: tuple[str, ...] = (), report: str | None = None) -> Failure | None:
+    """The details, or None when there are none (most jobs: no object at all)."""
+    return Failure(errors, report) if errors or report is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +79,14 @@ class Job:
     progress: float
     started_at: float | None
     completed_at: float | None
+    # One field for both platforms' details: a slot more on every job of a large history
+    # would move the record to the next allocation size (16 bytes a job).
+    failure: Failure | None = None
+
+    @property
+    def done(self) -> int:
+        """Items processed so far, successfully or not."""
+        return self.succeeded + self.failed
 
     def same_state(self, other: Job) -> bool:
         """Whether nothing a user would call progress differs between two sightings."""
@@ -68,6 +97,14 @@ class Job:
             and self.failed == other.failed
         )
 
+
+# Failure details kept per job: the first few errors, each cut like a label value.
+MAX_ERRORS = 3
+MAX_DETAIL_LENGTH = 200
+# Only this much of a detail is looked at (a megabyte of error text costs no more than this).
+# Far beyond any secret's length (4 KiB at most) past the cut, so a secret that straddles this
+# first cut, and so escapes the redactor, lies wholly beyond the final one.
+_DETAIL_SCAN = MAX_DETAIL_LENGTH * 64
 
 # Limits on what an upstream row may hold (see "Security and limits" in docs/operations.md).
 MAX_LABEL_LENGTH = 200
@@ -167,3 +204,54 @@ def optional_count(row: dict[str, object], field: str) -> int | None:
     if row.get(field) is None:
         return None
     return require_count(row, field)
+
+
+def detail_text(value: str, redact: Callable[[str], str] | None = None) -> str:
+    """Upstream free text for the landing page: whitespace (newlines, tabs) collapsed, any
+    secret masked, then cut to MAX_DETAIL_LENGTH, ending in `…` (masked before it is cut,
+    so a secret can never be shown in part). Escaping is the page's job."""
+    text = " ".join(value.split())
+    if redact is not None:
+        text = redact(text)
+    if len(text) > MAX_DETAIL_LENGTH:
+        text = text[: MAX_DETAIL_LENGTH - 1] + "…"
+    return text
+
+
+def processing_errors(value: object, redact: Callable[[str], str] | None = None) -> tuple[str, ...]:
+    """The first MAX_ERRORS usable entries of FirstPromoter's `processing_errors`.
+
+    Documented as a list of strings; other FirstPromoter batch schemas hold objects with a
+    `message`, which is taken too. Anything else (not a list, numbers, nested lists, empty
+    text) is left out: the details are a courtesy, never a reason to skip the row."""
+    if not isinstance(value, list):
+        return ()
+    found: list[str] = []
+    for entry in value:
+        if isinstance(entry, dict):
+            entry = entry.get("message")
+        if not isinstance(entry, str):
+            continue
+        text = detail_text(entry[:_DETAIL_SCAN], redact)
+        if text:
+            found.append(text)
+            if len(found) == MAX_ERRORS:
+                break
+    return tuple(found)
+
+
+def failure_file(value: object, redact: Callable[[str], str] | None = None) -> str | None:
+    """The file name of Kizen's `failure_report` (an S3 object), or None.
+
+    Only `name`, and only its last path segment: the object's `url` (and its `key`) is a
+    signed link that grants access to the file and is never read. A name that looks like a
+    link itself (holds `://`) is left out for the same reason, as is a report that is not an
+    object or a name that is not text."""
+    if not isinstance(value, dict):
+        return None
+    name = value.get("name")
+    if not isinstance(name, str) or "://" in name:
+        return None
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    text = detail_text(name[:_DETAIL_SCAN], redact)
+    return text or None

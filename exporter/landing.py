@@ -16,14 +16,17 @@ from typing import TYPE_CHECKING, Protocol
 from urllib.parse import quote
 
 from exporter import __version__
+from exporter.collector import emitted_jobs
+from exporter.eta import completion
+from exporter.jobs import STALL_AFTER, Phase
 
 if TYPE_CHECKING:
     from exporter.source import SourceSnapshot
     from exporter.tracker import TrackedJob
 
-# A job whose counts and status have not changed for this long is marked stalled (the same
-# 30 minutes as the stall alert).
-STALL_AFTER = 30 * 60.0
+# Finished jobs listed per source, and how recent a failure must be to be listed first.
+RECENTLY_FINISHED = 20
+RECENT_FAILURE = 3600.0
 
 
 class _Limits(Protocol):
@@ -71,6 +74,10 @@ td.progress, td.since, td.up, td.down, td.probe { white-space: nowrap; }
   border: 1px solid #bbb; vertical-align: middle; }
 .fill { height: 100%; background: #3b7dd8; }
 tr.stalled { background: #fdecea; }
+tr.done.failed-recently { background: #fdecea; }
+ul.errors { margin: 0; padding-left: 1.2em; }
+.details { font-family: monospace; font-size: 0.9em; max-width: 40em; overflow-wrap: anywhere; }
+td.eta, td.duration { white-space: nowrap; }
 tr.stalled .fill { background: #c5221f; }
 .stall-mark { color: #fff; background: #c5221f; padding: 0 0.4em; border-radius: 0.3em;
   font-weight: bold; font-size: 0.85em; }
@@ -109,6 +116,21 @@ def _percent(progress: float) -> str:
     return f"{min(max(progress, 0.0), 1.0) * 100:.1f}%"
 
 
+def _until(timestamp: float | None, now: float) -> str:
+    """An ETA as people say it: "in 14 min", "in 2 h 05 min"; "—" when there is none."""
+    if timestamp is None:
+        return "—"
+    left = timestamp - now
+    if left < 60:
+        return "in under 1 min"
+    minutes = int(left // 60)
+    if minutes < 60:
+        return f"in {minutes} min"
+    if minutes < 24 * 60:
+        return f"in {minutes // 60} h {minutes % 60:02d} min"
+    return f"in {minutes // 1440} d {minutes % 1440 // 60} h"
+
+
 def _newest_first(tracked: TrackedJob) -> float:
     job = tracked.job
     return job.started_at if job.started_at is not None else tracked.last_change
@@ -120,10 +142,18 @@ def active_jobs(snap: SourceSnapshot) -> list[TrackedJob]:
     return sorted(active, key=_newest_first, reverse=True)
 
 
-def _job_row(tracked: TrackedJob, now: float) -> str:
+def _job_row(tracked: TrackedJob, now: float, snap: SourceSnapshot) -> str:
+    """One active job; its ETA is as of the refresh that saw it."""
     job = tracked.job
     since = now - tracked.last_change
     stalled = since >= STALL_AFTER
+    history = snap.rates.get(job.id)
+    finish = (
+        None
+        if stalled or history is None
+        else completion(job, tracked.last_change, history, snap.refreshed_at)
+    )
+    eta_title = "" if finish is None else f' title="{_e(_when(finish))}"'
     width = _percent(job.progress)
     mark = '<span class="stall-mark">stalled</span> ' if stalled else ""
     # The exporter's phase beside the platform's word, unless they are the same word.
@@ -145,14 +175,102 @@ def _job_row(tracked: TrackedJob, now: float) -> str:
         f'<td class="num failed">{job.failed}</td>'
         f'<td class="since" title="{_e(_when(tracked.last_change))}">{mark}'
         f"{_e(_duration(since))} ago</td>"
+        f'<td class="eta"{eta_title}>'
+        f"{_e(_until(finish, now))}</td>"
         "</tr>"
     )
 
 
 _JOB_HEADER = (
     "<tr><th>job id</th><th>action</th><th>object</th><th>status (phase)</th><th>progress</th>"
-    "<th>pending</th><th>succeeded</th><th>failed</th><th>last change</th></tr>"
+    "<th>pending</th><th>succeeded</th><th>failed</th><th>last change</th><th>ETA</th></tr>"
 )
+
+_DONE_HEADER = (
+    "<tr><th>job id</th><th>action</th><th>object</th><th>status (phase)</th><th>finished</th>"
+    "<th>duration</th><th>succeeded</th><th>failed</th><th>pending</th>"
+    "<th>failure details</th></tr>"
+)
+
+
+def _finished_at(tracked: TrackedJob) -> float:
+    job = tracked.job
+    return job.completed_at if job.completed_at is not None else tracked.last_change
+
+
+def recently_finished(snap: SourceSnapshot, now: float) -> list[TrackedJob]:
+    """The last RECENTLY_FINISHED finished jobs among those with per-job series (the same
+    bound, so the same jobs whose failure details are kept): failures of the last hour
+    first, then the newest."""
+    finished = [t for t in emitted_jobs(snap, now) if t.job.phase.terminal]
+
+    def order(tracked: TrackedJob) -> tuple[bool, float]:
+        done = _finished_at(tracked)
+        recent_failure = tracked.job.phase is Phase.FAILED and now - done <= RECENT_FAILURE
+        return (not recent_failure, -done)
+
+    return sorted(finished, key=order)[:RECENTLY_FINISHED]
+
+
+def _details(tracked: TrackedJob, redact: Callable[[str], str]) -> str:
+    """The platform's failure details, each escaped (and masked once more: a secret added by
+    a reload after the job was read). Kizen's report by its file name alone: its signed link
+    is never read from the API answer, so it cannot appear here."""
+    failure = tracked.job.failure
+    parts = []
+    if failure is not None and failure.errors:
+        items = "".join(f"<li>{_e(redact(e))}</li>" for e in failure.errors)
+        parts.append(f'<ul class="errors">{items}</ul>')
+    if failure is not None and failure.report is not None:
+        parts.append(f'failure report: <span class="report">{_e(redact(failure.report))}</span>')
+    return "".join(parts) or '<span class="muted">—</span>'
+
+
+def _done_row(tracked: TrackedJob, now: float, redact: Callable[[str], str]) -> str:
+    job = tracked.job
+    done = _finished_at(tracked)
+    recent_failure = job.phase is Phase.FAILED and now - done <= RECENT_FAILURE
+    took = (
+        _duration(job.completed_at - job.started_at)
+        if job.started_at is not None and job.completed_at is not None
+        else "—"
+    )
+    phase = (
+        ""
+        if job.status == job.phase.value
+        else f' <span class="muted">({_e(job.phase.value)})</span>'
+    )
+    return (
+        f'<tr class="done{" failed-recently" if recent_failure else ""}" '
+        f'data-job-id="{_e(job.id)}" data-phase="{_e(job.phase.value)}">'
+        f'<td class="id"><div class="cell">{_e(job.id)}</div></td>'
+        f'<td class="action"><div class="cell">{_e(job.action)}</div></td>'
+        f'<td class="object"><div class="cell">{_e(job.object)}</div></td>'
+        f'<td class="status">{_e(job.status)}{phase}</td>'
+        f'<td class="finished" title="{_e(_when(done))}">{_e(_duration(now - done))} ago</td>'
+        f'<td class="duration">{_e(took)}</td>'
+        f'<td class="num succeeded">{job.succeeded}</td>'
+        f'<td class="num failed">{job.failed}</td>'
+        f'<td class="num pending">{job.pending}</td>'
+        f'<td class="details">{_details(tracked, redact)}</td>'
+        "</tr>"
+    )
+
+
+def _finished_part(snap: SourceSnapshot, now: float, redact: Callable[[str], str]) -> str:
+    jobs = recently_finished(snap, now)
+    if not jobs:
+        return (
+            '<h4>Recently finished</h4><p class="state none-finished">No finished jobs within '
+            "finished_job_retention.</p>"
+        )
+    rows = "\n".join(_done_row(t, now, redact) for t in jobs)
+    return (
+        "<h4>Recently finished</h4>"
+        f'<p class="state">The last {len(jobs)} finished jobs with per-job series, failures of '
+        "the last hour first, then the newest.</p>"
+        f'<table class="finished">\n{_DONE_HEADER}\n{rows}\n</table>'
+    )
 
 
 def _source_section(source: SourceView, now: float, redact: Callable[[str], str]) -> str:
@@ -186,13 +304,16 @@ def _source_section(source: SourceView, now: float, redact: Callable[[str], str]
                 if len(shown) == len(jobs)
                 else f"the newest {len(shown)} of {len(jobs)} active (max_job_series)"
             )
-            rows = "\n".join(_job_row(t, now) for t in shown)
+            rows = "\n".join(_job_row(t, now, snap) for t in shown)
             body = (
                 f'<p class="state">{_e(count)} jobs, newest first, as of the refresh '
                 f"{_e(_ago(snap.refreshed_at, now))}. Stalled: no change for "
-                f"{int(STALL_AFTER // 60)} minutes or more.</p>"
+                f"{int(STALL_AFTER // 60)} minutes or more. ETA: at the pace the exporter saw "
+                "over the last 10 minutes (none for stalled jobs, or before it has seen one "
+                "move).</p>"
                 f'<table class="jobs">\n{_JOB_HEADER}\n{rows}\n</table>'
             )
+        body += "\n" + _finished_part(snap, now, redact)
     return f"{head}\n{body}\n</section>"
 
 
@@ -271,7 +392,7 @@ this page shows each source as of its last refresh and never contacts an upstrea
 <th>last error</th><th>probe</th></tr>
 {summary}
 </table>
-<h2>Active jobs</h2>
+<h2>Jobs</h2>
 {sections}
 </body>
 </html>

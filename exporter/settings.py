@@ -146,6 +146,8 @@ class Settings(Strict):
     max_response_size: Size = 32 * 1024 * 1024
     max_jobs: Annotated[Count, Field(ge=1)] = 200_000
     max_actions: Annotated[Count, Field(ge=1)] = 100
+    # None: each platform's own default (`SourceConfig.DEFAULT_RATE_LIMIT`).
+    rate_limit: Rate | None = None
 
     def overridden_by(self, overrides: BaseModel) -> Settings:
         """These settings with every field the overrides set (not None) taken from them."""
@@ -160,6 +162,8 @@ class Settings(Strict):
                 shown = format_duration(value)
             elif key == "max_response_size":
                 shown = f"{value} bytes"
+            elif key == "rate_limit":
+                shown = value.text if value is not None else "each platform's default"
             else:
                 shown = str(value)
             out.append((key, shown))
@@ -172,10 +176,13 @@ _DURATION_KEYS = frozenset(
 
 
 def _overrides_model() -> type[BaseModel]:
-    fields: dict[str, Any] = {
-        name: (Annotated[(info.annotation, *info.metadata)] | None, None)
-        for name, info in Settings.model_fields.items()
-    }
+    fields: dict[str, Any] = {}
+    for name, info in Settings.model_fields.items():
+        # A field whose annotation already holds its validators (rate_limit) has no metadata.
+        annotation: Any = (
+            Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+        )
+        fields[name] = (annotation | None, None)
     model: type[BaseModel] = create_model(
         "SettingOverrides",
         __base__=Strict,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+from exporter.eta import History
 from exporter.logs import log
 from exporter.platforms.base import SourceConfig
 from exporter.ratelimit import TokenBucket
@@ -57,13 +58,18 @@ class SourceSnapshot:
     last_finished: Mapping[tuple[str, str], float] = field(default_factory=dict)
     rows_skipped: Mapping[tuple[str, str], int] = field(default_factory=dict)
     history_loaded: bool = False
+    # Running jobs' pace histories (see exporter.eta), for their ETA.
+    rates: Mapping[str, History] = field(default_factory=dict)
+    # The configured allowance (requests a second) and the time requests waited for it.
+    rate_limit: float | None = None
+    rate_limit_wait: float = 0.0
     # What the refresh did upstream, for `/probe?debug=true`; no longer written once the
     # snapshot is made (a refresh still running is shown as a copy).
     trace: Trace | None = field(default=None, compare=False, repr=False)
 
     def failed(self, error: str) -> SourceSnapshot:
         """This snapshot as a failed one: no job data, counters kept."""
-        return dataclasses.replace(self, up=False, error=error, jobs=())
+        return dataclasses.replace(self, up=False, error=error, jobs=(), rates={})
 
 
 class _FailureLog:
@@ -140,14 +146,19 @@ class SourceRunner:
         self.upstream = Upstream(
             config.url,
             config.auth_headers(),
-            TokenBucket(config.rate),
+            TokenBucket(config.rate_in(settings)),
             settings.max_concurrency,
             source=config.name,
             max_body=settings.max_response_size,
             redact=redact,
             pool=pool,
         )
-        self.tracker = JobTracker(config.QUEUE_CLOCK, settings.max_actions)
+        self.tracker = JobTracker(
+            config.QUEUE_CLOCK,
+            settings.max_actions,
+            max_details=settings.max_job_series,
+            detail_retention=settings.finished_job_retention,
+        )
         self.refresher = Refresher(
             config.name,
             config.client(self.upstream, settings),
@@ -236,6 +247,9 @@ class SourceRunner:
             last_finished=_kept(t.last_finished, last.last_finished if last else None, dict),
             rows_skipped=_kept(t.rows_skipped, last.rows_skipped if last else None, dict),
             history_loaded=self.refresher.history_loaded,
+            rates=dict(t.rates) if up else {},
+            rate_limit=self.upstream.bucket.limit.per_second,
+            rate_limit_wait=self.upstream.rate_limit_wait,
             trace=trace,
         )
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.config import masked_url
-from exporter.jobs import Job, Phase
+from exporter.eta import History
+from exporter.jobs import MAX_ERRORS, Job, Phase, failure_of
 from exporter.logs import log
 from exporter.refresh import RefreshState
 from exporter.source import SourceRunner
@@ -35,21 +36,25 @@ from exporter.tracker import Histogram, JobTracker, TrackedJob
 
 logger = logging.getLogger("exporter.state")
 
-# 2: one column per field of a job (1, never released, held each job as JSON text).
-SCHEMA_VERSION = 2
+# 3: a job's failure details and pace history (`errors`, `failure_file`, `rate`), added to a
+# version 2 file in place. 2: one column per field of a job (1, never released, held each job
+# as JSON text).
+SCHEMA_VERSION = 3
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
 _JOB_COLUMNS = """
     id TEXT PRIMARY KEY, action TEXT NOT NULL, object TEXT NOT NULL, status TEXT NOT NULL,
     phase TEXT NOT NULL, pending INTEGER NOT NULL, succeeded INTEGER NOT NULL,
     failed INTEGER NOT NULL, progress REAL NOT NULL, started_at REAL, completed_at REAL,
     last_change REAL NOT NULL, first_queued REAL, counted INTEGER NOT NULL,
-    waited INTEGER NOT NULL, gone_since REAL
+    waited INTEGER NOT NULL, gone_since REAL, errors TEXT, failure_file TEXT, rate TEXT
 """
+# What version 3 added to version 2's jobs table (NULL in every row it already holds).
+_ADDED_IN_3 = ("errors TEXT", "failure_file TEXT", "rate TEXT")
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs ({_JOB_COLUMNS}) WITHOUT ROWID;
 """
-_INSERT_JOB = f"INSERT OR REPLACE INTO jobs VALUES ({', '.join('?' * 16)})"
+_INSERT_JOB = f"INSERT OR REPLACE INTO jobs VALUES ({', '.join('?' * 19)})"
 # Rows whose values are not of their column's type (SQLite stores what it is given): checked
 # in one pass before a restore, so the loop that builds the jobs need not check each value.
 _BAD_ROWS = """
@@ -61,7 +66,8 @@ SELECT count(*) FROM jobs WHERE
     OR typeof(started_at) NOT IN ('real', 'null') OR typeof(completed_at) NOT IN ('real', 'null')
     OR typeof(last_change) != 'real' OR typeof(first_queued) NOT IN ('real', 'null')
     OR typeof(counted) != 'integer' OR typeof(waited) != 'integer'
-    OR typeof(gone_since) NOT IN ('real', 'null')
+    OR typeof(gone_since) NOT IN ('real', 'null') OR typeof(errors) NOT IN ('text', 'null')
+    OR typeof(failure_file) NOT IN ('text', 'null') OR typeof(rate) NOT IN ('text', 'null')
 """
 _PHASES = {phase.value: phase for phase in Phase}
 _PHASE_TEXT = {phase: phase.value for phase in Phase}
@@ -86,12 +92,12 @@ def identity_of(runner: SourceRunner) -> str:
 
 JobRow = tuple[
     str, str, str, str, str, int, int, int, float, float | None, float | None, float,
-    float | None, bool, bool, float | None,
+    float | None, bool, bool, float | None, str | None, str | None, str | None,
 ]  # fmt: skip
 
 
-def _job_row(t: TrackedJob) -> JobRow:
-    j = t.job
+def _job_row(t: TrackedJob, rate: History | None) -> JobRow:
+    j, failure = t.job, t.job.failure
     return (
         j.id,
         j.action,
@@ -109,13 +115,42 @@ def _job_row(t: TrackedJob) -> JobRow:
         t.counted,
         t.waited,
         t.gone_since,
+        json.dumps(failure.errors) if failure is not None and failure.errors else None,
+        failure.report if failure is not None else None,
+        json.dumps(rate) if rate else None,
     )
+
+
+def _errors(text: str | None) -> tuple[str, ...]:
+    """Stored errors; anything but a list of strings is dropped (they are a courtesy)."""
+    if text is None:
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(e, str) for e in value):
+        return ()
+    return tuple(value[:MAX_ERRORS])
+
+
+def _rate(text: str | None) -> History | None:
+    """A stored pace history; one that does not read back is dropped: the job's estimate
+    starts afresh, as for a job first seen now."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+        points = tuple((float(t), int(d), float(p)) for t, d, p in value)
+    except (ValueError, TypeError):
+        return None
+    return points or None
 
 
 def _load_jobs(db: sqlite3.Connection, tracker: JobTracker) -> None:
     """Every stored job into the tracker; the row types were checked (`_BAD_ROWS`)."""
     intern, phases = sys.intern, _PHASES
-    jobs, gone = tracker.jobs, tracker.gone
+    jobs, gone, rates = tracker.jobs, tracker.gone, tracker.rates
     for (
         job_id,
         action,
@@ -133,6 +168,9 @@ def _load_jobs(db: sqlite3.Connection, tracker: JobTracker) -> None:
         counted,
         waited,
         gone_since,
+        errors,
+        failure,
+        rate,
     ) in db.execute("SELECT * FROM jobs"):
         job = Job(
             job_id,
@@ -147,6 +185,7 @@ def _load_jobs(db: sqlite3.Connection, tracker: JobTracker) -> None:
             1.0 if progress == 1.0 else progress,  # a shared 1.0 for every finished job
             started_at,
             completed_at,
+            failure_of(_errors(errors), failure) if errors or failure else None,
         )
         if last_change == started_at:
             last_change = started_at  # one float object for both, as a fresh read has it
@@ -155,6 +194,11 @@ def _load_jobs(db: sqlite3.Connection, tracker: JobTracker) -> None:
         )
         if gone_since is None:
             jobs[job_id] = tracked
+            if job.failure is not None:
+                tracker.detailed.add(job_id)
+            history = _rate(rate)
+            if history is not None and job.phase is Phase.RUNNING:
+                rates[job_id] = history
         else:
             gone[job_id] = tracked
 
@@ -221,7 +265,13 @@ class _SourceFile:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise _Unusable(f"written by a newer version (schema {version})")
-            if version != SCHEMA_VERSION:
+            if version == 2:
+                # Version 3 only added columns: the file is brought up to date, not set aside.
+                with _transaction(self.db):
+                    for column in _ADDED_IN_3:
+                        self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+                    self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version != SCHEMA_VERSION:
                 tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
                 if version or tables:
                     raise _Unusable(f"not a state file of this version (schema {version})")
@@ -421,7 +471,7 @@ class StateStore:
         for job_id in sorted(tracker.dirty):
             tracked = tracker.jobs.get(job_id) or tracker.gone.get(job_id)
             if tracked is not None:
-                rows.append(_job_row(tracked))
+                rows.append(_job_row(tracked, tracker.rates.get(job_id)))
         meta = {"refresh": json.dumps(list(_refresh_fields(runner.refresher.state)))}
         if tracker.counters_dirty:
             meta.update(_counters(tracker))

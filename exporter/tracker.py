@@ -7,6 +7,10 @@ never counted. After it, a job reaching completed/failed/cancelled counts once (
 increase of each job's succeeded and failed numbers between sightings, and a job seen leaving
 the queue has its wait observed once (`queue_waits`).
 
+Each running job also has what the exporter saw of its pace (`rates`, see `exporter.eta`),
+and finished jobs keep the platform's failure details only while they can
+have per-job series (within `finished_job_retention`, at most `max_job_series` of them).
+
 The tracker records which jobs changed since it was last saved (`dirty`, `removed`), so that
 the state store writes only those.
 """
@@ -18,6 +22,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 
+from exporter import eta
 from exporter.jobs import Job, Phase, QueueClock
 from exporter.logs import log
 from exporter.settings import Settings
@@ -33,6 +38,8 @@ BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800
 BUCKET_LABELS = (*(str(float(bound)) for bound in BUCKETS), "+Inf")
 OTHER_ACTION = "_other"
 _DEFAULT_MAX_ACTIONS: int = Settings.model_fields["max_actions"].default
+_DEFAULT_MAX_DETAILS: int = Settings.model_fields["max_job_series"].default
+_DEFAULT_DETAIL_RETENTION: float = Settings.model_fields["finished_job_retention"].default
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +56,10 @@ class TrackedJob:
     waited: bool = False
     # When it dropped out of the list; None while it is listed.
     gone_since: float | None = None
+
+
+def _running(job: Job) -> bool:
+    return job.phase is Phase.RUNNING
 
 
 @dataclass
@@ -74,9 +85,20 @@ class Histogram:
 class JobTracker:
     """Owns one source's job memory and everything counted from it."""
 
-    def __init__(self, queue_clock: QueueClock, max_actions: int = _DEFAULT_MAX_ACTIONS) -> None:
+    def __init__(
+        self,
+        queue_clock: QueueClock,
+        max_actions: int = _DEFAULT_MAX_ACTIONS,
+        *,
+        max_details: int = _DEFAULT_MAX_DETAILS,
+        detail_retention: float = _DEFAULT_DETAIL_RETENTION,
+    ) -> None:
         self.queue_clock = queue_clock
         self.max_actions = max_actions
+        # Failure details are kept for at most this many finished jobs, this long after they
+        # finished: the per-job series bound (max_job_series, finished_job_retention).
+        self.max_details = max_details
+        self.detail_retention = detail_retention
         self.reset()
 
     def reset(self) -> None:
@@ -98,6 +120,16 @@ class JobTracker:
         self.dirty: set[str] = set()
         self.removed: set[str] = set()
         self.counters_dirty = False
+        # When the previous refresh was taken in (for the pace of running jobs); None after a
+        # restart, which costs the first estimate only a little precision.
+        self.last_seen: float | None = None
+        # Jobs whose record carries failure details, and finished ones whose details were
+        # dropped by the count bound (so that the next read does not bring them back).
+        self.detailed: set[str] = set()
+        self.trimmed: set[str] = set()
+        # Running jobs' pace histories, by id. Kept beside the records rather than in them: a
+        # field more on every TrackedJob of a large history costs 16 bytes a job.
+        self.rates: dict[str, eta.History] = {}
 
     def begin_sync(self) -> None:
         """A background full read starts: from now on, note what incremental reads update."""
@@ -138,6 +170,8 @@ class JobTracker:
         for job_id in set(forget).union(g for g in gone if g in self.jobs):
             self._forget(job_id, now)
         self._prune(now)
+        self._prune_details(now)
+        self.last_seen = now
 
     def count_skipped(self, skipped: Counter[tuple[str, str]]) -> None:
         if skipped:
@@ -179,6 +213,7 @@ class JobTracker:
         self.removed.discard(tracked.job.id)
 
     def _take(self, job: Job, now: float, first: bool) -> None:
+        job = self._trim(job, now)
         prev = self.jobs.get(job.id)
         returned = prev is None and job.id in self.gone
         if returned:
@@ -188,7 +223,7 @@ class JobTracker:
         if prev is None:
             self._take_new(job, now, first)
             return
-        if prev.job == job and not returned:
+        if prev.job == job and not returned and (job.id in self.rates or not _running(job)):
             return
         self._count_items(
             job.action,
@@ -199,6 +234,7 @@ class JobTracker:
         tracked = replace(prev, job=job, last_change=now if changed else prev.last_change)
         if tracked.first_queued is None and job.phase is Phase.QUEUED:
             tracked = replace(tracked, first_queued=now)
+        self._observe(job, now)
         self._put(self._finish(self._leave_queue(tracked, prev.job.phase, now)))
 
     def _take_new(self, job: Job, now: float, first: bool) -> None:
@@ -217,10 +253,62 @@ class JobTracker:
                     waited=not queued,
                 )
             )
+            if job.phase is Phase.RUNNING:
+                self.rates[job.id] = eta.observe(None, job, now, None)
             return
         tracked = TrackedJob(job, last_change, now if queued else None)
+        self._observe(job, now)
         self._count_items(job.action, job.succeeded, job.failed)
         self._put(self._finish(self._leave_queue(tracked, None, now)))
+
+    def _observe(self, job: Job, now: float) -> None:
+        """Note a running job's pace with this sighting; forget it for any other phase."""
+        if job.phase is Phase.RUNNING:
+            self.rates[job.id] = eta.observe(self.rates.get(job.id), job, now, self.last_seen)
+        else:
+            self.rates.pop(job.id, None)
+
+    @staticmethod
+    def _has_details(job: Job) -> bool:
+        return job.failure is not None
+
+    def _trim(self, job: Job, now: float) -> Job:
+        """The job without its failure details when it is outside the bound: finished longer
+        than `detail_retention` ago, or pushed out by newer ones (`trimmed`). A history of
+        thousands of failed jobs then holds no details at all."""
+        if not self._has_details(job):
+            return job
+        if job.phase.terminal:
+            done = job.completed_at if job.completed_at is not None else now
+            if now - done > self.detail_retention or job.id in self.trimmed:
+                return replace(job, failure=None)
+        self.detailed.add(job.id)
+        return job
+
+    def _prune_details(self, now: float) -> None:
+        """Keep the details of the newest `max_details` finished jobs within the retention."""
+        if not self.detailed:
+            return
+        finished: list[tuple[float, str]] = []
+        for job_id in list(self.detailed):
+            tracked = self.jobs.get(job_id)
+            if tracked is None or not self._has_details(tracked.job):
+                self.detailed.discard(job_id)
+            elif tracked.job.phase.terminal:
+                job = tracked.job
+                done = job.completed_at if job.completed_at is not None else tracked.last_change
+                finished.append((done, job_id))
+        finished.sort(reverse=True)
+        for i, (done, job_id) in enumerate(finished):
+            if i >= self.max_details or now - done > self.detail_retention:
+                if i >= self.max_details:
+                    self.trimmed.add(job_id)
+                self._strip(job_id)
+
+    def _strip(self, job_id: str) -> None:
+        tracked = self.jobs[job_id]
+        self._put(replace(tracked, job=replace(tracked.job, failure=None)))
+        self.detailed.discard(job_id)
 
     def _count_items(self, action: str, succeeded: int, failed: int) -> None:
         if succeeded:
@@ -271,6 +359,11 @@ class JobTracker:
 
     def _forget(self, job_id: str, now: float) -> None:
         tracked = self.jobs.pop(job_id)
+        if self._has_details(tracked.job):
+            # Gone from the list, so from the page: its details are not needed any more.
+            tracked = replace(tracked, job=replace(tracked.job, failure=None))
+            self.detailed.discard(job_id)
+        self.rates.pop(job_id, None)
         self.gone[job_id] = replace(tracked, gone_since=now)
         self.dirty.add(job_id)
 
@@ -286,6 +379,7 @@ class JobTracker:
             del self.gone[job_id]
             self.dirty.discard(job_id)
             self.removed.add(job_id)
+            self.trimmed.discard(job_id)
 
     def mark_saved(self) -> None:
         self.dirty.clear()

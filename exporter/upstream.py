@@ -184,6 +184,9 @@ class Upstream:
         self.max_body = max_body
         self.redact = redact
         self.requests: Counter[tuple[str, str]] = Counter()
+        # Seconds requests spent waiting for the rate-limit bucket, for
+        # bulk_rate_limit_wait_seconds_total.
+        self.rate_limit_wait = 0.0
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -328,6 +331,7 @@ class Upstream:
         try:
             try:
                 waited = await self.bucket.acquire(budget.deadline, background=budget.background)
+                self.rate_limit_wait += waited
             except RateLimitWait as exc:
                 raise UpstreamError(endpoint, str(exc)) from None
             sent = time.perf_counter()

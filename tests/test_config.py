@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import main
-from exporter.config import ConfigError, load_config
+from exporter.config import ConfigError, load_config, parse_config
 from exporter.platforms.firstpromoter import FirstPromoterSource
 from exporter.platforms.kizen import KizenSource
 from exporter.settings import parse_duration
@@ -467,11 +467,44 @@ def test_keys_are_shown_as_written(tmp_path: Path) -> None:
     assert [p.split(": ", 1)[1] for p in found] == [
         "defaults.int: unknown key (allowed here: finished_job_retention, full_sync_interval,"
         " max_actions, max_concurrency, max_job_series, max_jobs, max_response_size,"
-        " min_interval, timeout)",
+        " min_interval, rate_limit, timeout)",
         "null: unknown key (allowed here: defaults, source_files, sources)",
         "sources[0].5: this key must be text",
         "sources[0].null: this key must be text",
     ], found
+
+
+def test_rate_limit_under_defaults_a_sources_own_beats_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (
+        "defaults: {rate_limit: 30/m}\n"
+        "sources:\n"
+        "  - {name: kz, platform: kizen, business_id: b, user_id: u, api_key: kkkkkk}\n"
+        "  - {name: fp, platform: firstpromoter, account_id: a, api_key: ffffff,"
+        " rate_limit: 2/s}\n"
+    )
+    config = parse_config(text, filename="c.yaml", env={})
+    kz, fp = config.sources
+    assert kz.rate_in(config.settings(kz)).text == "30/m"
+    assert kz.rate_in(config.settings(kz)).per_second == 0.5
+    assert fp.rate_in(config.settings(fp)).text == "2/s"
+    # Neither set: the platform's own default.
+    bare = parse_config(
+        text.replace("defaults: {rate_limit: 30/m}\n", ""), filename="c.yaml", env={}
+    )
+    assert bare.sources[0].rate_in(bare.settings(bare.sources[0])).text == "100/m"
+    # The summary shows the defaults' value and the one in force for each source.
+    path = write(tmp_path, text)
+    assert main(["--config.file", str(path), "--config.check"], env={}) == 0
+    out = capsys.readouterr().out
+    assert out.count("rate_limit: 30/m") == 2  # under defaults, and for kz
+    assert out.count("rate_limit: 2/s") == 1
+    with pytest.raises(ConfigError) as info:
+        parse_config("defaults: {rate_limit: lots}\n", filename="c.yaml", env={})
+    assert info.value.problems == [
+        "c.yaml: defaults.rate_limit: invalid rate limit 'lots': use N/m or N/s, such as 100/m"
+    ]
 
 
 # --- source_files ----------------------------------------------------------------------------

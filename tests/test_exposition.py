@@ -14,11 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.collector import ExporterStatus, _add_histogram
 from exporter.exposition import Renderer, render_scrape
-from exporter.jobs import Job, Phase
+from exporter.jobs import Job, Phase, QueueClock
 from exporter.settings import Settings
 from exporter.source import SourceSnapshot
-from exporter.tracker import Histogram, TrackedJob
-from tests.helpers import promtool_check_metrics
+from exporter.tracker import Histogram, JobTracker, TrackedJob
+from tests.helpers import Labels, promtool_check_metrics
 
 # The families built afresh for every snapshot (health and request counts).
 VOLATILE = {
@@ -26,7 +26,10 @@ VOLATILE = {
     "bulk_scrape_duration_seconds",
     "bulk_last_success_timestamp_seconds",
     "bulk_history_loaded",
+    "bulk_rate_limit_requests_per_second",
     "bulk_api_requests",
+    "bulk_rate_limit_wait_seconds",
+    "bulk_job_estimated_completion_timestamp_seconds",
 }
 SETTINGS = Settings.model_construct(
     timeout=10,
@@ -114,8 +117,15 @@ async def test_both_formats_parse_back_to_the_same_samples() -> None:
     assert om.endswith(b"# EOF\n")
     from_text = _samples(parse_text(text.decode()))
     from_om = _samples(parse_om(om.decode()))  # type: ignore[no-untyped-call]
+
     # OpenMetrics adds nothing but names counters' samples alike; the values agree.
-    assert from_text == {k: v for k, v in from_om.items() if not k[0].endswith("_created")}
+    # The process's own families are read at each encoding: they may move between the two.
+    def ours(samples: dict[tuple[str, Labels], float]) -> dict[tuple[str, Labels], float]:
+        return {k: v for k, v in samples.items() if not k[0].startswith(("process_", "python_"))}
+
+    assert ours(from_text) == {
+        k: v for k, v in ours(from_om).items() if not k[0].endswith("_created")
+    }
     key = (
         "bulk_items_processed_total",
         (("action", 'quo"te'), ("platform", "kizen"), ("result", "succeeded"), ("source", "kz")),
@@ -222,3 +232,42 @@ def test_histogram_samples_are_those_the_library_would_make() -> None:
         theirs = HistogramMetricFamily("h", "help", labels=["platform", "source", "action"])
         theirs.add_metric(["kizen", "kz", "a"], histogram.cumulative(), histogram.total)
         assert ours.samples == theirs.samples
+
+
+def test_the_eta_moves_with_time_though_the_job_does_not() -> None:
+    """The same jobs (what refreshes that change nothing give, whose other families the
+    renderer keeps): the ETA is built at every refresh, later as the pace over the window
+    drops, and gone once the job is stalled."""
+    t0 = 1_800_000_000.0
+    tracker = JobTracker(QueueClock.START_KNOWN)
+    job = Job("j", "a", "", "in_progress", Phase.RUNNING, 100, 0, 0, 0.0, t0 - 60, None)
+    tracker.apply([job], t0, complete=True)
+    tracker.apply(
+        [dataclasses.replace(job, pending=40, succeeded=60, progress=0.6)], t0 + 60, complete=True
+    )
+    base = SourceSnapshot(
+        name="kz",
+        platform="kizen",
+        up=True,
+        duration=0.1,
+        refreshed_at=t0 + 60,
+        last_success=t0 + 60,
+        error=None,
+        settings=Settings(),
+        jobs=tuple(tracker.jobs.values()),
+        actions=frozenset(tracker.actions),
+        rates=dict(tracker.rates),
+    )
+    renderer = Renderer()
+
+    def eta_at(refreshed: float) -> list[float]:
+        families = renderer.families(dataclasses.replace(base, refreshed_at=refreshed), refreshed)
+        (family,) = [
+            f for f in families if f.name == "bulk_job_estimated_completion_timestamp_seconds"
+        ]
+        return [s.value for s in family.samples]
+
+    assert eta_at(t0 + 60) == [t0 + 60 + 40 / 1.0]
+    (later,) = eta_at(t0 + 120)
+    assert later == t0 + 120 + 40 / (60 / 120)
+    assert eta_at(t0 + 60 + 1800) == []  # stalled: unchanged for 30 minutes

@@ -19,6 +19,8 @@ import aiohttp
 import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from exporter.ratelimit import TokenBucket
+from exporter.settings import RateLimit
 from exporter.simulator import Credentials, Fault
 from tests.conftest import Client, ExporterFactory, SimHandle, last_error
 from tests.helpers import (
@@ -296,3 +298,17 @@ def test_fault_bodies_are_what_they_claim() -> None:
     assert len(BIG) > 50 * 1024 * 1024
     with pytest.raises(RecursionError):
         json.loads(NESTED)
+
+
+async def test_acquire_returns_the_seconds_it_waited() -> None:
+    bucket = TokenBucket(RateLimit.parse("10/s"))
+    deadline = asyncio.get_running_loop().time() + 30
+    # Ten tokens in the bucket: no wait (and no await in between, so no refill to speak of).
+    assert [await bucket.acquire(deadline) for _ in range(10)] == [0.0] * 10
+    # The eleventh waits for one token at 10 a second: at most 0.1 s, less by the refill.
+    waited = await bucket.acquire(deadline)
+    assert 0 < waited <= 0.1
+    # Background work waits until the headroom is back, and says how long it slept.
+    waited = await bucket.acquire(deadline, background=True)
+    assert isinstance(waited, float)
+    assert 0 <= waited <= (1 + bucket.headroom) / bucket.limit.per_second

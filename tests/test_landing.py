@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -18,13 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from exporter.eta import completion
 from exporter.jobs import Job
 from exporter.landing import landing_page
 from exporter.runtime import Runtime
 from exporter.server import RUNTIME
-from exporter.simulator import Fault
+from exporter.simulator import Credentials, Fault
+from exporter.simulator.world import SIGNATURE_PARAM, SIGNED_URL_HOST
 from tests.conftest import Client, ExporterFactory, SimHandle, last_error
-from tests.helpers import require_tool
+from tests.helpers import one, parse_samples, require_tool
 
 HOSTILE = "<script>alert(1)</script>\"'"
 HOSTILE_OBJECT = '<img src=x onerror="alert(2)">'
@@ -366,3 +369,154 @@ async def test_at_most_max_job_series_newest_first(
     page = parse(await (await client.get("/")).text())
     assert [r.attrs["data-job-id"] for r in job_rows(page, "kz")] == [jobs[0].id, jobs[1].id]
     assert "the newest 2 of 4 active" in page.find("section", data_source="kz").text
+
+
+ETA_TEXT = re.compile(r"in (under 1 min|\d+ min|\d+ h \d\d min|\d+ d \d+ h)")
+
+
+async def test_eta_and_recently_finished_in_a_browser(
+    sim: SimHandle, exporter: ExporterFactory, tmp_path: Path
+) -> None:
+    world, now = sim.world, time.time()
+    moving = world.add_kizen_job(status="in_progress", pending=1000, started_at=now - 60)
+    queued = world.add_kizen_job(status="queued", pending=50)
+    stalled = world.add_kizen_job(status="in_progress", pending=500, started_at=now - 2400)
+    # FirstPromoter: counts that stand still while the percentage moves.
+    by_percent = world.add_fp_batch(status="in_progress", selected_total=100, created_at=now - 60)
+    by_percent.progress_override = 20
+    # Finished: a failure with the simulator's own report (a signed link), one whose report's
+    # name holds markup, one with a report of the wrong shape, a newer success, and a failure
+    # from before the retention (not listed).
+    signed = world.add_kizen_job(
+        status="failed", pending=5, success=3, failed=2, started_at=now - 900
+    )
+    signed.completed_at = now - 600
+    marked = world.add_kizen_job(
+        status="failed",
+        pending=0,
+        success=1,
+        failed=1,
+        started_at=now - 800,
+        extra={"failure_report": {"name": HOSTILE_OBJECT, "url": "https://" + SIGNED_URL_HOST}},
+    )
+    marked.completed_at = now - 500
+    shapeless = world.add_kizen_job(
+        status="failed", pending=0, success=1, started_at=now - 700, extra={"failure_report": "x"}
+    )
+    shapeless.completed_at = now - 400
+    newest = world.add_kizen_job(status="completed", pending=0, success=9, started_at=now - 300)
+    newest.completed_at = now - 100
+    ancient = world.add_kizen_job(status="failed", pending=0, failed=1, started_at=now - 9000)
+    ancient.completed_at = now - 8000
+    fp_failed = world.add_fp_batch(
+        status="failed",
+        selected_total=10,
+        processed=4,
+        failed=6,
+        created_at=now - 400,
+        updated_at=now - 300,
+        processing_errors=[HOSTILE, "<b>two</b>", "x" * 500, "fourth"],
+    )
+    fp_odd = world.add_fp_batch(
+        status="failed",
+        selected_total=10,
+        created_at=now - 400,
+        updated_at=now - 200,
+        processing_errors=[{"nested": [1]}, 7],
+    )
+    fp_odd.processing_errors = {"not": "a list"}  # type: ignore[assignment]
+    # An upstream message that quotes the account's own key: masked before it is cut.
+    key = Credentials().fp_api_key
+    fp_leaky = world.add_fp_batch(
+        status="failed",
+        selected_total=10,
+        created_at=now - 400,
+        updated_at=now - 250,
+        processing_errors=["x" * 195 + key + " was refused"],
+    )
+
+    client = await exporter()
+    assert (await client.get("/metrics")).status == 200
+    moving.pending, moving.success = 880, 120
+    by_percent.progress_override = 40
+    response = await client.get("/metrics")
+    assert response.status == 200
+    metrics = await response.text()
+    html = await (await client.get("/")).text()
+    page = await browse(client, tmp_path)
+
+    # --- the ETA column
+    header = page.find("section", data_source="kz").find("table", cls="jobs").find_all("th")
+    assert [h.text for h in header][-1] == "ETA"
+    for source, job_id in (("kz", moving.id), ("fp", str(by_percent.id))):
+        last = runtime_of(client).sources[source].last
+        assert last is not None
+        tracked = next(t for t in last.jobs if t.job.id == job_id)
+        expected = completion(
+            tracked.job, tracked.last_change, last.rates.get(job_id), last.refreshed_at
+        )
+        assert expected is not None, source
+        row = page.find("section", data_source=source).find("tr", cls="job", data_job_id=job_id)
+        cell = row.find("td", cls="eta")
+        assert ETA_TEXT.fullmatch(cell.text), cell.text
+        assert cell.attrs["title"] == time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(expected))
+        # The same estimate as the metric.
+        served = one(
+            parse_samples(metrics),
+            "bulk_job_estimated_completion_timestamp_seconds",
+            source=source,
+            job_id=job_id,
+        )
+        assert served == expected
+    for job_id in (queued.id, stalled.id):
+        row = page.find("section", data_source="kz").find("tr", cls="job", data_job_id=job_id)
+        assert row.find("td", cls="eta").text == "—"
+
+    # --- recently finished: failures of the last hour first, then the newest
+    kz_done = page.find("section", data_source="kz").find_all("tr", cls="done")
+    assert [r.attrs["data-job-id"] for r in kz_done] == [
+        shapeless.id,
+        marked.id,
+        signed.id,
+        newest.id,
+    ]
+    assert all(r.has_class("failed-recently") for r in kz_done[:3])
+    assert not kz_done[3].has_class("failed-recently")
+    by_id = {r.attrs["data-job-id"]: r for r in kz_done}
+    assert by_id[signed.id].find("span", cls="report").text == "failures.csv"
+    assert by_id[marked.id].find("span", cls="report").text == HOSTILE_OBJECT
+    assert by_id[shapeless.id].find("td", cls="details").text == "—"
+    assert by_id[signed.id].find("td", cls="duration").text == "5m 00s"
+    assert [
+        by_id[signed.id].find("td", cls=c).text for c in ("succeeded", "failed", "pending")
+    ] == [
+        "3",
+        "2",
+        "5",
+    ]
+    assert "failed" in by_id[signed.id].find("td", cls="status").text
+
+    fp_done = page.find("section", data_source="fp").find_all("tr", cls="done")
+    fp_by_id = {r.attrs["data-job-id"]: r for r in fp_done}
+    errors = [li.text for li in fp_by_id[str(fp_failed.id)].find_all("li")]
+    assert errors == [HOSTILE, "<b>two</b>", "x" * 199 + "…"]
+    assert fp_by_id[str(fp_odd.id)].find("td", cls="details").text == "—"
+    (leaky,) = [li.text for li in fp_by_id[str(fp_leaky.id)].find_all("li")]
+    assert leaky == "x" * 195 + "<sec…"
+    assert key not in html
+
+    # Hostile text is text; the signed link is nowhere, neither in the page nor in the metrics.
+    assert page.find_all("script") == []
+    assert page.find_all("img") == []
+    assert page.find_all("b") == []
+    assert not [n for n in page.walk() for a in n.attrs if a.startswith("on")]
+    for answer in (html, metrics, page.text):
+        assert SIGNED_URL_HOST not in answer
+        assert SIGNATURE_PARAM not in answer
+        assert "files/" not in answer
+    # A source whose rows carry details of any shape is up, with every row shown.
+    for source in ("kz", "fp"):
+        last = runtime_of(client).sources[source].last
+        assert last is not None
+        assert last.up, source
+    assert {ancient.id} & set(by_id) == set()

@@ -153,3 +153,71 @@ def test_malformed_kizen_rows(row: Any) -> None:
 def test_malformed_firstpromoter_rows(row: Any) -> None:
     with pytest.raises(RowError):
         firstpromoter.parse_row(row)
+
+
+# --- failure details: shown safely or left out, never a skipped row ----------------------------
+
+MARKUP = '<img src=x onerror="alert(1)">'
+
+
+@pytest.mark.parametrize(
+    ("errors", "kept"),
+    [
+        (["first", "second"], ("first", "second")),
+        (["a", "b", "c", "d"], ("a", "b", "c")),  # the first three
+        ([MARKUP], (MARKUP,)),  # kept as text; the page escapes it
+        (["line one\n\tline two"], ("line one line two",)),
+        ([{"message": "as an object"}, {"code": 3}], ("as an object",)),
+        ([1, None, ["nested"], "", "  ", True, "usable"], ("usable",)),
+        ("not a list", ()),
+        ({"error": "an object"}, ()),
+        (None, ()),
+        (42, ()),
+    ],
+)
+def test_processing_errors_of_any_shape(errors: object, kept: tuple[str, ...]) -> None:
+    job = firstpromoter.parse_row(fp_row(status="failed", processing_errors=errors))
+    assert (job.failure.errors if job.failure else ()) == kept
+    assert job.phase is Phase.FAILED
+
+
+def test_processing_errors_are_cut_after_redaction() -> None:
+    secret = "sk_live_" + "s" * 40
+    long = "x" * 190 + secret + "y" * 500
+    job = firstpromoter.parse_row(
+        fp_row(processing_errors=[long]), redact=lambda t: t.replace(secret, "<secret>")
+    )
+    assert job.failure is not None
+    (text,) = job.failure.errors
+    assert len(text) == 200
+    assert text.endswith("…")
+    assert text.startswith("x" * 190 + "<secret>")
+    assert "sk_live" not in text
+
+
+@pytest.mark.parametrize(
+    ("report", "name"),
+    [
+        (
+            {
+                "name": "failures.csv",
+                "url": "https://files.example.invalid/f.csv?X-Amz-Signature=abc",
+                "key": "files/f.csv",
+            },
+            "failures.csv",
+        ),
+        ({"name": MARKUP}, MARKUP),  # kept as text; the page escapes it
+        ({"name": "reports/2026/failures.csv"}, "failures.csv"),  # the file name only
+        ({"name": "https://files.example.invalid/f.csv?sig=1"}, None),  # a link: left out
+        ({"url": "https://files.example.invalid/f.csv"}, None),  # no name: nothing
+        ({"name": 7}, None),
+        ({"name": ""}, None),
+        ("failures.csv", None),
+        (["failures.csv"], None),
+        (None, None),
+    ],
+)
+def test_failure_report_of_any_shape(report: object, name: str | None) -> None:
+    job = kizen.parse_row(kizen_row(status="failed", failure_report=report))
+    assert (job.failure.report if job.failure else None) == name
+    assert job.phase is Phase.FAILED

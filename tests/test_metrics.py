@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import time
+import zlib
 from typing import Any
 
 import pytest
@@ -355,12 +357,120 @@ async def test_openmetrics_and_gzip(sim: SimHandle, exporter: ExporterFactory) -
 
 
 async def test_promtool_check_metrics(sim: SimHandle, exporter: ExporterFactory) -> None:
-    populate(sim)
+    jobs = populate(sim)
     sim.world.add_kizen_job(
         action='a"b\\c\nd', status="in_progress", pending=1, started_at=time.time()
     )
     client = await exporter()
     await scrape(client)
+    # A running job moves between the two scrapes: the answer holds ETAs too.
+    jobs["running"].pending -= 10
+    jobs["running"].success += 10
     text = await scrape(client)
+    assert "bulk_job_estimated_completion_timestamp_seconds{" in text
+    assert "process_resident_memory_bytes " in text
     # Not a single finding, not even a warning.
     assert (await promtool_check_metrics(text)).strip() == ""
+
+
+async def test_rate_limit_allowance_and_wait(sim: SimHandle, exporter: ExporterFactory) -> None:
+    now = time.time()
+    for _ in range(40):
+        sim.world.add_kizen_job(
+            status="completed", pending=0, started_at=now - 99, completed_at=now - 90
+        )
+    # kz takes rate_limit from defaults, fp has its own.
+    client = await exporter(
+        defaults="  rate_limit: 5/s\n",
+        kizen_extra="    page_size: 5\n",
+        fp_extra="    rate_limit: 120/m\n",
+    )
+    s = parse_samples(await scrape(client))
+    assert one(s, "bulk_up", **KZ) == 1
+    assert one(s, "bulk_rate_limit_requests_per_second", **KZ) == 5.0
+    assert one(s, "bulk_rate_limit_requests_per_second", **FP) == 2.0
+    # 8 list pages against a bucket of 5: three requests waited, for 0.2, 0.4 and 0.6 s at most
+    # (less by what the bucket refilled meanwhile).
+    assert one(s, "bulk_api_requests_total", **KZ, endpoint="list", code="200") == 8
+    waited = one(s, "bulk_rate_limit_wait_seconds_total", **KZ)
+    assert 0 < waited <= 1.2 + 1e-9
+    # fp made 2 requests with 120 tokens: no wait, and the zero is served.
+    assert one(s, "bulk_rate_limit_wait_seconds_total", **FP) == 0.0
+    # A counter: it never goes down, and /probe serves it too.
+    probe = parse_samples(await scrape(client, "/probe?source=kz"))
+    assert one(probe, "bulk_rate_limit_wait_seconds_total", **KZ) >= waited
+    assert one(probe, "bulk_rate_limit_requests_per_second", **KZ) == 5.0
+
+
+async def test_platform_default_allowance(sim: SimHandle, exporter: ExporterFactory) -> None:
+    client = await exporter()
+    s = parse_samples(await scrape(client))
+    for labels in (KZ, FP):
+        assert one(s, "bulk_rate_limit_requests_per_second", **labels) == pytest.approx(100 / 60)
+
+
+PROCESS_FAMILIES = ("process_resident_memory_bytes", "process_cpu_seconds_total", "python_info")
+
+
+async def test_process_and_platform_collectors_on_metrics_only(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    populate(sim)
+    # Scrapes within min_interval share one refresh, and so the cached encoding of its part.
+    client = await exporter(defaults="  min_interval: 1h\n")
+    first = parse_samples(await scrape(client))
+    assert one(first, "process_resident_memory_bytes") > 0
+    assert one(first, "process_cpu_seconds_total") >= 0
+    assert one(first, "python_info", implementation="CPython") == 1
+    assert select(first, "python_gc_objects_collected_total")
+    for name, labels in first:
+        if name.startswith(("process_", "python_")):
+            assert not {"platform", "source"} & dict(labels).keys(), name
+    probe = parse_samples(await scrape(client, "/probe?source=kz"))
+    assert not [name for name, _ in probe if name.startswith(("process_", "python_"))]
+    assert one(probe, "bulk_up", **KZ) == 1
+
+    # They are read when an answer is encoded: scrapes that share one refresh share its
+    # encoding, and with it the values; a new refresh's answer reads them again.
+    collections = one(first, "python_gc_collections_total", generation="2")
+    gc.collect()
+    shared = parse_samples(await scrape(client))
+    assert one(shared, "python_gc_collections_total", generation="2") == collections
+    fresh_client = await exporter()
+    await scrape(fresh_client)
+    gc.collect()
+    fresh = parse_samples(await scrape(fresh_client))
+    assert one(fresh, "python_gc_collections_total", generation="2") > collections
+
+
+async def test_process_families_in_both_formats_and_gzip(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    populate(sim)
+    client = await exporter(defaults="  min_interval: 1h\n")
+    for accept in ("application/openmetrics-text; version=1.0.0", "text/plain"):
+        for _ in range(2):  # the second answer comes from the cache
+            raw = await client.session.get(
+                client.make_url("/metrics"),
+                headers={"Accept-Encoding": "gzip", "Accept": accept},
+                auto_decompress=False,
+            )
+            assert raw.headers["Content-Encoding"] == "gzip"
+            body = await raw.read()
+            # One gzip member, whole: what every client can read.
+            stream = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            text = (stream.decompress(body) + stream.flush()).decode()
+            assert stream.eof
+            assert stream.unused_data == b""
+            if accept.startswith("application/openmetrics-text"):
+                assert text.count("# EOF") == 1
+                assert text.endswith("# EOF\n")
+                names = {f.name for f in om_parse(text)}  # type: ignore[no-untyped-call]
+            else:
+                assert "# EOF" not in text
+                names = {name for name, _ in parse_samples(text)}
+            assert "bulk_up" in names
+            assert any(n.startswith("process_resident_memory_bytes") for n in names), accept
+            assert any(n.startswith("python_gc_objects_collected") for n in names), accept
+            if accept == "text/plain":
+                await promtool_check_metrics(text)

@@ -274,3 +274,73 @@ def test_docker_compose_is_valid_and_mounts_exist() -> None:
     prometheus = yaml.safe_load((ROOT / "prometheus/prometheus.yml").read_text())
     mounted = {Path(v.split(":")[1]).name for v in compose["services"]["prometheus"]["volumes"]}
     assert set(prometheus["rule_files"]) <= mounted
+
+
+def overview() -> dict[str, Any]:
+    path = ROOT / "grafana" / "dashboards" / "bulk-progress-overview.json"
+    dashboard: dict[str, Any] = json.loads(path.read_text())
+    return dashboard
+
+
+def panel_titled(dashboard: dict[str, Any], title: str, kind: str = "timeseries") -> dict[str, Any]:
+    found: list[dict[str, Any]] = [
+        p for p in dashboard["panels"] if p["title"] == title and p["type"] == kind
+    ]
+    (panel,) = found
+    return panel
+
+
+def test_the_active_jobs_table_has_an_eta_column() -> None:
+    table = panel_titled(overview(), "Active jobs", "table")
+    targets = {t["refId"]: t["expr"] for t in table["targets"]}
+    assert "bulk_job_estimated_completion_timestamp_seconds{" in targets["C"]
+    # Grafana's dateTimeFromNow reads milliseconds ("in 14 minutes").
+    assert targets["C"].startswith("1000 * max by (platform, source, job_id, action) (")
+    organize = next(t for t in table["transformations"] if t["id"] == "organize")["options"]
+    assert organize["renameByName"]["Value #C"] == "ETA"
+    (eta,) = [o for o in table["fieldConfig"]["overrides"] if o["matcher"]["options"] == "ETA"]
+    assert {"id": "unit", "value": "dateTimeFromNow"} in eta["properties"]
+    # The joins only add the job's object, status and phase: each value stays its own (the
+    # recorded series is seconds since the last change, a factor no column may carry).
+    for ref in ("A", "C"):
+        joined = targets[ref].split("group_left (object, status, phase) ", 1)[1]
+        assert joined.startswith("(platform_source_job:bulk_job_seconds_since_change:active{")
+        assert joined.endswith("} * 0 + 1)"), ref
+
+
+def test_the_api_allowance_panel() -> None:
+    panel = panel_titled(overview(), "API allowance used")
+    assert panel["fieldConfig"]["defaults"]["unit"] == "reqpm"
+    used, allowance, account = (t["expr"] for t in panel["targets"])
+    assert "rate(bulk_api_requests_total{" in used
+    assert used.endswith(" * 60")
+    assert allowance.startswith("max by (platform, source) (bulk_rate_limit_requests_per_second{")
+    assert allowance.endswith(" * 60")
+    assert 'platform="firstpromoter"' in account
+    assert account.endswith(" * 0 + 400")
+
+
+def test_a_row_for_the_exporter_itself() -> None:
+    dashboard = overview()
+    panels = dashboard["panels"]
+    start = next(i for i, p in enumerate(panels) if p["title"] == "The exporter")
+    assert panels[start]["type"] == "row"
+    below = []
+    for panel in panels[start + 1 :]:
+        if panel["type"] == "row":
+            break
+        below += [t["expr"] for t in panel["targets"]]
+    for metric in (
+        "process_resident_memory_bytes",
+        "rate(process_cpu_seconds_total[",
+        "bulk_scrape_duration_seconds{",
+        "scrape_duration_seconds and on (job, instance)",
+    ):
+        assert any(expr.startswith(metric) or metric in expr for expr in below), metric
+    # Per exporter process (no source label of their own): limited to the targets that serve
+    # the selected sources.
+    for expr in below:
+        if "process_" in expr or expr.startswith("scrape_duration"):
+            assert expr.endswith(
+                ' and on (job, instance) bulk_up{platform=~"$platform", source=~"$source"}'
+            ), expr

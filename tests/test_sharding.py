@@ -50,6 +50,9 @@ TIMING = {
     "bulk_job_last_change_timestamp_seconds",
     "bulk_job_queue_wait_seconds_sum",
     "bulk_job_queue_wait_seconds_bucket",
+    # From the times each exporter saw the jobs move, and waited for its own bucket.
+    "bulk_job_estimated_completion_timestamp_seconds",
+    "bulk_rate_limit_wait_seconds_total",
 }
 # Left out of the comparison: how many requests a refresh made depends on timing too (the
 # first refresh reads the active jobs beside the full read and drops that read when the full

@@ -26,6 +26,7 @@ import pytest
 from exporter.runtime import Runtime
 from exporter.server import make_app
 from exporter.simulator import Credentials, Fault
+from exporter.simulator.world import SIGNED_URL_HOST
 from exporter.state import SCHEMA_VERSION, StateStore
 from tests.conftest import Client, ExporterFactory, SimHandle
 from tests.helpers import (
@@ -290,6 +291,80 @@ async def test_a_job_that_fails_while_the_exporter_is_down_counts_once(
     assert "state restored" in exporter.log.read_text()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+async def test_the_eta_and_failure_details_survive_a_restart(
+    sig: signal.Signals,
+    sim_process: SimProcess,
+    exporters: list[ExporterProcess],
+    tmp_path: Path,
+) -> None:
+    """A running job's pace and the failure details of finished jobs are in the state: right
+    after a restart, with the job unchanged (one observation, for a fresh exporter: no ETA),
+    the estimate is served, later than before (the job sat still meanwhile), and the page
+    lists the failures with their details."""
+    sim = sim_process
+    job = await sim.call(
+        "POST", "kizen", {"status": "in_progress", "pending": 1000, "started_at": "now"}
+    )
+    await sim.call(
+        "POST",
+        "firstpromoter",
+        {
+            "status": "failed",
+            "selected_total": 10,
+            "processed": 4,
+            "failed": 6,
+            "updated_at": "now",
+            "processing_errors": ["row 3: <b>bad</b> email", "row 9: missing id"],
+        },
+    )
+    failed = await sim.call(
+        "POST",
+        "kizen",
+        {"status": "failed", "pending": 0, "success": 1, "failed": 2, "started_at": "now"},
+    )
+    assert failed["failure_report"]["url"]  # the simulator gives its signed link
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        source_yaml(
+            sim.kizen_url,
+            sim.fp_url,
+            kizen_extra="    rate_limit: 100/s\n",
+            fp_extra="    rate_limit: 100/s\n",
+        )
+    )
+    exporter = ExporterProcess(config, tmp_path / "state", tmp_path / "log")
+    exporters.append(exporter)
+    exporter.start()
+    await exporter.wait_ready()
+    up(await exporter.scrape())
+    await sim.call("PATCH", f"kizen/{job['id']}", {"pending": 900, "success": 100})
+    before = await exporter.scrape()
+    up(before)
+    kz_job = {"source": "kz", "job_id": job["id"]}
+    eta_before = one(before, "bulk_job_estimated_completion_timestamp_seconds", **kz_job)
+
+    exporter.stop(sig)
+    exporter.start()
+    await exporter.wait_ready()
+    after = await exporter.scrape()
+    up(after)
+    eta_after = one(after, "bulk_job_estimated_completion_timestamp_seconds", **kz_job)
+    assert eta_after > eta_before
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{exporter.port}/") as r,
+    ):
+        page = await r.text()
+    assert "row 3: &lt;b&gt;bad&lt;/b&gt; email" in page
+    assert "row 9: missing id" in page
+    assert f'data-job-id="{failed["id"]}" data-phase="failed"' in page
+    assert "failures.csv" in page
+    assert SIGNED_URL_HOST not in page
+    exporter.stop(signal.SIGTERM)
+    assert "state restored" in exporter.log.read_text()
+
+
 async def test_twenty_kill_9s_during_churn_lose_and_double_nothing(
     exporters: list[ExporterProcess], tmp_path: Path
 ) -> None:
@@ -472,6 +547,58 @@ async def test_a_garbled_row_sets_the_file_aside(
     s = await get(client)
     up(s)
     assert sum(select(s, "bulk_jobs_finished_total", source="kz").values()) == 0
+
+
+async def test_a_version_2_file_is_upgraded_in_place(
+    sim: SimHandle, stored: Any, tmp_path: Path
+) -> None:
+    """A state file written before failure details and pace histories were kept (schema 2)
+    is brought up to date, not set aside: its counters continue."""
+    client, _ = await stored(tmp_path)
+    before = await lived_in(sim, client)
+    await client.close()
+    with sqlite3.connect(tmp_path / "kz.sqlite") as db:
+        for column in ("errors", "failure_file", "rate"):
+            db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+        db.execute("PRAGMA user_version = 2")
+    db.close()
+    with capture_logs() as logs:
+        client, _ = await stored(tmp_path)
+        after = await get(client)
+    up(after)
+    assert aside(tmp_path, "kz") == []
+    assert "set aside" not in logs.getvalue()
+    assert counters(after) == counters(before)
+    with sqlite3.connect(tmp_path / "kz.sqlite") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    db.close()
+
+
+async def test_an_unreadable_pace_history_restarts_cleanly(
+    sim: SimHandle, stored: Any, tmp_path: Path
+) -> None:
+    """A pace history that does not read back costs that job its estimate until it is seen
+    moving again, not the file."""
+    now = time.time()
+    moving = sim.world.add_kizen_job(status="in_progress", pending=500, started_at=now - 60)
+    client, _ = await stored(tmp_path, source_yaml(sim.kizen_url, None))
+    up(await get(client))
+    moving.pending, moving.success = 450, 50
+    s = await get(client)
+    assert select(s, "bulk_job_estimated_completion_timestamp_seconds", job_id=moving.id)
+    await client.close()
+    with sqlite3.connect(tmp_path / "kz.sqlite") as db:
+        db.execute("UPDATE jobs SET rate = '[[\"soon\"]]' WHERE id = ?", (moving.id,))
+    db.close()
+    client, _ = await stored(tmp_path, source_yaml(sim.kizen_url, None))
+    s = await get(client)
+    up(s)
+    assert aside(tmp_path, "kz") == []
+    assert one(s, "bulk_job_info", job_id=moving.id) == 1
+    assert not select(s, "bulk_job_estimated_completion_timestamp_seconds", job_id=moving.id)
+    moving.pending, moving.success = 400, 100
+    s = await get(client)
+    assert select(s, "bulk_job_estimated_completion_timestamp_seconds", job_id=moving.id)
 
 
 async def test_a_missing_directory_is_created(sim: SimHandle, stored: Any, tmp_path: Path) -> None:

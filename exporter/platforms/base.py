@@ -20,7 +20,7 @@ from pydantic import AfterValidator, SecretStr, field_validator
 
 from exporter.jobs import Job, Phase, QueueClock, RowError
 from exporter.logs import log
-from exporter.settings import Rate, RateLimit, SettingOverrides, Settings
+from exporter.settings import RateLimit, SettingOverrides, Settings
 from exporter.trace import RowKeys, Trace
 from exporter.upstream import Budget, NotFound, Upstream, UpstreamError
 
@@ -157,7 +157,7 @@ class SourceConfig(SettingOverrides):
     base_url: str | None = None
     api_key: SecretStr | None = None
     api_key_file: str | None = None
-    rate_limit: Rate | None = None
+    # `rate_limit` is one of the settings (it may be set under `defaults` too).
     incremental: bool = True
 
     @field_validator("base_url")
@@ -179,7 +179,13 @@ class SourceConfig(SettingOverrides):
 
     @property
     def rate(self) -> RateLimit:
-        return self.rate_limit or RateLimit.parse(self.DEFAULT_RATE_LIMIT)
+        """The source's own rate limit, else its platform's default (`defaults` aside)."""
+        return self.rate_in(Settings().overridden_by(self))
+
+    def rate_in(self, settings: Settings) -> RateLimit:
+        """The rate limit in force under these resolved settings (`Config.settings`): the
+        source's own, else the `defaults` one, else the platform's default."""
+        return settings.rate_limit or RateLimit.parse(self.DEFAULT_RATE_LIMIT)
 
     @property
     def secret(self) -> str:

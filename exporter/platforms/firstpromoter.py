@@ -20,9 +20,11 @@ from exporter.jobs import (
     QueueClock,
     RowError,
     clamp_ratio,
+    failure_of,
     label,
     optional_count,
     parse_timestamp,
+    processing_errors,
     require_count,
     require_id,
     require_object,
@@ -38,6 +40,7 @@ from exporter.platforms.base import (
     notice,
     read_by_id,
 )
+from exporter.redact import Redact
 from exporter.settings import Settings
 from exporter.trace import RowKeys, Trace
 from exporter.upstream import Budget, Upstream, UpstreamError
@@ -79,9 +82,10 @@ ROW_KEYS = RowKeys(
             "action_label",
             "created_at",
             "updated_at",
+            "processing_errors",
         }
     ),
-    documented=frozenset({"meta", "processing_errors"}),
+    documented=frozenset({"meta"}),
 )
 
 
@@ -175,11 +179,13 @@ def progress_unit(row: object, progress: ProgressMap | None, includes_failed: bo
 def parse_row(
     row: object,
     progress: ProgressMap | None = None,
+    redact: Redact | None = None,
     *,
     includes_failed: bool = False,
     progress_scale: float | None = 100,
 ) -> Job:
-    """Map one BatchProcess object to a Job; RowError if it is unusable.
+    """Map one BatchProcess object to a Job; RowError if it is unusable. `redact` masks
+    secrets in the `processing_errors` kept for the landing page.
 
     includes_failed: `processed_count` counts the failed items too (the account was seen
     answering so), so the succeeded ones are `processed_count - failed_count`.
@@ -217,6 +223,7 @@ def parse_row(
         progress=ratio,
         started_at=parse_timestamp(row.get("created_at"), "created_at"),
         completed_at=updated_at if phase.terminal else None,
+        failure=failure_of(processing_errors(row.get("processing_errors"), redact)),
     )
 
 
@@ -305,6 +312,7 @@ class FirstPromoterClient:
             return parse_row(
                 row,
                 progress,
+                self.upstream.redact,
                 includes_failed=self.includes_failed,
                 progress_scale=self.progress_scale,
             )

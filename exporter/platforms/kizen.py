@@ -23,6 +23,8 @@ from exporter.jobs import (
     Job,
     Phase,
     QueueClock,
+    failure_file,
+    failure_of,
     label,
     parse_timestamp,
     require_count,
@@ -42,6 +44,7 @@ from exporter.platforms.base import (
     read_by_id,
     run_all,
 )
+from exporter.redact import Redact
 from exporter.settings import Count, Settings, Strict
 from exporter.trace import RowKeys
 from exporter.upstream import Budget, NotFound, Upstream, UpstreamError
@@ -79,9 +82,10 @@ ROW_KEYS = RowKeys(
             "pending_count",
             "success_count",
             "failed_count",
+            "failure_report",
         }
     ),
-    documented=frozenset({"meta", "report", "failure_report", "imported_file", "export_file"}),
+    documented=frozenset({"meta", "report", "imported_file", "export_file"}),
 )
 UUID_FORM = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
@@ -158,8 +162,9 @@ def _timestamp(value: object, field: str) -> float | None:
     return parse_timestamp(value, field)
 
 
-def parse_row(row: object) -> Job:
-    """Map one ReadBulkActionProgress object to a Job; RowError if it is unusable.
+def parse_row(row: object, redact: Redact | None = None) -> Job:
+    """Map one ReadBulkActionProgress object to a Job; RowError if it is unusable. `redact`
+    masks secrets in the failure report's file name kept for the landing page.
 
     A full read of a large account is mostly this (and the JSON decoding before it): the
     common cases are checked inline, the rest goes through the shared `require_*` checks."""
@@ -177,6 +182,7 @@ def parse_row(row: object) -> Job:
     custom_object = row.get("custom_object")
     name = custom_object.get("object_name") if isinstance(custom_object, dict) else None
     completed_at = _timestamp(row.get("completed_at"), "completed_at")
+    report = row.get("failure_report")
     return Job(
         job_id,
         label(require_str(row, "action")),
@@ -189,6 +195,7 @@ def parse_row(row: object) -> Job:
         progress,
         _timestamp(row.get("started_at"), "started_at"),
         completed_at if phase.terminal else None,
+        failure=None if report is None else failure_of(report=failure_file(report, redact)),
     )
 
 
@@ -292,6 +299,9 @@ class KizenClient:
     def _notice(self, key: str, sentence: str) -> None:
         notice(self.notices, logger, self.source.name, key, sentence)
 
+    def _parse(self, row: object) -> Job:
+        return parse_row(row, self.upstream.redact)
+
     def _params(self, page: int, size: int, extra: Mapping[str, str]) -> dict[str, str]:
         params = {"page": str(page), "page_size": str(size)}
         if self.source.filters is not None:
@@ -330,7 +340,7 @@ class KizenClient:
         rows = ReadResult(complete=False)
         if budget.trace is not None:
             budget.trace.page("list", size, len(results))
-        rows.add_rows("list", results, parse_row, budget.trace)
+        rows.add_rows("list", results, self._parse, budget.trace)
         return _Page(rows, count, body.get("next"), len(results))
 
     async def _first_page(self, budget: Budget, extra: Mapping[str, str]) -> _Page | None:
@@ -627,5 +637,5 @@ class KizenClient:
         missing = [job_id for job_id in known.active if job_id not in active.jobs]
         if len(missing) > BY_ID_LIMIT:
             return await self.read_all(budget)
-        await read_by_id(active, missing, parse_row, self.upstream, LIST_PATH, budget)
+        await read_by_id(active, missing, self._parse, self.upstream, LIST_PATH, budget)
         return active

@@ -26,7 +26,15 @@ if TYPE_CHECKING:
     from exporter.simulator.app import Simulator
 
 _KIZEN_FIELDS = {"status", "pending", "success", "failed", "started_at", "completed_at", "action"}
-_FP_FIELDS = {"status", "processed", "failed", "selected_total", "updated_at", "action_label"}
+_FP_FIELDS = {
+    "status",
+    "processed",
+    "failed",
+    "selected_total",
+    "updated_at",
+    "action_label",
+    "processing_errors",
+}
 _TIMES = {"started_at", "completed_at", "created_at", "updated_at"}
 
 

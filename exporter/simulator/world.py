@@ -28,6 +28,17 @@ def fp_time(ts: float) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+# How a signed link to a stored file looks: whoever holds it can download the file, so the
+# exporter must never show it (tests look for these words in everything it serves).
+SIGNED_URL_HOST = "files.example.invalid"
+SIGNATURE_PARAM = "X-Amz-Signature"
+# What the simulator writes into a failed FirstPromoter batch: text with markup in it.
+FP_FAILURE_ERRORS = (
+    "Simulated failure: upstream service unavailable",
+    'Promoter 17: email <bob@example.com> is not valid; field "<b>ref_id</b>" is missing',
+)
+
+
 def _s3_object(owner: str, name: str, ts: float) -> dict[str, Any]:
     key = f"files/{owner}/{name}"
     return {
@@ -35,7 +46,7 @@ def _s3_object(owner: str, name: str, ts: float) -> dict[str, Any]:
         "created": kizen_time(ts),
         "key": key,
         "name": name,
-        "url": f"https://files.example.invalid/{key}",
+        "url": f"https://{SIGNED_URL_HOST}/{key}?X-Amz-Expires=3600&{SIGNATURE_PARAM}=5f2c9e0a7b",
         "thumbnail_url": "",
         "size_bytes": "2048",
         "content_type": "text/csv",
@@ -112,7 +123,8 @@ class FPBatch:
     frozen: bool = False
     fate: tuple[int, str] | None = None
     progress_override: int | None = None
-    processing_errors: list[str] = field(default_factory=list)
+    # Strings as documented; a test may put anything here (bad input).
+    processing_errors: list[Any] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -140,7 +152,10 @@ class FPBatch:
             "updated_at": fp_time(self.updated_at),
             "meta": {"source": "simulator"},
             "progress": self.percent,
-            "processing_errors": list(self.processing_errors),
+            # As given when a test made it something other than a list (bad input).
+            "processing_errors": list(self.processing_errors)
+            if isinstance(self.processing_errors, list)
+            else self.processing_errors,
         }
 
 
@@ -227,6 +242,7 @@ class World:
         failed: int = 0,
         created_at: float | None = None,
         updated_at: float | None = None,
+        processing_errors: list[Any] | None = None,
     ) -> FPBatch:
         now = self.clock()
         batch = FPBatch(
@@ -239,6 +255,7 @@ class World:
             failed=failed,
             created_at=now if created_at is None else created_at,
             updated_at=now if updated_at is None else updated_at,
+            processing_errors=list(processing_errors or ()),
         )
         self._next_fp_id += 1
         self.fp[batch.id] = batch
@@ -277,6 +294,7 @@ class World:
                 failed=fp_failed,
                 created_at=started,
                 updated_at=started + rng.randint(30, 300),
+                processing_errors=list(FP_FAILURE_ERRORS) if fp_status == "failed" else None,
             )
         for i in range(running):
             self.add_kizen_job(
@@ -385,6 +403,8 @@ class World:
         rng, t = self.rng, self.tuning
         if batch.fate is not None and self.ticks >= batch.fate[0]:
             batch.status, batch.updated_at = batch.fate[1], now
+            if batch.status == "failed":
+                batch.processing_errors.extend(FP_FAILURE_ERRORS)
             return
         if batch.frozen:
             return
@@ -397,7 +417,7 @@ class World:
             return
         if rng.random() < t.fail_chance:
             batch.status, batch.updated_at = "failed", now
-            batch.processing_errors.append("Simulated failure: upstream service unavailable")
+            batch.processing_errors.extend(FP_FAILURE_ERRORS)
             return
         if batch.stalled:
             batch.stalled = rng.random() >= t.unstall_chance
