@@ -11,7 +11,7 @@ PORT   ?= 9840
 # apt-get as root, else through sudo.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint format tools clean bench
+.PHONY: run test check lint format tools clean bench
 
 # What running needs: the package and its run-time dependencies only.
 $(RUN_STAMP): pyproject.toml
@@ -74,6 +74,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint --failure-threshold warning Dockerfile
+
+# The groups that need something outside Python (pyproject's markers): `make check` leaves
+# them out, `make test` runs them.
+OUTSIDE := e2e or image or browser or chart or load or tools
+
+## check: the everyday loop: ruff, mypy and every test that needs no outside tool; the tests
+## mostly wait on the network, so 4 workers share the 2 cores
+check: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -n 4 -m "not ($(OUTSIDE))"
 
 ## test: everything: tools, lint, type checks and the whole test suite
 test: $(STAMP) tools lint

@@ -3,16 +3,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.runtime import Runtime
 from exporter.server import RUNTIME, make_app
 from exporter.simulator import Simulator, World
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
-from tests.helpers import config_from, source_yaml
+from tests.helpers import Client, config_from, source_yaml
 
-Client = TestClient[web.Request, web.Application]
+__all__ = ["Client", "ExporterFactory", "SimHandle", "last_error"]
 
 
 class SimHandle:

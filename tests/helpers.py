@@ -1,19 +1,34 @@
-"""Shared test helpers: parsing exposition text, building configurations, tool lookup."""
+"""Shared test helpers: parsing exposition text, scraping, seeding the simulator, upstream rows,
+configurations, waiting for events, tool lookup, and the real command in a process."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime
+import inspect
 import io
 import logging
 import os
+import resource
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar, overload
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.config import Config, parse_config
@@ -21,6 +36,8 @@ from exporter.logs import JsonFormatter, LogfmtFormatter
 from exporter.simulator import Credentials
 from exporter.simulator.world import World
 
+ROOT = Path(__file__).resolve().parent.parent
+Client = TestClient[web.Request, web.Application]
 Labels = tuple[tuple[str, str], ...]
 Samples = dict[tuple[str, Labels], float]
 
@@ -84,15 +101,22 @@ def config_from(text: str, env: Mapping[str, str] | None = None) -> Config:
     return parse_config(text, filename="test.yaml", env=env or {})
 
 
-def require_tool(name: str) -> str:
-    """The path of an external tool; a skip locally when missing, a failure in CI."""
+def find_tool(name: str) -> str | None:
+    """The path of an external tool, None when it is missing; a failure in CI, where `make
+    test` has installed every tool."""
     # Tools installed with the dev extras live beside the interpreter, maybe not on PATH.
     path = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+    if path is None and os.environ.get("CI"):
+        pytest.fail(f"{name} is not installed (make test installs it)")
+    return path
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool the test cannot do without; a skip locally when missing,
+    a failure in CI."""
+    path = find_tool(name)
     if path is None:
-        message = f"{name} is not installed (make test installs it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(f"{name} is not installed (make test installs it)")
     return path
 
 
@@ -117,8 +141,14 @@ def capture_logs() -> Iterator[io.StringIO]:
 
 
 async def promtool_check_metrics(text: str) -> str:
-    """Run `promtool check metrics` on exposition text; fail on any finding. Returns its output."""
-    promtool = require_tool("promtool")
+    """Run `promtool check metrics` on exposition text; fail on any finding. Returns its output.
+
+    For tests whose subject is something else, this is an extra check: without promtool (a
+    machine that ran only `make check`) it is left out and the test goes on; `make test`
+    installs promtool, and in CI a missing one fails."""
+    promtool = find_tool("promtool")
+    if promtool is None:
+        return ""
     result = await asyncio.to_thread(
         subprocess.run,
         [promtool, "check", "metrics"],
@@ -144,3 +174,281 @@ def add_kizen_history(world: World, n: int) -> None:
             completed_at=now - 8000 + i,
             at_end=True,
         )
+
+
+# --- scraping ---------------------------------------------------------------------------------
+
+
+async def scrape_text(
+    client: Client, path: str = "/metrics", headers: Mapping[str, str] | None = None
+) -> str:
+    """The text of a 200 answer to GET `path`."""
+    response = await client.get(path, headers=dict(headers or {}))
+    assert response.status == 200, await response.text()
+    return await response.text()
+
+
+async def scrape(
+    client: Client, path: str = "/metrics", headers: Mapping[str, str] | None = None
+) -> Samples:
+    """The samples of a 200 answer to GET `path`."""
+    return parse_samples(await scrape_text(client, path, headers))
+
+
+async def scrape_with_text(
+    client: Client, path: str = "/metrics", headers: Mapping[str, str] | None = None
+) -> tuple[str, Samples]:
+    text = await scrape_text(client, path, headers)
+    return text, parse_samples(text)
+
+
+# --- seeding the simulator and building upstream rows -----------------------------------------
+
+
+def seed(world: World) -> None:
+    """One running job on each platform: a Kizen job with 10 items pending, started a minute
+    ago, and a FirstPromoter batch with 2 of 10 items processed."""
+    world.add_kizen_job(status="in_progress", pending=10, started_at=time.time() - 60)
+    world.add_fp_batch(status="in_progress", selected_total=10, processed=2)
+
+
+def kizen_row(
+    job_id: str = "2f1e0c4a-0000-4000-8000-000000000001", **fields: Any
+) -> dict[str, Any]:
+    """A Kizen list row as the API sends it: a running upload of 100 items (30 pending, 60
+    succeeded, 10 failed); `fields` replace or add keys."""
+    row: dict[str, Any] = {
+        "id": job_id,
+        "action": "custom_object_upload",
+        "status": "in_progress",
+        "started_at": "2026-11-22T10:00:00.123456Z",
+        "completed_at": None,
+        "custom_object": {"id": "x", "object_name": "Contacts", "entity_name": "client"},
+        "pending_count": 30,
+        "success_count": 60,
+        "failed_count": 10,
+        "send_email_notification": False,
+    }
+    row.update(fields)
+    return row
+
+
+def kizen_page(rows: list[Any], count: int | None = None) -> dict[str, Any]:
+    """A whole Kizen list answer holding `rows` (no next page)."""
+    return {
+        "count": len(rows) if count is None else count,
+        "next": None,
+        "previous": None,
+        "results": rows,
+    }
+
+
+def fp_row(batch_id: int = 31, **fields: Any) -> dict[str, Any]:
+    """A FirstPromoter batch process as the API sends it: running, 80 selected, 20 processed,
+    4 failed; `fields` replace or add keys."""
+    row: dict[str, Any] = {
+        "id": batch_id,
+        "status": "in_progress",
+        "total": 100,
+        "selected_total": 80,
+        "processed_count": 20,
+        "failed_count": 4,
+        "action_label": "referral/delete",
+        "created_at": "2026-11-22T10:00:00.000Z",
+        "updated_at": "2026-11-22T10:05:00.500Z",
+        "meta": None,
+        "progress": 30,
+        "processing_errors": [],
+    }
+    row.update(fields)
+    return row
+
+
+# --- waiting for events -----------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T | None]],
+    what: str,
+    *,
+    within: float = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T | None], what: str, *, within: float = ..., interval: float = ...
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], object], what: str, *, within: float = 30, interval: float = 0.02
+) -> object:
+    """The first truthy result of `check` (a function or a coroutine function), tried until
+    `within` seconds have passed; then the test fails saying what did not happen. The bound
+    is for a loaded machine, not an expectation."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() > end:
+            pytest.fail(f"{what}: not within {within} s")
+        await asyncio.sleep(interval)
+
+
+async def until_loop_time(when: float) -> None:
+    """Return once the event loop's clock has passed `when`: a loop timer armed for `when` or
+    earlier (a deadline under test) has run by then, however busy the machine."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.call_at(when, done.set_result, None)
+    await done
+    await asyncio.sleep(0)  # callbacks due at the same moment run first
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (all held at once while picking, so none is handed out twice)."""
+    held = [socket.socket() for _ in range(n)]
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+class Process:
+    """The real command, serving on a port of loopback until stopped."""
+
+    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    def wait_listening(self, timeout: float = 20) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exited early: {self.proc.communicate()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("exporter did not start listening")
+
+    def stop(self) -> tuple[int, str, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        out, err = self.proc.communicate(timeout=15)
+        return self.proc.returncode, out, err
+
+
+def run_exporter(
+    args: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    module: str = "exporter",
+    *,
+    prefix: Sequence[str] = (),
+    timeout: float = 60,
+    memory_limit: int | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """One run of the real command (or another of the package's modules) to its end, for
+    runs that must stop at start-up, from the repository's root. The test's own
+    BULK_EXPORTER_* variables are left out, so that only `env` sets any. `prefix` runs it under
+    another command (`unshare ...`); `memory_limit` bounds its address space in bytes."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("BULK_EXPORTER_")}
+
+    def limit_memory() -> None:
+        if memory_limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+        env={**inherited, **(env or {})},
+        preexec_fn=limit_memory if memory_limit is not None else None,
+    )
+
+
+def make_certs(tmp: Path) -> dict[str, Path]:
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(
+        subject: str,
+        public: ec.EllipticCurvePrivateKey,
+        issuer: str,
+        signer: ec.EllipticCurvePrivateKey,
+        ca: bool,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(public.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key, client_key = key(), key(), key()
+    ca = cert("test-ca", ca_key, "test-ca", ca_key, True)
+    files = {}
+    for name, obj in (
+        ("ca", ca),
+        ("server", cert("localhost", server_key, "test-ca", ca_key, False)),
+        ("client", cert("scraper", client_key, "test-ca", ca_key, False)),
+    ):
+        files[f"{name}.crt"] = obj.public_bytes(serialization.Encoding.PEM)
+    for name, k in (("server", server_key), ("client", client_key)):
+        files[f"{name}.key"] = k.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    paths = {}
+    for name, data in files.items():
+        (tmp / name).write_bytes(data)
+        paths[name] = tmp / name
+    return paths

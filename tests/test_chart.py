@@ -27,6 +27,8 @@ from pydantic import BaseModel
 from exporter.config import parse_config
 from tests.helpers import require_tool
 
+pytestmark = pytest.mark.chart
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "bulk-progress-exporter"
 CI_DIR = CHART / "ci"

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from exporter.simulator.app import Credentials, Fault
 from tests.conftest import SimHandle
-from tests.helpers import source_yaml
-from tests.test_process import free_port
+from tests.helpers import free_port, source_yaml
 
 WRONG_KEY = "wrong-kizen-key-0f9e8d7c6b5a"
 

@@ -66,7 +66,7 @@ def test_good_config_resolves_defaults_and_overrides(tmp_path: Path) -> None:
     assert fp.url == "https://api.firstpromoter.com/api/v2/company"
     assert kizen.rate.capacity == 5
     assert kizen.rate.per_second == 5
-    # The contract's default: a quarter of FirstPromoter's per-account limit.
+    # The documented default: a quarter of FirstPromoter's per-account limit.
     assert fp.rate.capacity == 100
     assert fp.rate.per_second == pytest.approx(100 / 60)
     ks, fs = config.settings(kizen), config.settings(fp)

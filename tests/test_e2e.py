@@ -28,8 +28,7 @@ import yaml
 from aiohttp import web
 
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
-from tests.helpers import parse_samples, require_tool, source_yaml
-from tests.test_process import Process, free_port
+from tests.helpers import Process, free_port, parse_samples, require_tool, source_yaml
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).parent.parent

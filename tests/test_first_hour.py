@@ -19,8 +19,7 @@ from exporter.runtime import Shard
 from exporter.simulator import Fault
 from exporter.source import _FailureLog
 from tests.conftest import ExporterFactory, SimHandle
-from tests.helpers import capture_logs, config_from
-from tests.test_process import Process, free_port, run_exporter
+from tests.helpers import Process, capture_logs, config_from, free_port, run_exporter
 
 
 @pytest.fixture

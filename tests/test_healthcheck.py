@@ -12,7 +12,7 @@ import bcrypt
 import pytest
 
 from exporter import healthcheck
-from tests.test_process import Process, free_port, make_certs, run_exporter
+from tests.helpers import Process, free_port, make_certs, run_exporter
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -21,8 +21,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.helpers import one, parse_samples, require_tool
-from tests.test_process import basic, free_port, make_certs
+from tests.helpers import basic, free_port, make_certs, one, parse_samples, require_tool
 
 pytestmark = pytest.mark.image
 

@@ -3,7 +3,6 @@ stay exactly what a full read gives."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 
@@ -12,14 +11,16 @@ import pytest
 from exporter.server import RUNTIME
 from exporter.simulator import Behaviour
 from tests.conftest import Client, ExporterFactory, SimHandle
-from tests.helpers import Samples, add_kizen_history, one, parse_samples, select
+from tests.helpers import (
+    Samples,
+    add_kizen_history,
+    eventually,
+    one,
+    parse_samples,
+    scrape,
+    select,
+)
 from tests.reference import WorldReference, compared, differences
-
-
-async def scrape(client: Client) -> Samples:
-    response = await client.get("/metrics")
-    assert response.status == 200
-    return parse_samples(await response.text())
 
 
 def history(sim: SimHandle, n: int = 50) -> None:
@@ -171,12 +172,22 @@ async def test_full_sync_interval_rereads_everything(
     sim.sim.requests.clear()
     await scrape(client)
     assert sim.count("kizen") == 2  # steady
-    await asyncio.sleep(1.1)
-    sim.sim.requests.clear()
-    s = await scrape(client)
-    # A full read (3 pages) plus this scrape's own incremental read (2), possibly concurrently.
-    assert sim.count("kizen", "list") >= 3
-    assert one(s, "bulk_up", source="kz") == 1
+    sim.sim.kizen_list_queries.clear()
+
+    async def full_read_began() -> bool:
+        # A full read asks for pages without `completed`; incremental reads always filter.
+        assert one(await scrape(client), "bulk_up", source="kz") == 1
+        return any("completed" not in q for q in sim.sim.kizen_list_queries)
+
+    # A scrape every quarter second: enough to notice, few enough for the rate limit.
+    await eventually(
+        full_read_began, "a full read once full_sync_interval (1 s) had passed", interval=0.25
+    )
+    # The full read's three pages are all read.
+    await eventually(
+        lambda: sum("completed" not in q for q in sim.sim.kizen_list_queries) >= 3,
+        "the full read's three pages",
+    )
 
 
 async def test_incremental_false_reads_everything_every_time(
@@ -217,12 +228,14 @@ async def test_a_slow_first_read_serves_the_active_jobs_at_once(
     }
     assert first_scrape < 2.0
     # The full read carries on; a later scrape takes it in: history, never counted.
-    for _ in range(40):
-        await asyncio.sleep(0.25)
-        s = parse_samples(await (await client.get("/metrics")).text())
-        if one(s, "bulk_history_loaded", source="kz") == 1:
-            break
-    assert one(s, "bulk_history_loaded", source="kz") == 1
+
+    async def history_loaded() -> Samples | None:
+        s = await scrape(client)
+        return s if one(s, "bulk_history_loaded", source="kz") == 1 else None
+
+    s = await eventually(
+        history_loaded, "bulk_history_loaded 1 after the background full read", interval=0.25
+    )
     assert one(s, "bulk_up", source="kz") == 1
     assert one(s, "bulk_jobs", source="kz", action="custom_object_upload", phase="completed") == 100
     assert sum(select(s, "bulk_jobs_finished_total", source="kz").values()) == 0

@@ -10,7 +10,13 @@ import pytest
 
 from exporter.simulator import Fault
 from tests.conftest import ExporterFactory, SimHandle, last_error
-from tests.helpers import Samples, one, parse_samples, select
+from tests.helpers import (
+    Samples,
+    one,
+    parse_samples,
+    seed,
+    select,
+)
 
 SOURCES = {"kizen": "kz", "firstpromoter": "fp"}
 FAULTS = {
@@ -27,12 +33,6 @@ FAULTS = {
 EXPECTED_CODE = {"slow-drip": "timeout", "dropped-connection": "error"}
 
 
-def seed(sim: SimHandle) -> None:
-    now = time.time()
-    sim.world.add_kizen_job(status="in_progress", pending=10, started_at=now - 10)
-    sim.world.add_fp_batch(status="in_progress", selected_total=10, processed=2)
-
-
 def series_of(s: Samples, source: str) -> set[str]:
     return {name for (name, labels) in s if dict(labels).get("source") == source}
 
@@ -42,7 +42,7 @@ def series_of(s: Samples, source: str) -> set[str]:
 async def test_failing_platform_is_isolated(
     sim: SimHandle, exporter: ExporterFactory, failing: str, fault: str
 ) -> None:
-    seed(sim)
+    seed(sim.world)
     # The sources' own 1s timeout bounds their refresh, which the slow-drip body cannot meet;
     # the scrape (2s header) waits 1.5s for it.
     client = await exporter(defaults="  timeout: 1s\n")
@@ -96,7 +96,7 @@ async def test_every_source_failing_still_answers_200(
 async def test_server_errors_are_retried_then_succeed(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
-    seed(sim)
+    seed(sim.world)
     sim.sim.set_fault("kizen", Fault(status=503, remaining=2))
     client = await exporter(fp=False)
     s = parse_samples(await (await client.get("/metrics")).text())

@@ -185,6 +185,7 @@ async def test_page_headers(sim: SimHandle, exporter: ExporterFactory) -> None:
     assert "<script" not in (await response.text()).lower()
 
 
+@pytest.mark.browser
 async def test_active_jobs_in_a_browser(
     sim: SimHandle, exporter: ExporterFactory, tmp_path: Path
 ) -> None:
@@ -297,6 +298,7 @@ async def test_active_jobs_in_a_browser(
     assert {"/metrics", "/probe?source=kz", "/probe?source=fp", "/-/healthy", "/-/ready"} <= hrefs
 
 
+@pytest.mark.browser
 async def test_failed_and_unrefreshed_sources_in_a_browser(
     sim: SimHandle, exporter: ExporterFactory, tmp_path: Path
 ) -> None:
@@ -338,6 +340,7 @@ async def test_failed_and_unrefreshed_sources_in_a_browser(
     assert "HTTP 403" not in html
 
 
+@pytest.mark.browser
 async def test_demo_mode_says_so_in_a_browser(
     sim: SimHandle, exporter: ExporterFactory, tmp_path: Path
 ) -> None:

@@ -15,8 +15,9 @@ import aiohttp
 import pytest
 
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
-from tests.helpers import source_yaml
-from tests.test_process import Process, free_port
+from tests.helpers import Process, free_port, source_yaml
+
+pytestmark = pytest.mark.load
 
 SCRAPERS = 20
 DURATION = 30.0

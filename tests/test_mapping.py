@@ -1,4 +1,4 @@
-"""Row → Job mapping for both platforms, following the contract's table."""
+"""Row → Job mapping for both platforms, as docs/metrics.md ("How platforms map") states it."""
 
 from __future__ import annotations
 
@@ -8,42 +8,7 @@ import pytest
 
 from exporter.jobs import Phase, RowError
 from exporter.platforms import firstpromoter, kizen
-
-
-def kizen_row(**overrides: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": "2f1e0c4a-0000-4000-8000-000000000001",
-        "action": "custom_object_upload",
-        "status": "in_progress",
-        "started_at": "2026-11-22T10:00:00.123456Z",
-        "completed_at": None,
-        "custom_object": {"id": "x", "object_name": "Contacts", "entity_name": "client"},
-        "pending_count": 30,
-        "success_count": 60,
-        "failed_count": 10,
-        "send_email_notification": False,
-    }
-    row.update(overrides)
-    return row
-
-
-def fp_row(**overrides: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "id": 31,
-        "status": "in_progress",
-        "total": 100,
-        "selected_total": 80,
-        "processed_count": 20,
-        "failed_count": 4,
-        "action_label": "referral/delete",
-        "created_at": "2026-11-22T10:00:00.000Z",
-        "updated_at": "2026-11-22T10:05:00.500Z",
-        "meta": None,
-        "progress": 30,
-        "processing_errors": [],
-    }
-    row.update(overrides)
-    return row
+from tests.helpers import fp_row, kizen_row
 
 
 @pytest.mark.parametrize(
@@ -91,7 +56,7 @@ def test_kizen_mapping() -> None:
     # completed_at is only believed once the status is terminal.
     assert kizen.parse_row(kizen_row(completed_at="2026-11-22T10:10:00Z")).completed_at is None
     assert kizen.parse_row(kizen_row(custom_object=None)).object == ""
-    empty = dict(pending_count=0, success_count=0, failed_count=0)
+    empty: dict[str, Any] = {"pending_count": 0, "success_count": 0, "failed_count": 0}
     assert kizen.parse_row(kizen_row(status="completed", **empty)).progress == 1
     assert kizen.parse_row(kizen_row(status="queued", **empty)).progress == 0
     assert kizen.parse_row(kizen_row(started_at=None)).started_at is None

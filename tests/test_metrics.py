@@ -1,4 +1,4 @@
-"""Each contract metric and label, checked by value, over real HTTP against the simulator."""
+"""Each documented metric and label, checked by value, over real HTTP against the simulator."""
 
 from __future__ import annotations
 
@@ -11,8 +11,16 @@ from typing import Any
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
-from tests.conftest import Client, ExporterFactory, SimHandle
-from tests.helpers import one, parse_samples, promtool_check_metrics, select
+from tests.conftest import ExporterFactory, SimHandle
+from tests.helpers import (
+    one,
+    parse_samples,
+    promtool_check_metrics,
+    require_tool,
+    scrape,
+    scrape_text,
+    select,
+)
 
 KZ = {"platform": "kizen", "source": "kz"}
 FP = {"platform": "firstpromoter", "source": "fp"}
@@ -104,16 +112,10 @@ def populate(sim: SimHandle) -> dict[str, Any]:
     }
 
 
-async def scrape(client: Client, path: str = "/metrics", **headers: str) -> str:
-    response = await client.get(path, headers=headers)
-    assert response.status == 200
-    return str(await response.text())
-
-
 async def test_kizen_metrics_by_value(sim: SimHandle, exporter: ExporterFactory) -> None:
     jobs = populate(sim)
     client = await exporter()
-    s = parse_samples(await scrape(client))
+    s = parse_samples(await scrape_text(client))
 
     assert one(s, "bulk_up", **KZ) == 1
     assert one(s, "bulk_scrape_duration_seconds", **KZ) > 0
@@ -191,7 +193,7 @@ async def test_kizen_metrics_by_value(sim: SimHandle, exporter: ExporterFactory)
 async def test_firstpromoter_metrics_by_value(sim: SimHandle, exporter: ExporterFactory) -> None:
     jobs = populate(sim)
     client = await exporter()
-    s = parse_samples(await scrape(client))
+    s = parse_samples(await scrape_text(client))
 
     assert one(s, "bulk_up", **FP) == 1
     assert one(s, "bulk_api_requests_total", **FP, endpoint="list", code="200") == 1
@@ -238,7 +240,7 @@ async def test_counters_and_last_change_follow_changes(
 ) -> None:
     jobs = populate(sim)
     client = await exporter()
-    await scrape(client)  # the baseline
+    await scrape_text(client)  # the baseline
     running = jobs["running"]
     running.pending, running.success, running.failed = 0, 85, 15
     running.status, running.completed_at = "completed", time.time()
@@ -250,7 +252,7 @@ async def test_counters_and_last_change_follow_changes(
         action=UPLOAD, status="failed", pending=2, success=3, failed=5, started_at=time.time()
     )
     before = time.time()
-    s = parse_samples(await scrape(client))
+    s = parse_samples(await scrape_text(client))
 
     assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="completed") == 1
     assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="failed") == 1
@@ -269,7 +271,7 @@ async def test_counters_and_last_change_follow_changes(
 
     # Nothing changes: nothing more is counted; a count going down is not subtracted.
     running.success = 80
-    s = parse_samples(await scrape(client))
+    s = parse_samples(await scrape_text(client))
     assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="completed") == 1
     assert one(s, "bulk_items_processed_total", **KZ, action=UPLOAD, result="succeeded") == 58
 
@@ -291,7 +293,7 @@ async def test_job_series_are_capped_active_first(
         for i in range(3)
     ]
     client = await exporter(fp=False, kizen_extra="    max_job_series: 4\n")
-    s = parse_samples(await scrape(client))
+    s = parse_samples(await scrape_text(client))
     emitted = {dict(k)["job_id"] for k in select(s, "bulk_job_info", **KZ)}
     assert len(emitted) == 4
     assert {j.id for j in active} <= emitted
@@ -311,12 +313,14 @@ async def test_label_values_are_escaped(sim: SimHandle, exporter: ExporterFactor
         custom_object={"id": "x", "object_name": 'Ob"j\\', "entity_name": "e"},
     )
     client = await exporter(fp=False)
-    text = await scrape(client)
+    text = await scrape_text(client)
     s = parse_samples(text)
     assert one(s, "bulk_jobs", **KZ, action=tricky, phase="running") == 1
     info = dict(next(iter(select(s, "bulk_job_info", **KZ, action=tricky))))
     assert info["object"] == 'Ob"j\\'
-    om = await scrape(client, Accept="application/openmetrics-text; version=1.0.0")
+    om = await scrape_text(
+        client, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
 
     values = {
         (smp.name, smp.labels.get("action"), smp.labels.get("phase")): smp.value
@@ -356,17 +360,19 @@ async def test_openmetrics_and_gzip(sim: SimHandle, exporter: ExporterFactory) -
     assert "Content-Encoding" not in identity.headers
 
 
+@pytest.mark.tools
 async def test_promtool_check_metrics(sim: SimHandle, exporter: ExporterFactory) -> None:
+    require_tool("promtool")  # the check below is the test: never left out
     jobs = populate(sim)
     sim.world.add_kizen_job(
         action='a"b\\c\nd', status="in_progress", pending=1, started_at=time.time()
     )
     client = await exporter()
-    await scrape(client)
+    await scrape_text(client)
     # A running job moves between the two scrapes: the answer holds ETAs too.
     jobs["running"].pending -= 10
     jobs["running"].success += 10
-    text = await scrape(client)
+    text = await scrape_text(client)
     assert "bulk_job_estimated_completion_timestamp_seconds{" in text
     assert "process_resident_memory_bytes " in text
     # Not a single finding, not even a warning.
@@ -385,7 +391,7 @@ async def test_rate_limit_allowance_and_wait(sim: SimHandle, exporter: ExporterF
         kizen_extra="    page_size: 5\n",
         fp_extra="    rate_limit: 120/m\n",
     )
-    s = parse_samples(await scrape(client))
+    s = await scrape(client)
     assert one(s, "bulk_up", **KZ) == 1
     assert one(s, "bulk_rate_limit_requests_per_second", **KZ) == 5.0
     assert one(s, "bulk_rate_limit_requests_per_second", **FP) == 2.0
@@ -397,14 +403,14 @@ async def test_rate_limit_allowance_and_wait(sim: SimHandle, exporter: ExporterF
     # fp made 2 requests with 120 tokens: no wait, and the zero is served.
     assert one(s, "bulk_rate_limit_wait_seconds_total", **FP) == 0.0
     # A counter: it never goes down, and /probe serves it too.
-    probe = parse_samples(await scrape(client, "/probe?source=kz"))
+    probe = await scrape(client, "/probe?source=kz")
     assert one(probe, "bulk_rate_limit_wait_seconds_total", **KZ) >= waited
     assert one(probe, "bulk_rate_limit_requests_per_second", **KZ) == 5.0
 
 
 async def test_platform_default_allowance(sim: SimHandle, exporter: ExporterFactory) -> None:
     client = await exporter()
-    s = parse_samples(await scrape(client))
+    s = await scrape(client)
     for labels in (KZ, FP):
         assert one(s, "bulk_rate_limit_requests_per_second", **labels) == pytest.approx(100 / 60)
 
@@ -418,7 +424,7 @@ async def test_process_and_platform_collectors_on_metrics_only(
     populate(sim)
     # Scrapes within min_interval share one refresh, and so the cached encoding of its part.
     client = await exporter(defaults="  min_interval: 1h\n")
-    first = parse_samples(await scrape(client))
+    first = await scrape(client)
     assert one(first, "process_resident_memory_bytes") > 0
     assert one(first, "process_cpu_seconds_total") >= 0
     assert one(first, "python_info", implementation="CPython") == 1
@@ -426,7 +432,7 @@ async def test_process_and_platform_collectors_on_metrics_only(
     for name, labels in first:
         if name.startswith(("process_", "python_")):
             assert not {"platform", "source"} & dict(labels).keys(), name
-    probe = parse_samples(await scrape(client, "/probe?source=kz"))
+    probe = await scrape(client, "/probe?source=kz")
     assert not [name for name, _ in probe if name.startswith(("process_", "python_"))]
     assert one(probe, "bulk_up", **KZ) == 1
 
@@ -434,12 +440,12 @@ async def test_process_and_platform_collectors_on_metrics_only(
     # encoding, and with it the values; a new refresh's answer reads them again.
     collections = one(first, "python_gc_collections_total", generation="2")
     gc.collect()
-    shared = parse_samples(await scrape(client))
+    shared = await scrape(client)
     assert one(shared, "python_gc_collections_total", generation="2") == collections
     fresh_client = await exporter()
-    await scrape(fresh_client)
+    await scrape_text(fresh_client)
     gc.collect()
-    fresh = parse_samples(await scrape(fresh_client))
+    fresh = await scrape(fresh_client)
     assert one(fresh, "python_gc_collections_total", generation="2") > collections
 
 

@@ -140,7 +140,7 @@ def test_an_unregistered_platform_is_a_config_error_naming_the_registered_ones()
     assert config.sources[0].rate.text == "60/m"  # its own default, not another platform's
 
 
-def test_each_built_in_platform_states_the_contract_default_rate_limit() -> None:
+def test_each_built_in_platform_states_the_documented_default_rate_limit() -> None:
     defaults = {name: model.DEFAULT_RATE_LIMIT for name, model in PLATFORMS.items()}
     assert defaults == {"kizen": "100/m", "firstpromoter": "100/m"}
 

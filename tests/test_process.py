@@ -2,86 +2,29 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import datetime
-import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import bcrypt
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from tests.helpers import one, parse_samples, require_tool, select
-
-
-def basic(user: str, password: str) -> dict[str, str]:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return {"Authorization": f"Basic {token}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Process:
-    def __init__(self, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
-        self.port = port
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "--web.listen-address", f"127.0.0.1:{port}", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-
-    def wait_listening(self, timeout: float = 20) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"exited early: {self.proc.communicate()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("exporter did not start listening")
-
-    def stop(self) -> tuple[int, str, str]:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        out, err = self.proc.communicate(timeout=15)
-        return self.proc.returncode, out, err
-
-
-def run_exporter(
-    args: list[str], env: dict[str, str] | None = None, module: str = "exporter"
-) -> subprocess.CompletedProcess[str]:
-    """One run of the real command (or another of the package's modules) to its end, for
-    runs that must stop at start-up. The test's own BULK_EXPORTER_* variables are left out,
-    so that only `env` sets any."""
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("BULK_EXPORTER_")}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**inherited, **(env or {})},
-    )
+from tests.helpers import (
+    Process,
+    basic,
+    eventually,
+    free_port,
+    make_certs,
+    one,
+    parse_samples,
+    require_tool,
+    run_exporter,
+    select,
+)
 
 
 @pytest.fixture
@@ -131,14 +74,14 @@ async def test_sighup_reloads_and_refuses_bad_config(
         async with aiohttp.ClientSession() as http, http.get(url) as r:
             return one(parse_samples(await r.text()), "bulk_config_last_reload_successful")
 
+    async def reload_refused() -> bool:
+        return await reload_state() == 0
+
     assert await reload_state() == 1
     config.write_text("sources: [{name: x}]\n")
     p.proc.send_signal(signal.SIGHUP)
-    for _ in range(100):  # the reload runs after the signal, asynchronously
-        if await reload_state() == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert await reload_state() == 0
+    # The reload runs after the signal, asynchronously.
+    await eventually(lambda: reload_refused(), "bulk_config_last_reload_successful 0 after SIGHUP")
     code, _, err = p.stop()
     assert code == 0
     assert '"msg": "configuration reload refused; keeping the old one"' in err
@@ -158,18 +101,17 @@ async def test_sighup_rereads_the_source_files(processes: list[Process], tmp_pat
             found = select(parse_samples(await r.text()), "bulk_up")
         return {dict(labels)["source"] for labels in found}
 
+    async def has_sources(expected: set[str]) -> bool:
+        return await sources() == expected
+
     assert await sources() == set()
     (tmp_path / "sources.d" / "team.yaml").write_text(
         "- {name: added, platform: firstpromoter, base_url: 'http://127.0.0.1:9/f',"
         " account_id: a, api_key: added-key-1234}\n"
     )
     p.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 20
-    for _ in range(400):  # the reload runs after the signal, asynchronously
-        if await sources() == {"added"} or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)
-    assert await sources() == {"added"}
+    # The reload runs after the signal, asynchronously.
+    await eventually(lambda: has_sources({"added"}), "the source file's source served after SIGHUP")
     code, _, err = p.stop()
     assert code == 0
     # At start-up the pattern matched nothing: a warning, not a refusal.
@@ -177,59 +119,10 @@ async def test_sighup_rereads_the_source_files(processes: list[Process], tmp_pat
     assert '"msg": "configuration reloaded"' in err
 
 
-def make_certs(tmp: Path) -> dict[str, Path]:
-    def key() -> ec.EllipticCurvePrivateKey:
-        return ec.generate_private_key(ec.SECP256R1())
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def cert(
-        subject: str,
-        public: ec.EllipticCurvePrivateKey,
-        issuer: str,
-        signer: ec.EllipticCurvePrivateKey,
-        ca: bool,
-    ) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(public.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False
-            )
-        return builder.sign(signer, hashes.SHA256())
-
-    ca_key, server_key, client_key = key(), key(), key()
-    ca = cert("test-ca", ca_key, "test-ca", ca_key, True)
-    files = {}
-    for name, obj in (
-        ("ca", ca),
-        ("server", cert("localhost", server_key, "test-ca", ca_key, False)),
-        ("client", cert("scraper", client_key, "test-ca", ca_key, False)),
-    ):
-        files[f"{name}.crt"] = obj.public_bytes(serialization.Encoding.PEM)
-    for name, k in (("server", server_key), ("client", client_key)):
-        files[f"{name}.key"] = k.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    paths = {}
-    for name, data in files.items():
-        (tmp / name).write_bytes(data)
-        paths[name] = tmp / name
-    return paths
-
-
-async def test_tls_client_certs_and_basic_auth(processes: list[Process], tmp_path: Path) -> None:
-    certs = make_certs(tmp_path)
+def tls_web_config(tmp_path: Path) -> Path:
+    """Server and client certificates in tmp_path, and a web config requiring both a client
+    certificate and basic auth (user prom, password s3cret)."""
+    make_certs(tmp_path)
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
     web = tmp_path / "web.yml"
     web.write_text(
@@ -237,9 +130,15 @@ async def test_tls_client_certs_and_basic_auth(processes: list[Process], tmp_pat
         "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n"
         f"basic_auth_users:\n  prom: '{hashed}'\n"
     )
+    return web
+
+
+@pytest.mark.tools
+def test_the_tls_web_config_passes_promtool(tmp_path: Path) -> None:
+    """The file the exporter accepts is one the Prometheus tooling accepts too."""
     promtool = require_tool("promtool")
-    check = await asyncio.to_thread(
-        subprocess.run,
+    web = tls_web_config(tmp_path)
+    check = subprocess.run(
         [promtool, "check", "web-config", str(web)],
         capture_output=True,
         text=True,
@@ -248,6 +147,10 @@ async def test_tls_client_certs_and_basic_auth(processes: list[Process], tmp_pat
     )
     assert check.returncode == 0, check.stdout + check.stderr
 
+
+async def test_tls_client_certs_and_basic_auth(processes: list[Process], tmp_path: Path) -> None:
+    web = tls_web_config(tmp_path)
+    certs = {name: tmp_path / name for name in ("ca.crt", "client.crt", "client.key")}
     config = tmp_path / "config.yaml"
     config.write_text("sources: []\n")
     p = Process(["--config.file", str(config), "--web.config.file", str(web)], free_port())

@@ -44,12 +44,14 @@ def run(*args: str, cwd: Path = ROOT) -> str:
     return result.stdout + result.stderr
 
 
+@pytest.mark.tools
 def test_rule_files_are_valid() -> None:
     promtool = require_tool("promtool")
     out = run(promtool, "check", "rules", "prometheus/alerts.yml")
     assert "SUCCESS: 20 rules found" in out
 
 
+@pytest.mark.tools
 def test_alert_rule_unit_tests() -> None:
     promtool = require_tool("promtool")
     out = run(promtool, "test", "rules", "prometheus/tests/alerts_test.yml")
@@ -126,6 +128,7 @@ def test_no_raw_series_is_summed_or_joined_across_targets() -> None:
             assert per_target or aggregated_first, f"{where}: {flat}"
 
 
+@pytest.mark.tools
 def test_example_configs_are_valid(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     run(promtool, "check", "config", "prometheus/prometheus.yml")
@@ -185,6 +188,7 @@ def run_schema_check(*paths: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.tools
 def test_dashboards_conform_to_grafana_schema() -> None:
     """Type-checked against the Dashboard type of @grafana/schema (pinned in
     tests/dashboard-schema/package.json): required fields, types, enums, unknown keys."""
@@ -193,6 +197,7 @@ def test_dashboards_conform_to_grafana_schema() -> None:
     assert f"{len(DASHBOARDS)} dashboard(s) conform to @grafana/schema" in result.stdout
 
 
+@pytest.mark.tools
 def test_schema_check_catches_what_grafana_would_not_accept(tmp_path: Path) -> None:
     dashboard = json.loads(DASHBOARDS[0].read_text())
     dashboard["templating"]["list"][1]["current"] = {}  # text and value are required

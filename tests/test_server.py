@@ -13,16 +13,18 @@ from exporter.runtime import Runtime
 from exporter.server import make_app
 from exporter.simulator import Credentials, Fault
 from tests.conftest import ExporterFactory, SimHandle
-from tests.helpers import config_from, one, parse_samples, select, source_yaml
-
-
-def seed(sim: SimHandle) -> None:
-    sim.world.add_kizen_job(status="in_progress", pending=10, started_at=time.time())
-    sim.world.add_fp_batch(status="in_progress", selected_total=10)
+from tests.helpers import (
+    config_from,
+    one,
+    parse_samples,
+    seed,
+    select,
+    source_yaml,
+)
 
 
 async def test_probe_serves_one_source(sim: SimHandle, exporter: ExporterFactory) -> None:
-    seed(sim)
+    seed(sim.world)
     client = await exporter()
     response = await client.get("/probe", params={"source": "fp"})
     assert response.status == 200
@@ -65,7 +67,7 @@ async def test_ready_follows_the_runtime() -> None:
 
 
 async def test_landing_page_lists_sources(sim: SimHandle, exporter: ExporterFactory) -> None:
-    seed(sim)
+    seed(sim.world)
     sim.sim.set_fault("firstpromoter", Fault(status=403))
     client = await exporter()
     await client.get("/metrics")
@@ -85,7 +87,7 @@ async def test_landing_page_lists_sources(sim: SimHandle, exporter: ExporterFact
 async def test_scrape_timeout_header_bounds_that_scrape_only(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
-    seed(sim)
+    seed(sim.world)
     sim.sim.latency["kizen"] = 2.0
     # A full read on every scrape, 2s a request, within the source's 5s timeout.
     client = await exporter(kizen_extra="    incremental: false\n")
@@ -111,7 +113,7 @@ async def test_scrape_timeout_header_bounds_that_scrape_only(
 async def test_a_scraper_with_a_tiny_timeout_cannot_fail_other_scrapes(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
-    seed(sim)
+    seed(sim.world)
     sim.sim.latency["kizen"] = 0.3
     sim.sim.latency["firstpromoter"] = 0.3
     client = await exporter(
@@ -139,7 +141,7 @@ async def test_a_scraper_with_a_tiny_timeout_cannot_fail_other_scrapes(
 async def test_concurrent_scrapes_share_one_refresh(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
-    seed(sim)
+    seed(sim.world)
     for _ in range(25):
         sim.world.add_kizen_job(status="completed", pending=0, success=1)
     sim.sim.latency["kizen"] = 0.2
@@ -157,7 +159,7 @@ async def test_concurrent_scrapes_share_one_refresh(
 async def test_min_interval_reuses_a_young_refresh(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
-    seed(sim)
+    seed(sim.world)
     client = await exporter(defaults="  min_interval: 1h\n")
     for _ in range(3):
         assert (await client.get("/metrics")).status == 200
@@ -166,7 +168,7 @@ async def test_min_interval_reuses_a_young_refresh(
 
 
 async def test_reload_endpoint(sim: SimHandle, tmp_path: Path) -> None:
-    seed(sim)
+    seed(sim.world)
     path = tmp_path / "config.yaml"
     path.write_text(source_yaml(sim.kizen_url, None))
     runtime = Runtime(load_config(path), path)
@@ -220,7 +222,7 @@ def many_sources(sim: SimHandle, first: int, count: int, changed: str | None = N
 async def test_a_reload_changing_one_source_of_200_keeps_the_others(
     sim: SimHandle, tmp_path: Path
 ) -> None:
-    seed(sim)
+    seed(sim.world)
     folder = tmp_path / "sources.d"
     folder.mkdir()
     for part in range(10):
@@ -249,6 +251,7 @@ async def test_a_reload_changing_one_source_of_200_keeps_the_others(
         changed = runtime.sources["src-67"]
         assert changed is not before["src-67"]
         assert changed.config.rate.text == "50/m"
+        assert sum(changed.upstream.requests.values()) == 0  # started afresh: nothing counted
         for name, runner in runtime.sources.items():
             if name == "src-67":
                 continue
@@ -264,10 +267,11 @@ async def test_a_reload_changing_one_source_of_200_keeps_the_others(
         for labels, value in select(s, "bulk_api_requests_total").items():
             source = dict(labels)["source"]
             made[source] = made.get(source, 0) + value
-        # A kept source counts on from where it was; the changed one started afresh. Both
-        # are FirstPromoter sources, refreshed once more by this scrape.
+        # A kept source counts on from where it was; the changed one counts only what its new
+        # runner asked (its cold start costs 2 to 4 requests, depending on how soon its first
+        # read can finish on a busy machine; a read in the background may add more later).
         assert made["src-65"] > sum(requests["src-65"].values())
-        assert made["src-67"] <= sum(requests["src-67"].values()) < made["src-65"]
+        assert 0 < made["src-67"] <= sum(changed.upstream.requests.values())
         assert one(s, "bulk_up", source="src-67") == 1
     finally:
         await client.close()

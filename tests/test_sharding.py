@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import zlib
@@ -22,7 +21,7 @@ from exporter.cli import UsageError, resolve_shard
 from exporter.runtime import Shard
 from exporter.simulator import Credentials
 from tests.conftest import SimHandle
-from tests.helpers import Samples, parse_samples, select
+from tests.helpers import Samples, free_ports, parse_samples, run_exporter, select
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNT = 3
@@ -61,7 +60,7 @@ NOT_COMPARED = {"bulk_api_requests_total"}
 
 
 def shard_of(name: str) -> int:
-    """The contract's rule, written out independently of exporter.runtime."""
+    """The documented rule (docs/kubernetes.md), written out independently of exporter.runtime."""
     return zlib.crc32(name.encode("utf-8")) % COUNT
 
 
@@ -85,18 +84,6 @@ def config_text(sim: SimHandle) -> str:
                 f"    account_id: {c.fp_account_id}\n    api_key: {c.fp_api_key}\n{extra}"
             )
     return "\n".join(lines)
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports (all held at once while picking, so none is handed out twice)."""
-    held = [socket.socket() for _ in range(n)]
-    try:
-        for s in held:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 def in_uts_namespace(hostname: str) -> list[str]:
@@ -322,20 +309,6 @@ async def test_shard_index_auto_reads_the_host_name(
     assert "shard=2/3" in by_flag.err_path.read_text()  # the start-up log says which
 
 
-def run_exporter(
-    args: Sequence[str], prefix: Sequence[str] = (), env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        exporter_command(args, prefix),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-
-
 async def test_bad_shard_settings_fail_at_start_up(uts: None, tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("sources: []\n")
@@ -380,7 +353,10 @@ async def test_bad_shard_settings_fail_at_start_up(uts: None, tmp_path: Path) ->
         ),
     ]
     results = await asyncio.gather(
-        *(asyncio.to_thread(run_exporter, args, prefix, env) for args, prefix, env, _ in cases)
+        *(
+            asyncio.to_thread(run_exporter, args, env, prefix=prefix)
+            for args, prefix, env, _ in cases
+        )
     )
     for (args, prefix, _, expected), result in zip(cases, results, strict=True):
         where = " ".join([*prefix[-1:], *args[len(base) :]])

@@ -1,9 +1,10 @@
 """The simulator's answers validate against the published OpenAPI schemas (copied to tests/data).
 
-Kizen's published schema marks every field required and non-nullable; FACTS.md records that
-`started_at`, `completed_at`, `custom_object`, `report` and the file fields can be null in
-practice, so exactly those are made nullable before validating. FirstPromoter publishes only the
-progress endpoint's schema; the BatchProcess shape comes from FACTS.md.
+Kizen's published schema marks every field required and non-nullable; in practice (docs/api.md)
+`started_at`, `completed_at`, `custom_object`, `report` and the file fields can be null, so
+exactly those are made nullable before validating. FirstPromoter publishes only the progress
+endpoint's schema; the BatchProcess shape is the one docs/api.md assumes
+(tests/data/firstpromoter-batch-process.assumed.json).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ async def test_firstpromoter_matches_schemas(sim: SimHandle) -> None:
     populate(sim)
     doc = yaml.safe_load((DATA / "firstpromoter-batch-progress.openapi.yaml").read_text())
     progress_schema = response_schema(doc, "/batch_processes/progress")
-    batch_schema = json.loads((DATA / "firstpromoter-batch-process.from-facts.json").read_text())
+    batch_schema = json.loads((DATA / "firstpromoter-batch-process.assumed.json").read_text())
     async with aiohttp.ClientSession(headers=FP_HEADERS) as http:
         async with http.get(f"{sim.fp_url}/batch_processes/progress") as r:
             progress = await r.json()

@@ -33,13 +33,13 @@ from tests.helpers import (
     Samples,
     capture_logs,
     config_from,
+    free_port,
     one,
     parse_samples,
     require_tool,
     select,
     source_yaml,
 )
-from tests.test_process import free_port
 
 CREDS = Credentials()
 UPLOAD = "custom_object_upload"

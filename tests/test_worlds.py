@@ -20,19 +20,13 @@ from exporter.redact import Redactor
 from exporter.server import RUNTIME
 from exporter.simulator import Behaviour, Credentials
 from tests.conftest import Client, ExporterFactory, SimHandle
-from tests.helpers import Samples, add_kizen_history, capture_logs, one, parse_samples, select
+from tests.helpers import Samples, add_kizen_history, capture_logs, eventually, one, scrape, select
 
 FP = {"platform": "firstpromoter", "source": "fp"}
 KZ = {"platform": "kizen", "source": "kz"}
 ACCEPT = "promoters/accept"
 UPLOAD = "custom_object_upload"
 FP_STATUSES = ["pending", "in_progress", "completed", "failed", "stopped"]
-
-
-async def scrape(client: Client) -> Samples:
-    response = await client.get("/metrics")
-    assert response.status == 200
-    return parse_samples(await response.text())
 
 
 def notices(client: Client, source: str) -> dict[str, str]:
@@ -99,15 +93,20 @@ async def test_an_account_whose_unfiltered_answers_hold_only_active_batches(
 FP_PHASE_NAMES = ("queued", "running", "completed", "failed", "cancelled")
 
 
+@pytest.mark.parametrize("incremental", [True, False])
 async def test_an_active_batch_missing_from_every_answer_is_read_by_id(
-    sim: SimHandle, exporter: ExporterFactory
+    sim: SimHandle, exporter: ExporterFactory, incremental: bool
 ) -> None:
     """A batch that moves to a status no filter names is in no answer: it is read by id and
     shown (phase unknown), through later full reads too; one the platform no longer knows
     (404) is forgotten."""
     moved = sim.world.add_fp_batch(status="in_progress", selected_total=10, processed=2)
     deleted = sim.world.add_fp_batch(status="in_progress", selected_total=10, processed=2)
-    client = await exporter(kizen=False, defaults="  full_sync_interval: 1s\n")
+    client = await exporter(
+        kizen=False,
+        defaults="  full_sync_interval: 1s\n",
+        fp_extra=f"    incremental: {str(incremental).lower()}\n",
+    )
     s = await scrape(client)
     assert one(s, "bulk_jobs", **FP, action=ACCEPT, phase="running") == 2
     moved.status = "paused"
@@ -119,16 +118,27 @@ async def test_an_active_batch_missing_from_every_answer_is_read_by_id(
     assert one(s, "bulk_jobs", **FP, action=ACCEPT, phase="running") == 0
     info = select(s, "bulk_job_info", **FP, job_id=str(moved.id))
     assert [dict(k)["status"] for k in info] == ["paused"]
+    if not incremental:
+        # Every scrape is a full read: the paused batch is read by id each time.
+        sim.sim.requests.clear()
+        s = await scrape(client)
+        assert sim.count("firstpromoter", "detail") == 1
+        assert one(s, "bulk_jobs", **FP, action=ACCEPT, phase="unknown") == 1
+        assert not select(s, "bulk_job_info", **FP, job_id=str(deleted.id))
+        return
     # A full read (due after 1s) lists neither; the paused batch is read by id again.
-    full_reads = sim.count("firstpromoter", "list")
-    deadline = time.monotonic() + 30
-    while (
-        sim.count("firstpromoter", "list") < full_reads + 2
-    ):  # the incremental one, and a full one
-        assert time.monotonic() < deadline, "no full read happened"
+    assert client.app is not None
+    refresher = client.app[RUNTIME].sources["fp"].refresher
+    before = refresher.state.last_full
+
+    async def full_read_taken_in() -> Samples | None:
         s = await scrape(client)
-    for _ in range(3):  # the background full read is taken in by a later scrape
-        s = await scrape(client)
+        last_full = refresher.state.last_full
+        return s if last_full is not None and before is not None and last_full > before else None
+
+    await eventually(full_read_taken_in, "a full read taken in", interval=0.25)
+    # The paused batch was read by id during that full read: still there.
+    s = await scrape(client)
     assert one(s, "bulk_jobs", **FP, action=ACCEPT, phase="unknown") == 1
     assert not select(s, "bulk_job_info", **FP, job_id=str(deleted.id))
 
