@@ -18,6 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+from exporter.jobs import Phase
 from exporter.logs import log
 from exporter.platforms.base import Known, PlatformClient, ReadResult
 from exporter.settings import Settings
@@ -27,6 +28,8 @@ from exporter.upstream import Budget, Progress, UpstreamError
 
 logger = logging.getLogger("exporter.refresh")
 
+# Raw statuses nobody mapped that a source warns of, at most (hostile input could be endless).
+MAX_UNMAPPED_WARNINGS = 20
 # However long a full read takes in the background, it gives up after this.
 SYNC_DEADLINE = 3600.0
 # A cold refresh keeps this share of its time (at least MIN_ACTIVE_READ seconds) for reading
@@ -84,6 +87,8 @@ class Refresher:
         self._patience = 0.0
         self._active: asyncio.Task[ReadResult] | None = None
         self._active_started = 0.0
+        # Raw statuses in phase `unknown` already warned of.
+        self._unmapped: set[str] = set()
         # The trace of the running full read, and of the one the current refresh took in.
         self._sync_trace: Trace | None = None
         self._taken_trace: Trace | None = None
@@ -320,7 +325,27 @@ class Refresher:
         self._take(result, self._sync_started, protect=self.tracker.touched)
         self._full_done()
 
+    def _warn_unmapped(self, result: ReadResult) -> None:
+        """One warning per raw status no phase maps (the word is cut like a label when the
+        row is parsed, and every log line is redacted)."""
+        for job in result.jobs.values():
+            status = job.status
+            if job.phase is not Phase.UNKNOWN or status in self._unmapped:
+                continue
+            if len(self._unmapped) >= MAX_UNMAPPED_WARNINGS:
+                return
+            self._unmapped.add(status)
+            log(
+                logger,
+                logging.WARNING,
+                "a job status no phase maps; its jobs are in phase unknown",
+                source=self.name,
+                status=status,
+                job_id=job.id,
+            )
+
     def _take(self, result: ReadResult, started: float, protect: set[str] | None = None) -> None:
+        self._warn_unmapped(result)
         if result.skipped:
             self.tracker.count_skipped(result.skipped)
             self._skipped.skipped.update(result.skipped)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
+
 from exporter.server import RUNTIME
+from exporter.simulator import Behaviour
 from tests.conftest import Client, ExporterFactory, SimHandle
 from tests.helpers import (
     Samples,
@@ -17,6 +20,7 @@ from tests.helpers import (
     scrape,
     select,
 )
+from tests.reference import WorldReference, compared, differences
 
 
 def history(sim: SimHandle, n: int = 50) -> None:
@@ -249,54 +253,79 @@ def last_errors(client: Client) -> list[object]:
     ]
 
 
-def aggregates_and_counters(s: Samples) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    names = {
-        "bulk_jobs",
-        "bulk_pending_items",
-        "bulk_jobs_finished_total",
-        "bulk_items_processed_total",
-    }
-    return {key: value for key, value in s.items() if key[0] in names}
+# Every world the simulator can play (docs/api.md: each guess, and the other way round).
+WORLDS: dict[str, tuple[Behaviour, int | None]] = {
+    "default": (Behaviour(), None),
+    "fp-unfiltered-active": (Behaviour(fp_unfiltered="active"), None),
+    "fp-processed-includes-failed": (Behaviour(fp_processed="includes-failed"), None),
+    "fp-progress-fraction": (Behaviour(fp_progress="fraction"), None),
+    "kizen-completed-succeeded": (Behaviour(kizen_completed="succeeded"), None),
+    "kizen-started-after-ignored": (Behaviour(kizen_started_after="ignored"), None),
+    "kizen-page-cap-7": (Behaviour(), 7),
+    "kizen-next-missing": (Behaviour(kizen_next="missing"), None),
+    "kizen-count-missing": (Behaviour(kizen_count="missing"), None),
+    "every-other-way": (
+        Behaviour(
+            fp_unfiltered="active",
+            fp_processed="includes-failed",
+            fp_progress="items",
+            kizen_completed="succeeded",
+            kizen_started_after="ignored",
+            kizen_next="missing",
+            kizen_count="missing",
+        ),
+        7,
+    ),
+}
 
 
-async def test_incremental_matches_full_read_under_churn(
-    sim: SimHandle, exporter: ExporterFactory
+@pytest.mark.parametrize("world_name", list(WORLDS))
+async def test_numbers_match_the_simulators_truth_under_churn(
+    sim: SimHandle, exporter: ExporterFactory, world_name: str
 ) -> None:
-    """Hundreds of random transitions; after every round the incremental exporter's aggregates
-    and counters equal those of an exporter that reads everything every time."""
+    """Hundreds of random transitions, in each world the simulator can play; after every
+    round the aggregates, counters, histograms and last finishes of an incremental exporter
+    and of one that reads everything every time both equal the reference computed from the
+    simulator's own jobs."""
+    behaviour, cap = WORLDS[world_name]
+    sim.sim.behaviour = behaviour
+    if cap is not None:
+        sim.sim.kizen_max_page_size = cap
     world = sim.world
     world.populate(finished=25, running=6)
     t = world.tuning
     t.new_job_chance, t.start_chance, t.fail_chance, t.cancel_chance = 0.5, 0.5, 0.05, 0.04
     rng = random.Random(11)
-    # The reference reads every page on every scrape: lift the rate limit for both.
+    # The full reader reads every page on every scrape: lift the rate limit for both.
     fast = "    rate_limit: 1000/s\n"
-    # Only aggregates and counters are compared: no per-job series keeps the scrapes small.
+    # Only aggregates, counters and histograms are compared: no per-job series.
     incremental_cfg = {
         "defaults": "  max_job_series: 0\n",
         "kizen_extra": "    page_size: 15\n" + fast,
         "fp_extra": fast,
     }
-    reference_cfg = {
+    full_cfg = {
         "defaults": "  max_job_series: 0\n",
         "kizen_extra": "    page_size: 15\n    incremental: false\n" + fast,
         "fp_extra": "    incremental: false\n" + fast,
     }
 
-    async def start_pair() -> tuple[Client, Client]:
-        inc, ref = await exporter(**incremental_cfg), await exporter(**reference_cfg)
-        await scrape(inc)
-        await scrape(ref)
-        return inc, ref
+    async def start_pair() -> tuple[Client, Client, WorldReference]:
+        reference = WorldReference(world)
+        inc, full = await exporter(**incremental_cfg), await exporter(**full_cfg)
+        reference.observe()
+        for client in (inc, full):
+            assert reference_differences(await scrape(client), reference) == {}
+        return inc, full, reference
 
-    inc, ref = await start_pair()
+    inc, full, reference = await start_pair()
     transitions = 0
-    compared = 0
-    for round_number in range(160):
-        if round_number == 80:  # a restart in the middle: fresh baselines for both
+    rounds = 70
+    for round_number in range(rounds):
+        if round_number == rounds // 2:  # a restart in the middle: fresh baselines for all
             await inc.close()
-            await ref.close()
-            inc, ref = await start_pair()
+            await full.close()
+            inc, full, reference = await start_pair()
         for _ in range(rng.randint(1, 3)):
             before = {j.id: (j.status, j.success, j.failed) for j in world.kizen}
             world.step()
@@ -311,21 +340,18 @@ async def test_incremental_matches_full_read_under_churn(
         sim.sim.kizen_insert_per_page = 1 if rng.random() < 0.3 else 0
         await scrape(inc)
         sim.sim.kizen_insert_per_page = 0
-        reference, incremental = await scrape(ref), await scrape(inc)
-        assert set(select(reference, "bulk_up").values()) == {1}
-        assert set(select(incremental, "bulk_up").values()) == {1}, last_errors(inc)
-        expected = aggregates_and_counters(reference)
-        got = aggregates_and_counters(incremental)
-        assert got == expected, f"round {round_number}: " + str(
-            {
-                k: (got.get(k), expected.get(k))
-                for k in set(got) | set(expected)
-                if got.get(k) != expected.get(k)
-            }
-        )
-        compared += 1
-    assert transitions > 300
-    assert compared == 160
-    # The churn really exercised the counters.
-    finished = select(expected, "bulk_jobs_finished_total")
-    assert sum(finished.values()) > 20
+        reference.observe()
+        for name, client in (("full", full), ("incremental", inc)):
+            s = await scrape(client)
+            assert set(select(s, "bulk_up").values()) == {1}, last_errors(client)
+            wrong = reference_differences(s, reference)
+            assert wrong == {}, f"round {round_number}, {name}: {wrong}"
+    assert transitions > 150
+    # The churn really exercised the counters and the histograms.
+    expected = reference.samples()
+    assert sum(v for k, v in expected.items() if k[0] == "bulk_jobs_finished_total") > 10
+    assert sum(v for k, v in expected.items() if k[0] == "bulk_job_queue_wait_seconds_count") > 5
+
+
+def reference_differences(s: Samples, reference: WorldReference) -> dict[object, object]:
+    return dict(differences(compared(s), reference.samples()))

@@ -64,6 +64,7 @@ def parse(row: object) -> Job:
 class FakeClient:
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
+        self.notices: dict[str, str] = {}
 
     async def read_all(self, budget: Budget) -> ReadResult:
         result = ReadResult(complete=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -237,3 +239,85 @@ async def test_firstpromoter_errors(sim: SimHandle) -> None:
             headers={"authorization": FP_HEADERS["Authorization"], "ACCOUNT-ID": C.fp_account_id},
         ) as r:
             assert r.status == 200
+
+
+async def test_the_other_worlds_answer_as_their_names_say(sim: SimHandle) -> None:
+    """Each `Behaviour` changes exactly the answer it is named after (the exporter's reads in
+    each world are tested in test_worlds.py and test_incremental.py)."""
+    now = time.time()
+    for i in range(5):
+        sim.world.add_kizen_job(
+            status="completed", pending=0, success=3, started_at=now - 9000 + i, at_end=True
+        )
+    sim.world.add_kizen_job(status="failed", pending=1, failed=2, started_at=now - 9000)
+    sim.world.add_kizen_job(status="in_progress", pending=4, started_at=now)
+    sim.world.add_fp_batch(status="completed", selected_total=10, processed=8, failed=2)
+    running = sim.world.add_fp_batch(status="in_progress", selected_total=10, processed=1)
+    recent = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 60))
+
+    async def kizen(http: aiohttp.ClientSession, **params: str) -> dict[str, Any]:
+        url = f"{sim.kizen_url}/api/bulk-action-progress"
+        async with http.get(url, headers=KIZEN_HEADERS, params=params) as r:
+            assert r.status == 200
+            body: dict[str, Any] = await r.json()
+            return body
+
+    async def fp(http: aiohttp.ClientSession, path: str) -> Any:
+        async with http.get(f"{sim.fp_url}/batch_processes{path}", headers=FP_HEADERS) as r:
+            assert r.status == 200
+            return await r.json()
+
+    b = sim.sim.behaviour
+    async with aiohttp.ClientSession() as http:
+        assert len((await kizen(http, completed="true", started_after=recent))["results"]) == 0
+        assert len((await kizen(http, completed="false"))["results"]) == 1
+        first = await kizen(http, page_size="3")
+        assert first["count"] == 7
+        assert first["next"] is not None
+        assert len(await fp(http, "")) == 2
+        assert (await fp(http, ""))[1]["processed_count"] == 8
+        assert (await fp(http, "/progress"))[str(running.id)] == 10
+
+        b.kizen_started_after, b.kizen_completed = "ignored", "succeeded"
+        assert len((await kizen(http, completed="true", started_after=recent))["results"]) == 5
+        assert {r["status"] for r in (await kizen(http, completed="false"))["results"]} == {
+            "failed",
+            "in_progress",
+        }
+        b.kizen_next, b.kizen_count = "missing", "missing"
+        first = await kizen(http, page_size="3")
+        assert first["next"] is None
+        assert "count" not in first
+        assert len(first["results"]) == 3
+        b.fp_unfiltered, b.fp_processed, b.fp_progress = "active", "includes-failed", "fraction"
+        assert [r["id"] for r in await fp(http, "")] == [running.id]
+        async with http.get(
+            f"{sim.fp_url}/batch_processes",
+            headers=FP_HEADERS,
+            params=[("filters[status][]", "completed")],
+        ) as r:
+            (done,) = await r.json()
+        assert done["processed_count"] == 10
+        assert (await fp(http, "/progress")) == {str(running.id): 0.1}
+        b.fp_progress = "items"
+        assert (await fp(http, f"/{running.id}"))["progress"] == 1
+
+
+def test_the_simulators_help_lists_every_world() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter.simulator", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag, values in (
+        ("--firstpromoter-unfiltered", "{all,active}"),
+        ("--firstpromoter-processed", "{excludes-failed,includes-failed}"),
+        ("--firstpromoter-progress", "{percent,fraction,items}"),
+        ("--kizen-completed", "{terminal,succeeded}"),
+        ("--kizen-started-after", "{honoured,ignored}"),
+        ("--kizen-next", "{present,missing}"),
+        ("--kizen-count", "{present,missing}"),
+        ("--kizen-max-page-size", "KIZEN_MAX_PAGE_SIZE"),
+    ):
+        assert f"{flag} {values}" in out, flag

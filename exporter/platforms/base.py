@@ -8,6 +8,7 @@ non-secret identifiers and client. `exporter.platforms.PLATFORMS` registers it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
@@ -18,6 +19,7 @@ from urllib.parse import quote, urlsplit
 from pydantic import AfterValidator, SecretStr, field_validator
 
 from exporter.jobs import Job, Phase, QueueClock, RowError
+from exporter.logs import log
 from exporter.settings import RateLimit, SettingOverrides, Settings
 from exporter.trace import RowKeys, Trace
 from exporter.upstream import Budget, NotFound, Upstream, UpstreamError
@@ -116,7 +118,14 @@ class Known:
 
 
 class PlatformClient(Protocol):
-    """What a refresh needs from a platform."""
+    """What a refresh needs from a platform.
+
+    `notices`: the ways this account was found to answer otherwise than the exporter's first
+    guesses (docs/api.md), by a stable key (such as "started_after_ignored"), each with one
+    sentence for a person; the debug trace prints them. Filled by `notice`.
+    """
+
+    notices: dict[str, str]
 
     async def read_all(self, budget: Budget) -> ReadResult:
         """Every job the account lists (within the configured filters); `complete`."""
@@ -197,6 +206,18 @@ class SourceConfig(SettingOverrides):
 
     def client(self, upstream: Upstream, settings: Settings) -> PlatformClient:
         raise NotImplementedError
+
+
+def notice(
+    notices: dict[str, str], logger: logging.Logger, source: str, key: str, sentence: str
+) -> bool:
+    """Record that the platform was seen doing the other thing: once per client (so once per
+    source), with one warning line. True the first time."""
+    if key in notices:
+        return False
+    notices[key] = sentence
+    log(logger, logging.WARNING, sentence, source=source, behaviour=key)
+    return True
 
 
 def platform_name_of(model: type[SourceConfig]) -> str:

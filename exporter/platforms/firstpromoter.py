@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -18,6 +18,7 @@ from exporter.jobs import (
     Job,
     Phase,
     QueueClock,
+    RowError,
     clamp_ratio,
     failure_of,
     label,
@@ -36,6 +37,7 @@ from exporter.platforms.base import (
     PlatformClient,
     ReadResult,
     SourceConfig,
+    notice,
     read_by_id,
 )
 from exporter.redact import Redact
@@ -56,6 +58,10 @@ PHASES: Mapping[str, Phase] = {
 }
 Status = Literal["pending", "in_progress", "completed", "failed", "stopped"]
 ACTIVE: tuple[Status, ...] = ("pending", "in_progress")
+# Every read names the statuses it wants: the reference does not say what a request naming
+# none answers, and its page titles ("List in progress batch processes") suggest only the
+# batches in progress.
+ALL_STATUSES: tuple[Status, ...] = ("pending", "in_progress", "completed", "failed", "stopped")
 # The list is documented as unpaginated; in case it is paginated like FirstPromoter's other
 # lists, ask for pages of PER_PAGE and stop on an empty, short, oversized or repeated page.
 PER_PAGE = 100
@@ -112,30 +118,96 @@ class FirstPromoterSource(SourceConfig):
         return FirstPromoterClient(self, upstream, settings)
 
 
+def _basis(row: dict[str, object]) -> int | None:
+    selected = optional_count(row, "selected_total")
+    return selected if selected is not None else optional_count(row, "total")
+
+
+def counts_failed_as_processed(row: object) -> bool:
+    """Whether a row shows `processed_count` already counting the failed items: with them
+    added again it would hold more items than the batch selected, while on its own it fits.
+    (Any batch that ended with failures shows it, when that is how the platform counts.)"""
+    if not isinstance(row, dict):
+        return False
+    try:
+        processed = require_count(row, "processed_count")
+        failed = require_count(row, "failed_count")
+        basis = _basis(row)
+    except RowError:
+        return False
+    return basis is not None and failed > 0 and processed + failed > basis >= processed >= failed
+
+
+def _percent_of(row: dict[str, object], progress: ProgressMap | None) -> float | None:
+    """The batch's progress number: the progress map's, else the row's own `progress`."""
+    job_id = row.get("id")
+    value: float | None = (progress or {}).get(str(job_id)) if job_id is not None else None
+    if value is None:
+        field = row.get("progress")
+        if isinstance(field, int | float) and not isinstance(field, bool):
+            value = field
+    return value
+
+
+def progress_unit(row: object, progress: ProgressMap | None, includes_failed: bool) -> str | None:
+    """What a row shows the progress number to be, when it shows anything: "fraction" (at
+    least half the items done, and a number of at most 1 close to the share done) or "other"
+    (above 100: not a percentage, perhaps a count of items)."""
+    if not isinstance(row, dict):
+        return None
+    value = _percent_of(row, progress)
+    if value is None:
+        return None
+    if value > 100.5:
+        return "other"
+    try:
+        processed = require_count(row, "processed_count")
+        failed = require_count(row, "failed_count")
+        basis = _basis(row)
+    except RowError:
+        return None
+    if not basis:
+        return None
+    done = processed if includes_failed else processed + failed
+    ratio = done / basis
+    # Tight on purpose: a percentage of a batch half done is at least 50, and a number that
+    # merely is small (a 0 left on a finished batch) is not taken for a fraction.
+    fraction = ratio >= 0.5 and 0 < value <= 1 and abs(value - ratio) <= 0.1
+    return "fraction" if fraction else None
+
+
 def parse_row(
-    row: object, progress: ProgressMap | None = None, redact: Redact | None = None
+    row: object,
+    progress: ProgressMap | None = None,
+    redact: Redact | None = None,
+    *,
+    includes_failed: bool = False,
+    progress_scale: float | None = 100,
 ) -> Job:
     """Map one BatchProcess object to a Job; RowError if it is unusable. `redact` masks
-    secrets in the `processing_errors` kept for the landing page."""
+    secrets in the `processing_errors` kept for the landing page.
+
+    includes_failed: `processed_count` counts the failed items too (the account was seen
+    answering so), so the succeeded ones are `processed_count - failed_count`.
+    progress_scale: what the progress number is out of (100: a percentage; 1: a fraction);
+    None: the number is not a progress at all, and the counts give it."""
     row = require_object(row)
     job_id = require_id(row.get("id"), integer=True)
     status = require_str(row, "status")
     phase = PHASES.get(status, Phase.UNKNOWN)
     processed = require_count(row, "processed_count")
     failed = require_count(row, "failed_count")
-    selected = optional_count(row, "selected_total")
-    total = optional_count(row, "total")
-    basis = selected if selected is not None else total
-    pending = max((basis if basis is not None else 0) - processed - failed, 0)
-    percent: float | None = (progress or {}).get(job_id)
-    if percent is None:
-        field = row.get("progress")
-        if isinstance(field, int | float) and not isinstance(field, bool):
-            percent = field
-    if percent is not None:
-        ratio = clamp_ratio(percent / 100)
+    basis = _basis(row)
+    if includes_failed:
+        done, processed = processed, max(processed - failed, 0)
+    else:
+        done = processed + failed
+    pending = max((basis if basis is not None else 0) - done, 0)
+    percent = _percent_of(row, progress) if progress_scale is not None else None
+    if percent is not None and progress_scale is not None:
+        ratio = clamp_ratio(percent / progress_scale)
     elif basis:
-        ratio = clamp_ratio((processed + failed) / basis)
+        ratio = clamp_ratio(done / basis)
     else:
         ratio = 1.0 if phase.terminal else 0.0
     updated_at = parse_timestamp(row.get("updated_at"), "updated_at")
@@ -155,20 +227,6 @@ def parse_row(
     )
 
 
-def _parsed(
-    rows: list[object],
-    progress: ProgressMap,
-    redact: Redact,
-    *,
-    complete: bool,
-    trace: Trace | None = None,
-) -> ReadResult:
-    """List rows as a ReadResult, each batch's percentage taken from the progress map."""
-    result = ReadResult(complete=complete)
-    result.add_rows("list", rows, lambda row: parse_row(row, progress, redact), trace)
-    return result
-
-
 def parse_progress(body: object) -> dict[str, float]:
     if not isinstance(body, dict):
         raise UpstreamError("progress", "response is not a JSON object of id: percent")
@@ -184,18 +242,99 @@ def parse_progress(body: object) -> dict[str, float]:
 
 
 class FirstPromoterClient:
-    """Reads one FirstPromoter account's batch processes."""
+    """Reads one FirstPromoter account's batch processes.
+
+    Remembers what it learnt of the account: whether `processed_count` counts the failed
+    items (`notices`), and which batches it last saw unfinished, so that one missing from
+    every later answer is read by id to learn how it ended rather than forgotten unread.
+    """
 
     def __init__(self, source: FirstPromoterSource, upstream: Upstream, settings: Settings) -> None:
         self.source = source
         self.upstream = upstream
         self.max_jobs = settings.max_jobs
+        self.notices: dict[str, str] = {}
+        self.includes_failed = False
+        # What the progress number is out of; None: not a progress (the counts give it).
+        self.progress_scale: float | None = 100
+        # Ids last seen queued, running or in a status nobody mapped.
+        self._unfinished: set[str] = set()
 
     @staticmethod
-    def _status_params(statuses: list[Status] | None) -> list[tuple[str, str]]:
-        return [("filters[status][]", s) for s in statuses or ()]
+    def _status_params(statuses: list[Status]) -> list[tuple[str, str]]:
+        return [("filters[status][]", s) for s in statuses]
 
-    async def _progress(self, budget: Budget, statuses: list[Status] | None) -> dict[str, float]:
+    def _observe(self, rows: list[object]) -> None:
+        """Learn from rows, before any is parsed, how the account counts processed items."""
+        if self.includes_failed or not any(counts_failed_as_processed(r) for r in rows):
+            return
+        self.includes_failed = True
+        notice(
+            self.notices,
+            logger,
+            self.source.name,
+            "processed_includes_failed",
+            "processed_count already counts the failed items (a batch holds fewer items than "
+            "processed_count + failed_count); succeeded items are read as processed_count - "
+            "failed_count",
+        )
+
+    def _observe_progress(self, rows: list[object], progress: ProgressMap) -> None:
+        """Learn from rows, before any is parsed, what the progress number is out of."""
+        if self.progress_scale != 100:
+            return
+        units = {progress_unit(r, progress, self.includes_failed) for r in rows}
+        if "other" in units:
+            self.progress_scale = None
+            notice(
+                self.notices,
+                logger,
+                self.source.name,
+                "progress_not_percent",
+                "progress numbers above 100 came back: they are not percentages; a batch's "
+                "progress is computed from its counts",
+            )
+        elif "fraction" in units:
+            self.progress_scale = 1
+            notice(
+                self.notices,
+                logger,
+                self.source.name,
+                "progress_is_fraction",
+                "progress numbers are fractions of 1, not percentages (a batch more than half "
+                "done shows at most 1); they are read as fractions",
+            )
+
+    def _parse(self, progress: ProgressMap) -> Callable[[object], Job]:
+        def parse(row: object) -> Job:
+            self._observe([row])
+            self._observe_progress([row], progress)
+            return parse_row(
+                row,
+                progress,
+                self.upstream.redact,
+                includes_failed=self.includes_failed,
+                progress_scale=self.progress_scale,
+            )
+
+        return parse
+
+    def _parsed(
+        self,
+        rows: list[object],
+        progress: ProgressMap,
+        *,
+        complete: bool,
+        trace: Trace | None = None,
+    ) -> ReadResult:
+        """List rows as a ReadResult, each batch's percentage taken from the progress map."""
+        self._observe(rows)
+        self._observe_progress(rows, progress)
+        result = ReadResult(complete=complete)
+        result.add_rows("list", rows, self._parse(progress), trace)
+        return result
+
+    async def _progress(self, budget: Budget, statuses: list[Status]) -> dict[str, float]:
         body = await self.upstream.get_json(
             "progress", PROGRESS_PATH, self._status_params(statuses), budget
         )
@@ -207,32 +346,62 @@ class FirstPromoterClient:
             )
         return progress
 
-    async def _read(
-        self, budget: Budget, statuses: list[Status] | None, *, complete: bool
-    ) -> ReadResult:
+    async def _read(self, budget: Budget, statuses: list[Status], *, complete: bool) -> ReadResult:
         rows, progress = await asyncio.gather(
             self._rows(budget, statuses), self._progress(budget, statuses)
         )
-        return _parsed(rows, progress, self.upstream.redact, complete=complete, trace=budget.trace)
+        result = self._parsed(rows, progress, complete=complete, trace=budget.trace)
+        if complete:
+            # Whatever a full read misses is forgotten: batches it last saw unfinished are
+            # first read by id (they may have moved to a status nobody mapped, which no
+            # filter names).
+            await self._read_missing(result, self._unfinished, progress, budget)
+        return result
 
-    def _configured_statuses(self) -> list[Status] | None:
-        """The statuses to ask for; None (no filter) when every status is wanted."""
-        return list(self.source.statuses) if self.source.statuses else None
+    async def _read_missing(
+        self, result: ReadResult, ids: Iterable[str], progress: ProgressMap, budget: Budget
+    ) -> None:
+        """Read by id the `ids` no answer held (a 404 forgets them)."""
+        missing = [i for i in ids if i not in result.jobs]
+        if missing and len(missing) <= BY_ID_LIMIT:
+            await read_by_id(
+                result, missing, self._parse(progress), self.upstream, LIST_PATH, budget
+            )
+
+    def _configured_statuses(self) -> list[Status]:
+        """The statuses to ask for: the source's `statuses`, else all five."""
+        return list(self.source.statuses or ALL_STATUSES)
 
     def _active_statuses(self) -> list[Status]:
         configured = self.source.statuses
-        return [s for s in ACTIVE if configured is None or s in configured]
+        return [s for s in ACTIVE if not configured or s in configured]
+
+    def _settle(self, result: ReadResult) -> ReadResult:
+        """Leave out batches in a status the source does not ask for (read by id after they
+        left the filtered lists: gone, as in a full read), and note the unfinished ones."""
+        wanted = self.source.statuses
+        if wanted:
+            for job_id in [i for i, job in result.jobs.items() if job.status not in wanted]:
+                if PHASES.get(result.jobs[job_id].status) is not None:
+                    del result.jobs[job_id]
+                    result.gone.add(job_id)
+        unfinished = {i for i, job in result.jobs.items() if not job.phase.terminal}
+        if result.complete:
+            self._unfinished = unfinished
+        else:
+            self._unfinished = (self._unfinished - result.jobs.keys() - result.gone) | unfinished
+        return result
 
     async def read_all(self, budget: Budget) -> ReadResult:
-        return await self._read(budget, self._configured_statuses(), complete=True)
+        return self._settle(await self._read(budget, self._configured_statuses(), complete=True))
 
     async def read_active(self, budget: Budget) -> ReadResult:
         statuses = self._active_statuses()
         if not statuses:
             return ReadResult(complete=False)
-        return await self._read(budget, statuses, complete=False)
+        return self._settle(await self._read(budget, statuses, complete=False))
 
-    async def _rows(self, budget: Budget, statuses: list[Status] | None) -> list[object]:
+    async def _rows(self, budget: Budget, statuses: list[Status]) -> list[object]:
         rows: list[object] = []
         seen: set[object] = set()
         for page in range(1, MAX_PAGES + 1):
@@ -269,9 +438,10 @@ class FirstPromoterClient:
         return rows
 
     async def read_changes(self, budget: Budget, known: Known) -> ReadResult:
-        """The active batches, and the progress map of every batch (one cheap request that
-        lists every id): ids never seen before, and active batches that left the active list,
-        are read by id; ids the map no longer lists are gone."""
+        """The active batches, and the progress map of every wanted batch (one cheap request
+        that lists every id): ids never seen before, and batches that were unfinished and are
+        no longer in the active list, are read by id (a 404 forgets them); other ids the map
+        no longer lists are gone."""
         active_statuses = self._active_statuses()
         # The progress map of every configured status, beside the active rows: it lists ids.
         progress_read = self._progress(budget, self._configured_statuses())
@@ -281,19 +451,16 @@ class FirstPromoterClient:
             )
         else:
             rows, progress = [], await progress_read
-        result = _parsed(rows, progress, self.upstream.redact, complete=False, trace=budget.trace)
+        result = self._parsed(rows, progress, complete=False, trace=budget.trace)
         listed = progress.keys()
-        result.gone = {job_id for job_id in known.ids if job_id not in listed}
+        unfinished = list(dict.fromkeys([*known.active, *self._unfinished]))
+        left = [i for i in unfinished if i not in result.jobs]
         wanted = [i for i in listed if i not in known.ids and i not in result.jobs]
-        wanted += [i for i in known.active if i not in result.jobs and i in listed]
-        if len(wanted) > BY_ID_LIMIT:
+        if len(wanted) + len(left) > BY_ID_LIMIT:
             return await self.read_all(budget)
+        # Only ids the map dropped that are not about to be read by id are gone unread.
+        result.gone = {i for i in known.ids if i not in listed} - set(left)
         await read_by_id(
-            result,
-            wanted,
-            lambda row: parse_row(row, progress, self.upstream.redact),
-            self.upstream,
-            LIST_PATH,
-            budget,
+            result, [*wanted, *left], self._parse(progress), self.upstream, LIST_PATH, budget
         )
-        return result
+        return self._settle(result)

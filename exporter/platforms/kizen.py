@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, ClassVar, Literal
@@ -39,6 +39,7 @@ from exporter.platforms.base import (
     PlatformClient,
     ReadResult,
     SourceConfig,
+    notice,
     pooled,
     read_by_id,
     run_all,
@@ -213,7 +214,7 @@ class _Page:
     """One list page, parsed: its rows as a ReadResult, its `count`, `next` and row total."""
 
     rows: ReadResult
-    count: int
+    count: int | None  # None: the page carried none
     next: object
     size: int  # how many rows it held
 
@@ -239,6 +240,7 @@ class _Coverage:
         self.shrank = False
 
     def add(self, page: int, answer: _Page) -> None:
+        assert answer.count is not None  # pages without a count are read another way
         shift = answer.count - self.count
         start = (page - 1) * self.size - shift
         self.spans.append((start, start + answer.size))
@@ -289,6 +291,13 @@ class KizenClient:
         self.upstream = upstream
         self.max_jobs = settings.max_jobs
         self.page_size = source.page_size
+        self.notices: dict[str, str] = {}
+        # Learnt from the account's answers (see docs/api.md, "in the other world").
+        self.started_after_ignored = False
+        self.links_seen = False  # some page carried a `next` link
+
+    def _notice(self, key: str, sentence: str) -> None:
+        notice(self.notices, logger, self.source.name, key, sentence)
 
     def _parse(self, row: object) -> Job:
         return parse_row(row, self.upstream.redact)
@@ -318,9 +327,11 @@ class KizenClient:
                 "list", f"a page held {len(results)} rows where {size} were asked for"
             )
         count = body.get("count")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        if count is None:
+            pass  # a page without a count is read to its end another way (`_read_uncounted`)
+        elif not isinstance(count, int) or isinstance(count, bool) or count < 0:
             raise UpstreamError("list", "page has no usable count")
-        if count > self.max_jobs:
+        elif count > self.max_jobs:
             digits = str(count)  # an upstream's number, shown whole only when it is short
             shown = digits if len(digits) <= 20 else f"a {len(digits)}-digit number of"
             raise UpstreamError(
@@ -351,7 +362,12 @@ class KizenClient:
             return await self._page(1, self.page_size, budget, extra)
 
     async def read_list(
-        self, budget: Budget, extra: Mapping[str, str], *, complete: bool
+        self,
+        budget: Budget,
+        extra: Mapping[str, str],
+        *,
+        complete: bool,
+        stop_after_first: Callable[[_Page], bool] | None = None,
     ) -> ReadResult:
         """Page 1 first, to learn `count` and the page size the server really serves; then
         the other pages concurrently.
@@ -361,17 +377,46 @@ class KizenClient:
         we read (new jobs arrive at the top), so rows are deduplicated by id, a `next` link
         on the last announced page is followed, boundedly, and rows that no page held (pages
         answered out of order while rows moved, see `_Coverage`) are read again.
+
+        A page without `next` while `count` says more follow is read by `count`; pages
+        without `count` are read one after another (`_read_uncounted`). `stop_after_first`
+        may end the read after page 1 (it saw that the rest is not wanted).
         """
         result = ReadResult(complete=complete)
         first = await self._first_page(budget, extra)
         if first is None:
             return result
         result.merge(first.rows)
+        if first.next is not None:
+            self.links_seen = True
+        if stop_after_first is not None and stop_after_first(first):
+            return result
         size = self.page_size
-        if first.next is not None and 0 < first.size < size:
+        count = first.count
+        more = first.next is not None or (count is not None and count > first.size)
+        if more and 0 < first.size < size:
             size = first.size  # the server's cap
-        pages = max(1, math.ceil(first.count / size))
-        coverage = _Coverage(first.count, size)
+            self._notice(
+                "page_size_capped",
+                f"the server serves at most {size} rows a page where {self.page_size} were "
+                "asked for; the pages are counted at its size",
+            )
+        if count is None:
+            self._notice(
+                "count_missing",
+                "list pages carry no count; pages are read one after another until an empty, "
+                "short, missing or repeated page (a long history takes longer to read)",
+            )
+            await self._read_uncounted(result, first, size, budget, extra)
+            return result
+        if first.next is None and count > first.size:
+            self._notice(
+                "next_missing",
+                "list pages carry no next link while count says more rows follow; the pages "
+                "are counted from count",
+            )
+        pages = max(1, math.ceil(count / size))
+        coverage = _Coverage(count, size)
         coverage.add(1, first)
         workers = self.upstream.workers(budget)
         progress = budget.progress
@@ -380,7 +425,7 @@ class KizenClient:
 
         async def page_of(page: int) -> _Page | None:
             found = await self._page(page, size, budget, extra)
-            if found is not None:
+            if found is not None and found.count is not None:
                 coverage.add(page, found)  # as answers arrive: the latest count is last
             if progress is not None:
                 progress.advance()
@@ -427,7 +472,8 @@ class KizenClient:
             if found is None:
                 return
             result.merge(found.rows)
-            coverage.add(following, found)
+            if found.count is not None:
+                coverage.add(following, found)
             page, next_link = following, found.next
 
     async def _fill_gaps(
@@ -456,7 +502,8 @@ class KizenClient:
             for page, answer in found.items():
                 if answer is not None:
                     result.merge(answer.rows)
-                    coverage.add(page, answer)
+                    if answer.count is not None:
+                        coverage.add(page, answer)
         if coverage.pages_for_gaps():
             log(
                 logger,
@@ -465,24 +512,126 @@ class KizenClient:
                 source=self.source.name,
             )
 
+    async def _read_uncounted(
+        self, result: ReadResult, first: _Page, size: int, budget: Budget, extra: Mapping[str, str]
+    ) -> None:
+        """Pages after the first, one after another, when pages carry no `count`: until a
+        page is missing (404), empty, short or repeats rows already read, bounded by
+        max_jobs. A short page 1 without a link may be a silent cap rather than the end,
+        unless this server was seen giving links: then page 2 is read to tell."""
+        last, page = first, 1
+        if 0 < first.size < size:
+            size = first.size  # were it a silent cap, the next pages come at its size
+        limit = self.max_jobs // max(size, 1) + MAX_EXTRA_PAGES
+        while page < limit and last.size > 0:
+            short = last.size < (self.page_size if page == 1 else size)
+            # A short page ends the list; only page 1 might be short for a silent cap, which
+            # a link says, or which is possible while this server was never seen giving one.
+            if short and (page > 1 or (last.next is None and self.links_seen)):
+                return
+            page += 1
+            found = await self._page(page, size, budget, extra)
+            if found is None:
+                return
+            if found.next is not None:
+                self.links_seen = True
+            if found.rows.jobs and found.rows.jobs.keys() <= result.jobs.keys():
+                return  # the same rows again: the server ignores the page number
+            result.merge(found.rows)
+            if len(result.jobs) > self.max_jobs:
+                raise UpstreamError(
+                    "list", f"the list holds more than max_jobs ({self.max_jobs}) jobs"
+                )
+            last = found
+        if page >= limit:
+            log(
+                logger,
+                logging.WARNING,
+                "stopped reading pages at the bound",
+                source=self.source.name,
+                pages=page,
+            )
+
     async def read_all(self, budget: Budget) -> ReadResult:
         return await self.read_list(budget, {}, complete=True)
 
     async def read_active(self, budget: Budget) -> ReadResult:
-        return await self.read_list(budget, {"completed": "false"}, complete=False)
+        active = await self.read_list(budget, {"completed": "false"}, complete=False)
+        if any(job.phase.terminal for job in active.jobs.values()):
+            # Read right either way (every job is still seen), at the cost of the failed and
+            # cancelled history in every active read.
+            self._notice(
+                "completed_means_succeeded",
+                "completed=false also answers finished jobs (failed or cancelled): "
+                "completed=true seems to select only succeeded jobs; the active read carries "
+                "the failed and cancelled history",
+            )
+        return active
+
+    def _ignores_started_after(self, page: _Page, since: float) -> bool:
+        """Whether page 1 of a `started_after` read holds rows started before it."""
+        if not any(
+            job.started_at is not None and job.started_at < since - 1
+            for job in page.rows.jobs.values()
+        ):
+            return False
+        self.started_after_ignored = True
+        self._notice(
+            "started_after_ignored",
+            "started_after is not applied (rows that started before it came back); it is no "
+            "longer sent: jobs that finish between scrapes are found on the first page of "
+            "finished jobs, by id and by full reads",
+        )
+        return True
+
+    async def _newest_finished(self, budget: Budget, since: float) -> ReadResult:
+        """Where `started_after` is not applied: the finished jobs' pages from the first
+        (newest first) until one holds a job started before `since`; usually one request."""
+        result = ReadResult(complete=False)
+        size = min(self.page_size, SAFE_PAGE_SIZE)
+        for page in range(1, MAX_EXTRA_PAGES + 1):
+            found = await self._page(page, size, budget, {"completed": "true"})
+            if found is None or found.size == 0:
+                break
+            result.merge(found.rows)
+            if any(
+                job.started_at is not None and job.started_at <= since
+                for job in found.rows.jobs.values()
+            ):
+                break
+            if found.count is not None and len(result.jobs) >= found.count:
+                break
+        return result
+
+    async def _finished_since(self, budget: Budget, since: float) -> ReadResult:
+        """Jobs that started after `since` and finished, as `started_after` asks: by the
+        server while it applies the filter, else filtered here."""
+        if not self.started_after_ignored:
+            stamp = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            result = await self.read_list(
+                budget,
+                {"completed": "true", "started_after": stamp},
+                complete=False,
+                stop_after_first=lambda page: self._ignores_started_after(page, since),
+            )
+            if not self.started_after_ignored:
+                return result
+        else:
+            result = await self._newest_finished(budget, since)
+        # What a server applying the filter would have answered (started_at > since).
+        result.jobs = {
+            job_id: job
+            for job_id, job in result.jobs.items()
+            if job.started_at is not None and job.started_at > since
+        }
+        return result
 
     async def read_changes(self, budget: Budget, known: Known) -> ReadResult:
         """Active jobs, plus jobs that started since the last read and already finished;
         jobs that were active and are in neither are read by id to learn how they ended."""
         since = known.since - STARTED_AFTER_MARGIN
-        started_after = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         active, finished = await run_all(
-            [
-                self.read_active(budget),
-                self.read_list(
-                    budget, {"completed": "true", "started_after": started_after}, complete=False
-                ),
-            ]
+            [self.read_active(budget), self._finished_since(budget, since)]
         )
         active.merge(finished)
         missing = [job_id for job_id in known.active if job_id not in active.jobs]

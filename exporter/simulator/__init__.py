@@ -10,11 +10,18 @@ import contextlib
 
 from aiohttp import web
 
-from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX, Credentials, Fault, Simulator
+from exporter.simulator.app import (
+    FP_PREFIX,
+    KIZEN_PREFIX,
+    Behaviour,
+    Credentials,
+    Fault,
+    Simulator,
+)
 from exporter.simulator.control import add_control_routes
 from exporter.simulator.world import World
 
-__all__ = ["Credentials", "Fault", "RunningSimulator", "Simulator", "World"]
+__all__ = ["Behaviour", "Credentials", "Fault", "RunningSimulator", "Simulator", "World"]
 
 
 class RunningSimulator:

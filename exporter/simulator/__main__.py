@@ -2,7 +2,9 @@
 
 Benchmarks use `--kizen-finished N --kizen-running M --latency S --tick 0` for a fixed world;
 `--kizen-max-page-size N` caps Kizen pages silently (the default, 1000) and
-`--kizen-refuse-page-size-above N` refuses larger sizes with a 400 instead. `--control` adds
+`--kizen-refuse-page-size-above N` refuses larger sizes with a 400 instead. The flags of the
+"platform behaviour" group choose how the platforms answer where their references are silent
+(see docs/api.md); their defaults are the exporter's first guesses. `--control` adds
 the routes of `exporter/simulator/control.py`, with which a test in another process shapes
 the world.
 """
@@ -14,7 +16,47 @@ import asyncio
 import contextlib
 import time
 
-from exporter.simulator import RunningSimulator, Simulator, World
+from exporter.simulator import Behaviour, RunningSimulator, Simulator, World
+
+# Flag -> (Behaviour field, its values, first the default).
+BEHAVIOUR_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "--firstpromoter-unfiltered": (
+        "fp_unfiltered",
+        ("all", "active"),
+        "what a FirstPromoter list or progress request naming no status answers: every batch, "
+        "or only those in progress",
+    ),
+    "--firstpromoter-processed": (
+        "fp_processed",
+        ("excludes-failed", "includes-failed"),
+        "whether FirstPromoter processed_count already counts the failed items",
+    ),
+    "--firstpromoter-progress": (
+        "fp_progress",
+        ("percent", "fraction", "items"),
+        "what FirstPromoter progress numbers are: percentages, fractions of 1, or items processed",
+    ),
+    "--kizen-completed": (
+        "kizen_completed",
+        ("terminal", "succeeded"),
+        "what Kizen completed=true selects: every finished job, or only the succeeded ones",
+    ),
+    "--kizen-started-after": (
+        "kizen_started_after",
+        ("honoured", "ignored"),
+        "whether Kizen applies started_after",
+    ),
+    "--kizen-next": (
+        "kizen_next",
+        ("present", "missing"),
+        "whether Kizen pages carry a next link (missing: always null)",
+    ),
+    "--kizen-count": (
+        "kizen_count",
+        ("present", "missing"),
+        "whether Kizen pages carry count",
+    ),
+}
 
 
 class BoundedWorld(World):
@@ -84,7 +126,10 @@ def build_world(args: argparse.Namespace) -> World:
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    simulator = Simulator(build_world(args))
+    behaviour = Behaviour(
+        **{field: getattr(args, field) for field, _, _ in BEHAVIOUR_FLAGS.values()}
+    )
+    simulator = Simulator(build_world(args), behaviour=behaviour)
     simulator.latency = {"kizen": args.latency, "firstpromoter": args.latency}
     simulator.kizen_max_page_size = args.kizen_max_page_size
     simulator.kizen_refuse_page_size_above = args.kizen_refuse_page_size_above
@@ -127,13 +172,25 @@ def main() -> None:
         "--kizen-max-page-size",
         type=int,
         default=1000,
-        help="serve larger Kizen page sizes at this size, silently (default 1000)",
+        help="serve larger Kizen page sizes at this size, silently (default 1000); any size, "
+        "below 100 too, is a page-cap world",
     )
     parser.add_argument(
         "--kizen-refuse-page-size-above",
         type=int,
         help="answer 400 (a page_size field error) to Kizen page sizes above this",
     )
+    worlds = parser.add_argument_group(
+        "platform behaviour", "how the platforms answer where their references are silent"
+    )
+    for flag, (field, values, text) in BEHAVIOUR_FLAGS.items():
+        worlds.add_argument(
+            flag,
+            dest=field,
+            choices=values,
+            default=values[0],
+            help=f"{text} (default {values[0]})",
+        )
     parser.add_argument(
         "--control", action="store_true", help="serve the /_control routes (tests only)"
     )

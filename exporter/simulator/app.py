@@ -17,12 +17,12 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 from aiohttp import web
 
-from exporter.simulator.world import KizenJob, World
+from exporter.simulator.world import FP_ACTIVE, FPBatch, KizenJob, World
 
 KIZEN_PREFIX = "/kizen"
 FP_PREFIX = "/firstpromoter/api/v2/company"
@@ -55,6 +55,35 @@ class Fault:
 
 
 @dataclass
+class Behaviour:
+    """Which way the simulated platforms answer where their references are silent.
+
+    The defaults are the guesses the exporter was first built on; every other value is a world
+    the exporter must read right too (docs/api.md says what it does in each). A Kizen page cap
+    is `Simulator.kizen_max_page_size`.
+    """
+
+    # FirstPromoter, a list or progress request naming no status: every batch, or only the
+    # batches in progress (as the reference's page titles read).
+    fp_unfiltered: Literal["all", "active"] = "all"
+    # FirstPromoter `processed_count`: the items that succeeded, or every item processed
+    # (so it already includes `failed_count`).
+    fp_processed: Literal["excludes-failed", "includes-failed"] = "excludes-failed"
+    # FirstPromoter progress numbers (the map's and the rows' own `progress`): percentages,
+    # fractions of 1, or the number of items processed.
+    fp_progress: Literal["percent", "fraction", "items"] = "percent"
+    # Kizen `completed=true`: every terminal job, or only the jobs that succeeded (failed and
+    # cancelled ones then answer `completed=false`).
+    kizen_completed: Literal["terminal", "succeeded"] = "terminal"
+    # Kizen `started_after`: applied, or ignored (every job comes back).
+    kizen_started_after: Literal["honoured", "ignored"] = "honoured"
+    # Kizen `next`: a link while more pages follow, or always null.
+    kizen_next: Literal["present", "missing"] = "present"
+    # Kizen `count`: present on every page, or absent.
+    kizen_count: Literal["present", "missing"] = "present"
+
+
+@dataclass
 class Credentials:
     """The keys and ids the simulator accepts."""
 
@@ -77,9 +106,15 @@ def _json(data: Any, status: int = 200) -> web.Response:
 class Simulator:
     """Both fake APIs over one `World`. Tests reach in to shape jobs, faults and latency."""
 
-    def __init__(self, world: World | None = None, credentials: Credentials | None = None) -> None:
+    def __init__(
+        self,
+        world: World | None = None,
+        credentials: Credentials | None = None,
+        behaviour: Behaviour | None = None,
+    ) -> None:
         self.world = world or World()
         self.credentials = credentials or Credentials()
+        self.behaviour = behaviour or Behaviour()
         self.faults: dict[str, Fault] = {}
         self.latency: dict[str, float] = {"kizen": 0.0, "firstpromoter": 0.0}
         self.requests: Counter[tuple[str, str]] = Counter()
@@ -90,6 +125,8 @@ class Simulator:
         self.kizen_max_page_size = 1000
         # What each list request asked (the latest 10,000: the demo runs for days).
         self.kizen_list_queries: deque[dict[str, str]] = deque(maxlen=10_000)
+        # FirstPromoter list and progress requests: (endpoint, query pairs), the latest 10,000.
+        self.fp_queries: deque[tuple[str, list[tuple[str, str]]]] = deque(maxlen=10_000)
         self._rows: dict[str, tuple[tuple[object, ...], str]] = {}
         # ... or, when set, refused with a 400 field error (a server that validates page_size).
         self.kizen_refuse_page_size_above: int | None = None
@@ -242,10 +279,16 @@ class Simulator:
             for _ in range(self.kizen_insert_per_page):
                 self.world.add_kizen_job(pending=10)
 
+        behaviour = self.behaviour
+        if behaviour.kizen_started_after == "ignored":
+            started_after = None
+        succeeded_only = behaviour.kizen_completed == "succeeded"
+
         def keep(job: Any) -> bool:
             if "action" in q and job.action != q["action"]:
                 return False
-            if completed is not None and (not job.active) != completed:
+            done = job.status == "completed" if succeeded_only else not job.active
+            if completed is not None and done != completed:
                 return False
             if object_id is not None and (job.custom_object or {}).get("id") != object_id:
                 return False
@@ -254,7 +297,8 @@ class Simulator:
                 and (job.started_at is None or job.started_at <= started_after)
             )
 
-        filtered = {"action", "completed", "custom_object_id", "started_after"} & set(q)
+        filtered = bool({"action", "completed", "custom_object_id"} & set(q))
+        filtered = filtered or started_after is not None
         rows = [j for j in self.world.kizen if keep(j)] if filtered else self.world.kizen
         count = len(rows)
         last_page = max(1, math.ceil(count / size))
@@ -267,13 +311,16 @@ class Simulator:
             params["page"] = str(number)
             return f"{base}?{urlencode(params)}"
 
-        head = json.dumps(
-            {
-                "count": count,
-                "next": link(page + 1) if page < last_page else None,
-                "previous": link(page - 1) if page > 1 else None,
-            }
-        )
+        head_fields: dict[str, object] = {
+            "count": count,
+            "next": link(page + 1) if page < last_page else None,
+            "previous": link(page - 1) if page > 1 else None,
+        }
+        if behaviour.kizen_next == "missing":
+            head_fields["next"] = None
+        if behaviour.kizen_count == "missing":
+            del head_fields["count"]
+        head = json.dumps(head_fields)
         results = ", ".join(self.kizen_row(j) for j in rows[(page - 1) * size : page * size])
         body = f'{head[:-1]}, "results": [{results}], "errors": null}}'
         return web.Response(body=body.encode(), content_type="application/json")
@@ -339,11 +386,31 @@ class Simulator:
         denied = self._fp_auth(request)
         if denied is not None:
             return [], denied
+        endpoint = "progress" if request.path.endswith("/progress") else "list"
+        self.fp_queries.append((endpoint, list(request.query.items())))
         statuses, invalid = self._fp_statuses(request)
         if invalid is not None:
             return [], invalid
+        if statuses is None and self.behaviour.fp_unfiltered == "active":
+            statuses = set(FP_ACTIVE)
         batches = sorted(self.world.fp.values(), key=lambda b: b.id, reverse=True)
         return [b for b in batches if statuses is None or b.status in statuses], None
+
+    def fp_row(self, batch: FPBatch) -> dict[str, Any]:
+        """A batch's JSON as this platform's `processed_count` counts."""
+        row = batch.to_json()
+        if self.behaviour.fp_processed == "includes-failed":
+            row["processed_count"] = batch.processed + batch.failed
+        row["progress"] = self.fp_percent(batch)
+        return row
+
+    def fp_percent(self, batch: FPBatch) -> float:
+        """A batch's progress number, in this platform's unit."""
+        if self.behaviour.fp_progress == "fraction":
+            return batch.percent / 100
+        if self.behaviour.fp_progress == "items":
+            return batch.processed + batch.failed
+        return batch.percent
 
     async def fp_list(self, request: web.Request) -> web.Response:
         batches, error = self._fp_selected(request)
@@ -356,13 +423,13 @@ class Simulator:
             except ValueError:
                 page, per_page = 1, 20
             batches = batches[(page - 1) * per_page : page * per_page]
-        return _json([b.to_json() for b in batches])
+        return _json([self.fp_row(b) for b in batches])
 
     async def fp_progress(self, request: web.Request) -> web.Response:
         batches, error = self._fp_selected(request)
         if error is not None:
             return error
-        return _json({str(b.id): b.percent for b in batches})
+        return _json({str(b.id): self.fp_percent(b) for b in batches})
 
     async def fp_detail(self, request: web.Request) -> web.Response:
         denied = self._fp_auth(request)
@@ -372,4 +439,4 @@ class Simulator:
         batch = self.world.fp.get(int(raw)) if raw.isdigit() else None
         if batch is None:
             return _json({"message": "Record not found", "code": "not_found"}, 404)
-        return _json(batch.to_json())
+        return _json(self.fp_row(batch))

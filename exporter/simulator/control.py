@@ -7,7 +7,8 @@ shape the world while the exporter under test reads it over HTTP:
     POST  /_control/firstpromoter   {field: value, ...}    add a FirstPromoter batch
     PATCH /_control/firstpromoter/{id} {field: value, ...} change a batch
     POST  /_control/settings        {"latency": s, "kizen_max_page_size": n,
-                                     "kizen_refuse_page_size_above": n | null}
+                                     "kizen_refuse_page_size_above": n | null,
+                                     "behaviour": {field: value, ...}}  (see Behaviour)
     GET   /_control/requests        requests served, by platform and endpoint
 
 A time field given as "now" takes the world's clock. Never enabled in the demo.
@@ -16,6 +17,7 @@ A time field given as "now" takes the world's clock. Never enabled in the demo.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -92,6 +94,11 @@ def add_control_routes(simulator: Simulator, app: web.Application) -> None:
         for key in ("kizen_max_page_size", "kizen_refuse_page_size_above"):
             if key in data:
                 setattr(simulator, key, data[key])
+        if "behaviour" in data:
+            try:
+                simulator.behaviour = replace(simulator.behaviour, **data["behaviour"])
+            except TypeError as exc:
+                raise web.HTTPBadRequest(text=str(exc)) from None
         return answer({"ok": True})
 
     async def requests(_: web.Request) -> web.Response:
