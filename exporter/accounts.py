@@ -133,7 +133,7 @@ async def check_accounts(config: Config, redact: Redact) -> list[AccountCheck]:
             )
         )
     finally:
-        # A failed read can leave sibling requests running (a gather does not cancel them):
+        # Whatever a failed read may have left running (a read whose sibling failed):
         # they end here, before their sessions close, so none opens a session after.
         current = asyncio.current_task()
         leftover = [t for t in asyncio.all_tasks() - before if t is not current and not t.done()]

@@ -14,7 +14,7 @@ from exporter.platforms.kizen import KizenSource
 from exporter.ratelimit import TokenBucket
 from exporter.redact import Redactor
 from exporter.simulator.app import Fault
-from exporter.upstream import Budget, Upstream
+from exporter.upstream import Budget, Upstream, UpstreamError
 from tests.conftest import SimHandle
 from tests.helpers import config_from, source_yaml
 
@@ -91,5 +91,43 @@ async def test_a_request_cancelled_from_outside_is_counted_as_timed_out(sim: Sim
         with pytest.raises(asyncio.CancelledError):
             await read
         assert upstream.requests == {("list", "timeout"): 1}
+    finally:
+        await upstream.close()
+
+
+async def test_when_one_of_two_concurrent_reads_fails_the_other_is_cancelled(
+    sim: SimHandle,
+) -> None:
+    """FirstPromoter reads its list and its progress map side by side: when the progress map
+    fails (here: more batches than max_jobs), the list read still waiting for its answer is
+    cancelled at once, not left sending requests until the deadline."""
+    for _ in range(3):
+        sim.world.add_fp_batch(status="completed", selected_total=5, processed=5)
+    sim.sim.set_fault("firstpromoter", Fault(status=200, delay=30, endpoints=frozenset({"list"})))
+    config = config_from(source_yaml(None, sim.fp_url, defaults="  max_jobs: 1\n"))
+    (source,) = config.sources
+    settings = config.settings(source)
+    upstream = Upstream(
+        source.url,
+        source.auth_headers(),
+        TokenBucket(source.rate),
+        4,
+        source=source.name,
+        max_body=settings.max_response_size,
+        redact=Redactor(),
+    )
+    client = source.client(upstream, settings)
+    before = asyncio.all_tasks()
+    try:
+        with pytest.raises(UpstreamError, match="max_jobs"):
+            await client.read_all(Budget(asyncio.get_running_loop().time() + 60))
+        # The simulator serves in this loop too: only the exporter's own tasks count.
+        left = [
+            t
+            for t in asyncio.all_tasks() - before
+            if "/exporter/platforms/" in t.get_coro().cr_code.co_filename  # type: ignore[union-attr]
+        ]
+        assert left == []
+        assert upstream.requests[("list", "timeout")] == 1  # sent, cancelled, counted
     finally:
         await upstream.close()

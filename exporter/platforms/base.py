@@ -242,6 +242,17 @@ async def run_all(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
     return [t.result() for t in tasks]
 
 
+async def run_both(first: Coroutine[Any, Any, T], second: Coroutine[Any, Any, K]) -> tuple[T, K]:
+    """`run_all` for two reads of different types: when one fails the other is cancelled at
+    once (asyncio.gather would leave it sending requests until the deadline)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            one, other = group.create_task(first), group.create_task(second)
+    except* UpstreamError as errors:
+        raise _first_leaf(errors) from None
+    return one.result(), other.result()
+
+
 async def pooled(
     items: Iterable[K], fetch: Callable[[K], Awaitable[T]], workers: int
 ) -> dict[K, T]:

@@ -7,7 +7,6 @@ the progress endpoint maps every batch id to a percentage and is the cheap way t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import ClassVar, Literal
@@ -39,6 +38,7 @@ from exporter.platforms.base import (
     SourceConfig,
     notice,
     read_by_id,
+    run_both,
 )
 from exporter.redact import Redact
 from exporter.settings import Settings
@@ -347,7 +347,7 @@ class FirstPromoterClient:
         return progress
 
     async def _read(self, budget: Budget, statuses: list[Status], *, complete: bool) -> ReadResult:
-        rows, progress = await asyncio.gather(
+        rows, progress = await run_both(
             self._rows(budget, statuses), self._progress(budget, statuses)
         )
         result = self._parsed(rows, progress, complete=complete, trace=budget.trace)
@@ -446,9 +446,7 @@ class FirstPromoterClient:
         # The progress map of every configured status, beside the active rows: it lists ids.
         progress_read = self._progress(budget, self._configured_statuses())
         if active_statuses:
-            rows, progress = await asyncio.gather(
-                self._rows(budget, active_statuses), progress_read
-            )
+            rows, progress = await run_both(self._rows(budget, active_statuses), progress_read)
         else:
             rows, progress = [], await progress_read
         result = self._parsed(rows, progress, complete=False, trace=budget.trace)
