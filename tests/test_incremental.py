@@ -320,7 +320,10 @@ async def test_numbers_match_the_simulators_truth_under_churn(
 
     inc, full, reference = await start_pair()
     transitions = 0
-    rounds = 70
+    # The default world and the one where every guess goes the other way get the long run;
+    # a world with one alternative gets a shorter one (it still sees jobs start, finish, fail,
+    # be cancelled and vanish, rows shift between pages, and a restart).
+    rounds = 70 if world_name in ("default", "every-other-way") else 30
     for round_number in range(rounds):
         if round_number == rounds // 2:  # a restart in the middle: fresh baselines for all
             await inc.close()
@@ -346,7 +349,7 @@ async def test_numbers_match_the_simulators_truth_under_churn(
             assert set(select(s, "bulk_up").values()) == {1}, last_errors(client)
             wrong = reference_differences(s, reference)
             assert wrong == {}, f"round {round_number}, {name}: {wrong}"
-    assert transitions > 150
+    assert transitions > 2 * rounds
     # The churn really exercised the counters and the histograms.
     expected = reference.samples()
     assert sum(v for k, v in expected.items() if k[0] == "bulk_jobs_finished_total") > 10
