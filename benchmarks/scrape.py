@@ -14,10 +14,7 @@ import dataclasses
 import gc
 import math
 import resource
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +23,7 @@ from typing import TypeVar
 import aiohttp
 from prometheus_client.exposition import choose_encoder
 
+from benchmarks.processes import simulator_process
 from exporter.collector import ExporterStatus, exporter_families
 from exporter.config import parse_config
 from exporter.exposition import Renderer, _merged, _registry
@@ -55,44 +53,13 @@ def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def simulator(finished: int, running: int, latency: float, *extra: str) -> Iterator[str]:
     """The simulator in its own process, still (no ticks), with that many Kizen jobs and that
     latency a request; yields its Kizen base URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter.simulator",
-            "--port",
-            str(port),
-            "--tick",
-            "0",
-            "--kizen-finished",
-            str(finished),
-            "--kizen-running",
-            str(running),
-            "--latency",
-            str(latency),
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        proc.stdout.readline()  # printed once it listens
+    args = ["--tick", "0", "--kizen-finished", str(finished), "--kizen-running", str(running)]
+    with simulator_process(*args, "--latency", str(latency), *extra) as port:
         yield f"http://127.0.0.1:{port}{KIZEN_PREFIX}"
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def kizen_source(url: str, rate: str, *extra: str) -> str:

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import aiohttp
 
-from benchmarks.scrape import free_port
+from benchmarks.processes import free_port, start_exporter
 from exporter.simulator import Credentials
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
 
@@ -131,7 +131,7 @@ def log_levels(path: Path) -> tuple[int, int, int]:
 @dataclass
 class Processes:
     port: int
-    exporter: subprocess.Popen[bytes]
+    exporter: subprocess.Popen[str]
     simulator: subprocess.Popen[str]
     log: Path
 
@@ -161,19 +161,7 @@ def processes(args: argparse.Namespace) -> Iterator[Processes]:
     config.write_text(config_text(f"http://127.0.0.1:{sim_port}"))
     log = workdir / "exporter.log"
     with log.open("w") as log_file:
-        exporter = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                "--config.file",
-                str(config),
-                "--web.listen-address",
-                f"127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=log_file,
-        )
+        exporter = start_exporter(config, port, stderr=log_file)
     try:
         yield Processes(port, exporter, simulator, log)
     finally:

@@ -19,11 +19,9 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import aiohttp
@@ -31,7 +29,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from benchmarks.scrape import CREDS, OPENMETRICS, TEXT, free_port
+from benchmarks.processes import free_port, simulator_process, start_exporter
+from benchmarks.scrape import CREDS, OPENMETRICS, TEXT
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
 
 LATENCY = 0.05
@@ -39,35 +38,10 @@ STEADY_SCRAPES = 9
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-@contextmanager
-def simulator() -> Iterator[int]:
+def simulator() -> AbstractContextManager[int]:
     """The simulator in its own process, still (no ticks): 60 jobs per platform, the usual
     active and recently finished ones and older history (a `--max-jobs` world)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "exporter.simulator",
-            "--port",
-            str(port),
-            "--tick",
-            "0",
-            "--max-jobs",
-            "60",
-            "--latency",
-            str(LATENCY),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        proc.stdout.readline()  # printed once it listens
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait()
+    return simulator_process("--tick", "0", "--max-jobs", "60", "--latency", str(LATENCY))
 
 
 def config_text(pairs: int, port: int) -> str:
@@ -157,22 +131,8 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
     config.write_text(config_text(pairs, sim_port))
     port = free_port()
     started = time.perf_counter()
-    proc = subprocess.Popen(  # noqa: ASYNC220 (started once, before anything is measured)
-        [
-            sys.executable,
-            "-m",
-            "exporter",
-            "--config.file",
-            str(config),
-            "--web.listen-address",
-            f"127.0.0.1:{port}",
-            "--log.level",
-            "error",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Started once, before anything is measured.
+    proc = start_exporter(config, port, "--log.level", "error", stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     sources = 2 * pairs
     try:
