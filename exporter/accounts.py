@@ -9,7 +9,6 @@ statuses and skipped rows to report. Nothing here keeps state: the check exits a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections import Counter
@@ -125,7 +124,6 @@ async def check_account(
 async def check_accounts(config: Config, redact: Redact) -> list[AccountCheck]:
     """Every configured source, read concurrently; in configuration order."""
     upstreams: list[Upstream] = []
-    before = asyncio.all_tasks()  # what runs beside the check (the demo's simulator) is kept
     try:
         return list(
             await asyncio.gather(
@@ -133,14 +131,8 @@ async def check_accounts(config: Config, redact: Redact) -> list[AccountCheck]:
             )
         )
     finally:
-        # Whatever a failed read may have left running (a read whose sibling failed):
-        # they end here, before their sessions close, so none opens a session after.
-        current = asyncio.current_task()
-        leftover = [t for t in asyncio.all_tasks() - before if t is not current and not t.done()]
-        for task in leftover:
-            task.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.gather(*leftover, return_exceptions=True)
+        # Every read cancels its sibling requests when one fails (run_all, run_both), so
+        # nothing runs on these sessions any more.
         for upstream in upstreams:
             await upstream.close()
 
