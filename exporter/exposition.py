@@ -3,12 +3,13 @@
 An answer for several sources merges their families by name, one header per family. Each
 source's families are built in two parts: the few that change with every refresh (health and
 request counts, rate-limit waits and the running jobs' ETAs, which move with time), built
-every time, and the rest (counters, histograms, aggregates, per-job
+every time, for all sources at once, and the rest (counters, histograms, aggregates, per-job
 series), which a `Renderer` keeps per source and builds again only when that source's jobs or
 counters changed (a snapshot then reuses the previous one's objects, so identity tells) or a
-finished job left the retention window. On a replica of many mostly idle accounts that is most
-of the building. Content negotiation (text 0.0.4, OpenMetrics 1.0, the escaping schemes newer
-servers ask for) and every byte of the encoding stay the library's.
+finished job left the retention window. Which jobs get per-job series is kept the same way.
+On a replica of many mostly idle accounts that is most of the building. Content negotiation
+(text 0.0.4, OpenMetrics 1.0, the escaping schemes newer servers ask for) and every byte of
+the encoding stay the library's.
 
 Whatever goes wrong building or encoding one source's families fails that source alone:
 it is answered as `bulk_up 0` with the reason, never as a failed scrape.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -90,6 +92,18 @@ class _Content:
     families: list[Metric]
 
 
+@dataclass(frozen=True)
+class _Emitted:
+    """A source's emitted jobs, as of `since`; the same until `until`, when the first of the
+    finished ones among them leaves the retention window (given the same jobs)."""
+
+    jobs: tuple[TrackedJob, ...]
+    settings: object
+    since: float
+    until: float
+    emitted: list[TrackedJob]
+
+
 class Renderer:
     """Builds and encodes answers, keeping each source's content families between scrapes.
 
@@ -101,17 +115,59 @@ class Renderer:
 
     def __init__(self) -> None:
         self._content: dict[str, _Content] = {}
+        self._emitted: dict[str, _Emitted] = {}
 
     def families(self, snapshot: SourceSnapshot, now: float | None = None) -> list[Metric]:
         """One source's families; a snapshot whose families cannot be built is reported as
         failed instead."""
         moment = time.time() if now is None else now
         try:
-            emitted = emitted_jobs(snapshot, moment) if snapshot.up else []
+            emitted = self._emitted_of(snapshot, moment)
             volatile = list(volatile_families([snapshot], [emitted]))
             return volatile + self._content_of(snapshot, emitted)
         except Exception as exc:  # one source's bad data must not fail the answer
             return _failed(snapshot, f"cannot build its metrics: {type(exc).__name__}", moment)
+
+    def _all_families(self, snapshots: Sequence[SourceSnapshot], now: float) -> list[list[Metric]]:
+        """Every source's families, the volatile ones built for all sources at once (a few
+        families in all rather than a few per source). Should anything fail, each source is
+        built on its own, so that the one it comes from fails alone."""
+        try:
+            emitted = [self._emitted_of(s, now) for s in snapshots]
+            volatile = list(volatile_families(snapshots, emitted))
+            content = [self._content_of(s, e) for s, e in zip(snapshots, emitted, strict=True)]
+        except Exception:
+            return [self.families(s, now) for s in snapshots]
+        return [volatile, *content]
+
+    def _emitted_of(self, snapshot: SourceSnapshot, now: float) -> list[TrackedJob]:
+        """`emitted_jobs`, kept while the source's jobs are the same objects: with the same
+        jobs the choice changes only when a finished one leaves the retention window."""
+        if not snapshot.up:
+            return []
+        kept = self._emitted.get(snapshot.name)
+        if (
+            kept is not None
+            and kept.jobs is snapshot.jobs
+            and kept.settings is snapshot.settings
+            and kept.since <= now <= kept.until
+        ):
+            return kept.emitted
+        emitted = emitted_jobs(snapshot, now)
+        retention = snapshot.settings.finished_job_retention
+        until = min(
+            (
+                (t.job.completed_at if t.job.completed_at is not None else t.last_change)
+                + retention
+                for t in emitted
+                if t.job.phase.terminal
+            ),
+            default=math.inf,
+        )
+        self._emitted[snapshot.name] = _Emitted(
+            snapshot.jobs, snapshot.settings, now, until, emitted
+        )
+        return emitted
 
     def _content_of(self, snapshot: SourceSnapshot, emitted: list[TrackedJob]) -> list[Metric]:
         key = _content_key(snapshot, emitted)
@@ -126,6 +182,8 @@ class Renderer:
         names = {s.name for s in snapshots}
         if names != self._content.keys():
             self._content = {n: c for n, c in self._content.items() if n in names}
+        if names != self._emitted.keys():
+            self._emitted = {n: e for n, e in self._emitted.items() if n in names}
 
     def _encode_all(
         self,
@@ -135,9 +193,12 @@ class Renderer:
         now: float,
         built: dict[str, list[Metric]] | None = None,
     ) -> bytes:
-        per_source = [
-            built[s.name] if built and s.name in built else self.families(s, now) for s in snapshots
-        ]
+        if built:
+            per_source = [
+                built[s.name] if s.name in built else self.families(s, now) for s in snapshots
+            ]
+        else:
+            per_source = self._all_families(snapshots, now)
         # /metrics only: the exporter's own series and its process's, the latter read now, so
         # scrapes that share this encoding share their values too.
         exporter = [*exporter_families(status), *process_families()] if status is not None else []
@@ -195,6 +256,12 @@ def _failed(snapshot: SourceSnapshot, reason: str, now: float) -> list[Metric]:
             queue_waits={},
             last_finished={},
             rows_skipped={},
+            # The health numbers too, in case one of them was the trouble.
+            duration=math.nan,
+            last_success=None,
+            rate_limit=None,
+            rate_limit_wait=0.0,
+            rates={},
         )
         return _build(bare, now)
 

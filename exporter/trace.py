@@ -17,6 +17,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import unquote, urlencode
 
 if TYPE_CHECKING:
     from exporter.jobs import Job, RowError
@@ -43,13 +44,21 @@ class RequestRecord:
     """One request sent (or refused before sending) and what came of it."""
 
     endpoint: str
-    target: str  # path and query, without scheme, host or credentials
+    path: str  # without scheme, host or credentials
+    params: tuple[tuple[str, str], ...]
     outcome: str  # the HTTP status, `timeout`, `error` or `not sent`
     size: int  # bytes of the body read
     ms: float  # from sending to the end of the body
     attempt: int
     waited: float  # seconds waited for a rate-limit token before sending
     note: str = ""  # why it is retried, or why the read gave up on it
+
+    @property
+    def target(self) -> str:
+        """Path and query, as sent. Put together only when the trace is shown: every refresh
+        records its requests, few are ever looked at."""
+        query = unquote(urlencode(self.params)) if self.params else ""
+        return self.path + (f"?{query}" if query else "")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.collector import ExporterStatus, _add_histogram
+from exporter.collector import ExporterStatus, _add_histogram, emitted_jobs
 from exporter.exposition import Renderer, render_scrape
 from exporter.jobs import Job, Phase, QueueClock
 from exporter.settings import Settings
@@ -283,3 +283,38 @@ def test_the_eta_moves_with_time_though_the_job_does_not() -> None:
     (later,) = eta_at(t0 + 120)
     assert later == t0 + 120 + 40 / (60 / 120)
     assert eta_at(t0 + 60 + 1800) == []  # stalled: unchanged for 30 minutes
+
+
+def test_a_source_whose_families_cannot_be_built_fails_alone() -> None:
+    """The health families are built for all sources at once; one source's unusable value
+    there must still cost that source alone."""
+    good, _ = snapshots()
+    bad = dataclasses.replace(good, name="broken", rate_limit_wait=10**401)
+    body, _ = render_scrape([good, bad], ExporterStatus(True, 1.7e9), "text/plain")
+    samples = _samples(parse_text(body.decode()))
+    assert samples[("bulk_up", (("platform", "kizen"), ("source", "broken")))] == 0
+    assert samples[("bulk_up", (("platform", "kizen"), ("source", "kz")))] == 1
+    assert any(k[0] == "bulk_job_info" and dict(k[1])["source"] == "kz" for k in samples)
+
+
+def test_the_jobs_that_get_series_are_chosen_again_only_when_needed() -> None:
+    """Kept while the source's jobs are the same objects and no finished one among them has
+    left the retention window; chosen again once one has."""
+    up, _ = snapshots()
+    renderer = Renderer()
+    now = time.time()
+    first = renderer._emitted_of(up, now)
+    assert renderer._emitted_of(up, now + 1) is first
+    assert renderer._emitted_of(dataclasses.replace(up, duration=2.0), now + 2) is first
+    finished = [t for t in first if t.job.phase.terminal]
+    assert finished
+    expiry = min(
+        (t.job.completed_at or t.last_change) + up.settings.finished_job_retention for t in finished
+    )
+    later = renderer._emitted_of(up, expiry + 1)
+    assert later is not first
+    assert len(later) < len(first)
+    assert later == emitted_jobs(up, expiry + 1)
+    # New jobs (a changed source) are chosen again at once.
+    changed = dataclasses.replace(up, jobs=up.jobs[:5])
+    assert renderer._emitted_of(changed, now) == emitted_jobs(changed, now)

@@ -262,13 +262,18 @@ async def pooled(
     semaphore then never has a long queue in front of a scrape's own requests.
     """
     results: dict[K, T] = {}
-    queue = iter(items)
+    pending = list(items)
+    if not pending:
+        # The usual case in a steady refresh (no further page, nothing to read by id):
+        # no tasks at all, which across hundreds of sources is a measurable share of a scrape.
+        return results
+    queue = iter(pending)
 
     async def worker() -> None:
         for item in queue:
             results[item] = await fetch(item)
 
-    await run_all([worker() for _ in range(max(1, workers))])
+    await run_all([worker() for _ in range(max(1, min(workers, len(pending))))])
     return results
 
 
