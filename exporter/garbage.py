@@ -9,6 +9,8 @@ and a 90 ms full collection every third one, collecting next to nothing (the exp
 is acyclic and freed by reference counting). Larger thresholds make collections rare and
 cheap; the few cycles (aiohttp's and asyncio's, exceptions with tracebacks) are still
 collected, a little later. docs/benchmarks.md has the figures.
+
+Nothing is frozen (`gc.freeze`): what a reload replaces must stay collectable.
 """
 
 from __future__ import annotations
@@ -23,8 +25,5 @@ OLD = 10
 
 
 def tune() -> None:
-    """Set the thresholds, and move what start-up made (modules, classes, the configuration)
-    out of the collector's way: it lives as long as the process."""
-    gc.collect()
-    gc.freeze()
+    """Set the thresholds for the rest of the process's life."""
     gc.set_threshold(YOUNG, MIDDLE, OLD)

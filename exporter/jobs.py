@@ -21,7 +21,9 @@ class Phase(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in TERMINAL_PHASES
+        # By identity, not `in TERMINAL_PHASES`: hashing an enum member calls Python code,
+        # and this is asked of every job in every refresh and every answer.
+        return self is Phase.COMPLETED or self is Phase.FAILED or self is Phase.CANCELLED
 
 
 class QueueClock(enum.Enum):

@@ -387,8 +387,11 @@ class Upstream:
     async def _read_body(self, response: aiohttp.ClientResponse) -> bytes | str:
         """The body, or why it was not read whole (over `max_body`)."""
         length = response.content_length
-        if length is not None and length > self.max_body:
-            return f"response of {length} bytes is over the {self.max_body}-byte limit"
+        if length is not None:
+            if length > self.max_body:
+                return f"response of {length} bytes is over the {self.max_body}-byte limit"
+            # The parser reads exactly the announced length: in one call, no chunk loop.
+            return await response.read()
         chunks = bytearray()
         async for chunk in response.content.iter_chunked(64 * 1024):
             chunks += chunk

@@ -131,3 +131,58 @@ async def test_when_one_of_two_concurrent_reads_fails_the_other_is_cancelled(
         assert upstream.requests[("list", "timeout")] == 1  # sent, cancelled, counted
     finally:
         await upstream.close()
+
+
+async def test_bodies_over_max_response_size_are_refused_declared_or_streamed() -> None:
+    """A body over the limit is refused: at once when its length is announced, and as soon
+    as the limit is passed when it is streamed without one (chunked); bodies within the limit
+    are read whole either way."""
+    from aiohttp import web
+
+    big, small = b"[" + b"0," * 1500 + b"0]", b"[1, 2, 3]"
+
+    async def declared(request: web.Request) -> web.Response:
+        return web.Response(body=big if request.query.get("big") else small)
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        body = big if request.query.get("big") else small
+        for i in range(0, len(body), 100):
+            await response.write(body[i : i + 100])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/declared", declared)
+    app.router.add_get("/chunked", chunked)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    upstream = Upstream(
+        f"http://127.0.0.1:{port}",
+        {},
+        TokenBucket(config_from(source_yaml("http://127.0.0.1:1", None)).sources[0].rate),
+        2,
+        source="kz",
+        max_body=1024,
+        redact=Redactor(),
+    )
+    budget = Budget(asyncio.get_running_loop().time() + 10)
+    try:
+        for path in ("/declared", "/chunked"):
+            assert await upstream.get_json("list", path, {}, budget) == [1, 2, 3]
+            with pytest.raises(UpstreamError) as refused:
+                await upstream.get_json("list", path, {"big": "1"}, budget)
+            expected = (
+                f"response of {len(big)} bytes is over the 1024-byte limit"
+                if path == "/declared"
+                else "response is over the 1024-byte limit; stopped reading"
+            )
+            assert expected in str(refused.value)
+    finally:
+        await upstream.close()
+        await runner.cleanup()

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from exporter.jobs import Phase, RowError
+from exporter.jobs import TERMINAL_PHASES, Phase, RowError
 from exporter.platforms import firstpromoter, kizen
 from tests.helpers import fp_row, kizen_row
 
@@ -186,3 +186,8 @@ def test_failure_report_of_any_shape(report: object, name: str | None) -> None:
     job = kizen.parse_row(kizen_row(status="failed", failure_report=report))
     assert (job.failure.report if job.failure else None) == name
     assert job.phase is Phase.FAILED
+
+
+def test_terminal_phases_are_the_three_ends() -> None:
+    assert {p for p in Phase if p.terminal} == TERMINAL_PHASES
+    assert TERMINAL_PHASES == {Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED}
