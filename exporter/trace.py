@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 from urllib.parse import unquote, urlencode
 
 if TYPE_CHECKING:
@@ -39,9 +39,9 @@ def safe(text: str, limit: int = MAX_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
-    """One request sent (or refused before sending) and what came of it."""
+class RequestRecord(NamedTuple):
+    """One request sent (or refused before sending) and what came of it. A tuple: every
+    refresh records every request it makes, and a tuple is the cheapest immutable record."""
 
     endpoint: str
     path: str  # without scheme, host or credentials

@@ -15,7 +15,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -120,7 +120,7 @@ def snippet(body: bytes, redact: Redact) -> str:
     return text
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Answer:
     """The outcome of sending one request. `code` is what `bulk_api_requests_total` counts."""
 
@@ -342,7 +342,8 @@ class Upstream:
                 raise UpstreamError(endpoint, str(exc)) from None
             sent = time.perf_counter()
             answer = await self._exchange(endpoint, url, params, budget.deadline)
-            return replace(answer, ms=(time.perf_counter() - sent) * 1000, waited=waited)
+            answer.ms, answer.waited = (time.perf_counter() - sent) * 1000, waited
+            return answer
         finally:
             self._semaphore.release()
 
