@@ -190,4 +190,4 @@ def test_failure_report_of_any_shape(report: object, name: str | None) -> None:
 
 def test_terminal_phases_are_the_three_ends() -> None:
     assert {p for p in Phase if p.terminal} == TERMINAL_PHASES
-    assert TERMINAL_PHASES == {Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED}
+    assert {Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED} == TERMINAL_PHASES
