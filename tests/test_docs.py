@@ -58,6 +58,18 @@ def test_the_documents_are_found() -> None:
     assert sum(len(links(p)) for p in DOCS) > 10
 
 
+def test_the_layout_names_every_module_and_only_modules_that_exist() -> None:
+    # CONTRIBUTING's table is a maintainer's map of the package: a module missing from it, or a
+    # row left behind by a module that went, sends the next maintainer looking in vain.
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    table = text.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"^\| `(exporter/[^`]+\.py)` \|", table, re.MULTILINE))
+    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "exporter").rglob("*.py")}
+    assert rows, "no layout table found in CONTRIBUTING.md"
+    assert modules - rows == set(), "modules without a row in CONTRIBUTING.md's layout"
+    assert rows - modules == set(), "layout rows naming no module"
+
+
 def test_links_outside_the_repository_are_the_platforms_references_only() -> None:
     outside = {
         f"{path.relative_to(ROOT)}: {target}"
