@@ -9,7 +9,8 @@ Per size it prints: ready time (start to `/-/ready` 200), cold and steady scrape
 and p90 of /metrics over HTTP), upstream requests per source per steady scrape, resident memory,
 answer bytes in both formats, CPU seconds per scrape, and, measured in this run, one upstream
 round trip and prometheus_client's bare encoding of the same answer (its families parsed back
-from the text answer and encoded again), the floor a scrape cannot go below.
+from the text answer and encoded again, once after each steady scrape, so that both medians see
+the same machine), the floor a scrape cannot go below.
 """
 
 from __future__ import annotations
@@ -111,16 +112,18 @@ def zero_histogram_share(text: str) -> tuple[int, int]:
     return zero, total
 
 
-def bare_encoding(text: str) -> float:
-    """prometheus_client's own encoding of the answer's families (median of 7 runs)."""
+def bare_registry(text: str) -> CollectorRegistry:
+    """A registry of the answer's families parsed back, for the library to encode again."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Parsed(text))
-    times = []
-    for _ in range(7):
-        started = time.perf_counter()
-        generate_latest(registry)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return registry
+
+
+def bare_encoding(registry: CollectorRegistry) -> float:
+    """prometheus_client's own encoding of those families, timed once."""
+    started = time.perf_counter()
+    generate_latest(registry)
+    return time.perf_counter() - started
 
 
 async def bare_requests(pairs: int, sim_port: int) -> float:
@@ -238,15 +241,21 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
                 return time.perf_counter() - began
 
             cold, _ = await scrape()
-            await scrape()  # the first steady one may still settle (a background full read)
+            # The first steady one may still settle (a background full read).
+            _, settled = await scrape()
+            bare = bare_registry(settled)
             _, cpu_before = proc_figures(proc.pid)
             steady: list[float] = []
+            encodings: list[float] = []
             requests: list[float] = []
             body = ""
             for _ in range(STEADY_SCRAPES):
                 before = metric_value_sum(body, "bulk_api_requests_total") if body else None
                 took, body = await scrape()
                 steady.append(took)
+                # Interleaved with the scrapes (the exporter idles meanwhile), so that a change
+                # in the machine's speed during the run moves both figures alike.
+                encodings.append(bare_encoding(bare))
                 if before is not None:
                     after = metric_value_sum(body, "bulk_api_requests_total")
                     requests.append((after - before) / sources)
@@ -262,7 +271,7 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
     down = sum(
         1 for line in body.splitlines() if line.startswith("bulk_up{") and line.endswith(" 0.0")
     )
-    encode = bare_encoding(body)
+    encode = statistics.median(encodings)
     zero, samples = zero_histogram_share(body)
     median = statistics.median(steady)
     floor = trip + encode
