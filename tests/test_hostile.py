@@ -590,16 +590,17 @@ def alias_bomb() -> str:
 def test_an_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
     path = tmp_path / "bomb.yaml"
     path.write_text(alias_bomb())
-    # In a child bounded in time and memory: without the limit this would never finish.
+    # In a child bounded in memory and time: without the limit the expansion would exhaust the
+    # 1 GiB (a MemoryError, not this ConfigError) or never finish (the timeout). That the
+    # refusal is the count's, before any expansion, is what the message shows; no clock is
+    # asserted, which a loaded machine could trip.
     script = (
-        "import time, resource\n"
+        "import resource\n"
         "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
         "from exporter.config import ConfigError, load_config\n"
-        "started = time.perf_counter()\n"
         "try:\n"
         f"    load_config({str(path)!r})\n"
         "except ConfigError as exc:\n"
-        "    print(time.perf_counter() - started)\n"
         "    print(exc)\n"
     )
     result = subprocess.run(
@@ -611,8 +612,7 @@ def test_an_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    elapsed, message = result.stdout.split("\n", 1)
-    assert float(elapsed) < 1.0
+    message = result.stdout
     assert message.startswith(f"{path}: (top level): YAML aliases would add ")
     # What was counted: the expansion beyond the nodes written, against the bound.
     counted = re.search(r"would add (\d+) nodes beyond the (\d+) written", message)
