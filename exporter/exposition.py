@@ -180,10 +180,15 @@ class Renderer:
 
     def _forget_others(self, snapshots: Sequence[SourceSnapshot]) -> None:
         names = {s.name for s in snapshots}
+        # Each dict is copied in one step before it is walked: another answer's thread may add
+        # to it meanwhile, and walking a dict that grows raises. What that thread added in
+        # between is lost, and built again at most once.
         if names != self._content.keys():
-            self._content = {n: c for n, c in self._content.items() if n in names}
+            content = self._content.copy()
+            self._content = {n: c for n, c in content.items() if n in names}
         if names != self._emitted.keys():
-            self._emitted = {n: e for n, e in self._emitted.items() if n in names}
+            emitted = self._emitted.copy()
+            self._emitted = {n: e for n, e in emitted.items() if n in names}
 
     def _encode_all(
         self,
@@ -260,10 +265,21 @@ def _failed(snapshot: SourceSnapshot, reason: str, now: float) -> list[Metric]:
             duration=math.nan,
             last_success=None,
             rate_limit=None,
-            rate_limit_wait=0.0,
+            # Kept when usable: a counter served as 0 for one scrape would read as a reset,
+            # and rate() would count its whole total again.
+            rate_limit_wait=_finite(failed.rate_limit_wait),
             rates={},
         )
         return _build(bare, now)
+
+
+def _finite(value: object) -> float:
+    """The value as a finite float, else 0."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 def _merged(per_source: Sequence[list[Metric]], now: float) -> list[Metric]:

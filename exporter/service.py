@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from exporter import __version__, garbage
+from exporter import __version__
 from exporter.config import Config, ConfigError
 from exporter.demo import Demo
 from exporter.flags import ListenAddress
@@ -192,7 +192,6 @@ class Service:
         )
         for warning in config.warnings():
             log(logger, logging.WARNING, warning)
-        garbage.tune()
         # Handlers before the port listens: whoever sees the port open may signal at once
         # (a supervisor, a test), and a SIGTERM then must shut down cleanly, not kill.
         self._handle_signals(runtime)

@@ -388,10 +388,15 @@ class Upstream:
     async def _read_body(self, response: aiohttp.ClientResponse) -> bytes | str:
         """The body, or why it was not read whole (over `max_body`)."""
         length = response.content_length
-        if length is not None:
-            if length > self.max_body:
-                return f"response of {length} bytes is over the {self.max_body}-byte limit"
-            # The parser reads exactly the announced length: in one call, no chunk loop.
+        if length is not None and length > self.max_body:
+            return f"response of {length} bytes is over the {self.max_body}-byte limit"
+        if length is not None and response.headers.get("Content-Encoding", "identity") in (
+            "identity",
+            "",
+        ):
+            # The announced length is the body's own: read it in one call, no chunk loop.
+            # Not so for a compressed body, which aiohttp unpacks as it reads: its length
+            # says nothing of what it unpacks to, so the loop below counts that instead.
             return await response.read()
         chunks = bytearray()
         async for chunk in response.content.iter_chunked(64 * 1024):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 
 import pytest
@@ -135,8 +136,8 @@ async def test_when_one_of_two_concurrent_reads_fails_the_other_is_cancelled(
 
 async def test_bodies_over_max_response_size_are_refused_declared_or_streamed() -> None:
     """A body over the limit is refused: at once when its length is announced, and as soon
-    as the limit is passed when it is streamed without one (chunked); bodies within the limit
-    are read whole either way."""
+    as the limit is passed when it is streamed without one (chunked) or announced only for its
+    compressed bytes (a gzip bomb); bodies within the limit are read whole either way."""
     from aiohttp import web
 
     big, small = b"[" + b"0," * 1500 + b"0]", b"[1, 2, 3]"
@@ -154,9 +155,16 @@ async def test_bodies_over_max_response_size_are_refused_declared_or_streamed() 
         await response.write_eof()
         return response
 
+    async def gzipped(request: web.Request) -> web.Response:
+        # A length announced for the packed bytes: what counts is what they unpack to.
+        packed = gzip.compress(big if request.query.get("big") else small)
+        assert len(packed) < 1024 < len(big)
+        return web.Response(body=packed, headers={"Content-Encoding": "gzip"})
+
     app = web.Application()
     app.router.add_get("/declared", declared)
     app.router.add_get("/chunked", chunked)
+    app.router.add_get("/gzipped", gzipped)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -173,7 +181,7 @@ async def test_bodies_over_max_response_size_are_refused_declared_or_streamed() 
     )
     budget = Budget(asyncio.get_running_loop().time() + 10)
     try:
-        for path in ("/declared", "/chunked"):
+        for path in ("/declared", "/chunked", "/gzipped"):
             assert await upstream.get_json("list", path, {}, budget) == [1, 2, 3]
             with pytest.raises(UpstreamError) as refused:
                 await upstream.get_json("list", path, {"big": "1"}, budget)

@@ -318,3 +318,19 @@ def test_the_jobs_that_get_series_are_chosen_again_only_when_needed() -> None:
     # New jobs (a changed source) are chosen again at once.
     changed = dataclasses.replace(up, jobs=up.jobs[:5])
     assert renderer._emitted_of(changed, now) == emitted_jobs(changed, now)
+
+
+def test_a_source_left_bare_keeps_its_rate_limit_wait_counter() -> None:
+    """A source whose counters cannot be built is answered down with its health series only;
+    its rate-limit wait, a counter of the exporter's own, keeps its value rather than drop to
+    0, which rate() would read as a reset and count the whole total again."""
+    good, _ = snapshots()
+    action = sorted(good.actions)[0]
+    unusable = {(action, "completed"): 10**401}  # past any float: its counters cannot be built
+    bad = dataclasses.replace(good, name="broken", finished=unusable, rate_limit_wait=12.5)
+    body, _ = render_scrape([good, bad], ExporterStatus(True, 1.7e9), "text/plain")
+    samples = _samples(parse_text(body.decode()))
+    broken = (("platform", "kizen"), ("source", "broken"))
+    assert samples[("bulk_up", broken)] == 0
+    assert samples[("bulk_rate_limit_wait_seconds_total", broken)] == 12.5
+    assert not any(k[0] == "bulk_jobs_finished_total" and k[1][:2] == broken for k in samples)
