@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -40,6 +41,8 @@ from exporter.collector import (
 from exporter.logs import log
 from exporter.source import SourceSnapshot
 from exporter.tracker import TrackedJob
+
+V = TypeVar("V")
 
 logger = logging.getLogger("exporter.exposition")
 
@@ -180,15 +183,8 @@ class Renderer:
 
     def _forget_others(self, snapshots: Sequence[SourceSnapshot]) -> None:
         names = {s.name for s in snapshots}
-        # Each dict is copied in one step before it is walked: another answer's thread may add
-        # to it meanwhile, and walking a dict that grows raises. What that thread added in
-        # between is lost, and built again at most once.
-        if names != self._content.keys():
-            content = self._content.copy()
-            self._content = {n: c for n, c in content.items() if n in names}
-        if names != self._emitted.keys():
-            emitted = self._emitted.copy()
-            self._emitted = {n: e for n, e in emitted.items() if n in names}
+        self._content = _only(self._content, names)
+        self._emitted = _only(self._emitted, names)
 
     def _encode_all(
         self,
@@ -271,6 +267,17 @@ def _failed(snapshot: SourceSnapshot, reason: str, now: float) -> list[Metric]:
             rates={},
         )
         return _build(bare, now)
+
+
+def _only(cache: dict[str, V], names: set[str]) -> dict[str, V]:
+    """The cache without the entries of names not given (itself when there are none).
+
+    Copied in one step before it is walked: another answer's thread may add to it meanwhile,
+    and walking a dict that grows raises. What that thread added in between is lost, and
+    built again at most once."""
+    if names == cache.keys():
+        return cache
+    return {n: v for n, v in cache.copy().items() if n in names}
 
 
 def _finite(value: object) -> float:

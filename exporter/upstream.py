@@ -390,13 +390,11 @@ class Upstream:
         length = response.content_length
         if length is not None and length > self.max_body:
             return f"response of {length} bytes is over the {self.max_body}-byte limit"
-        if length is not None and response.headers.get("Content-Encoding", "identity") in (
-            "identity",
-            "",
-        ):
+        # A compressed body's length is that of its packed bytes; aiohttp unpacks as it reads,
+        # so only the loop below, counting what comes out, bounds it.
+        packed = response.headers.get("Content-Encoding", "identity") not in ("identity", "")
+        if length is not None and not packed:
             # The announced length is the body's own: read it in one call, no chunk loop.
-            # Not so for a compressed body, which aiohttp unpacks as it reads: its length
-            # says nothing of what it unpacks to, so the loop below counts that instead.
             return await response.read()
         chunks = bytearray()
         async for chunk in response.content.iter_chunked(64 * 1024):
