@@ -12,7 +12,13 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.collector import ExporterStatus, _add_histogram, emitted_jobs
+from exporter.collector import (
+    ExporterStatus,
+    _add_histogram,
+    emitted_jobs,
+    exporter_families,
+    source_families,
+)
 from exporter.exposition import Renderer, render_scrape
 from exporter.jobs import Job, Phase, QueueClock
 from exporter.settings import Settings
@@ -227,11 +233,43 @@ def test_histogram_samples_are_those_the_library_would_make() -> None:
     `HistogramMetricFamily.add_metric` gives for the same histogram, empty or not."""
     for counts, total in (([0] * 16, 0.0), ([1, 0, 2] + [0] * 12 + [4], 1e6 + 0.5)):
         histogram = Histogram(list(counts), total)
-        ours = HistogramMetricFamily("h", "help", labels=["platform", "source", "action"])
-        _add_histogram(ours, {"platform": "kizen", "source": "kz", "action": "a"}, histogram)
-        theirs = HistogramMetricFamily("h", "help", labels=["platform", "source", "action"])
-        theirs.add_metric(["kizen", "kz", "a"], histogram.cumulative(), histogram.total)
+        ours = HistogramMetricFamily("h", "help", labels=["action", "platform", "source"])
+        _add_histogram(ours, {"action": "a", "platform": "kizen"}, "kz", histogram)
+        theirs = HistogramMetricFamily("h", "help", labels=["action", "platform", "source"])
+        theirs.add_metric(["a", "kizen", "kz"], histogram.cumulative(), histogram.total)
         assert ours.samples == theirs.samples
+
+
+def test_every_sample_has_its_labels_in_sorted_order() -> None:
+    """The encoders sort each sample's labels as they write it; label dicts built in that
+    order cost them one pass (6 % of the encoding at 200 sources). Every family a source or
+    the exporter gives, running jobs with an ETA among them, and a failed source's."""
+    good, down = snapshots()
+    t0 = time.time()
+    tracker = JobTracker(QueueClock.START_KNOWN)
+    running = dataclasses.replace(
+        good.jobs[0].job, id="moving", pending=100, succeeded=0, started_at=t0
+    )
+    tracker.apply([running], t0 - 60, complete=True)
+    tracker.apply([dataclasses.replace(running, pending=40, succeeded=60)], t0, complete=True)
+    moving = dataclasses.replace(
+        good,
+        jobs=(*tracker.jobs.values(), *good.jobs),
+        rates=dict(tracker.rates),
+        rate_limit=5.0,
+    )
+    families = [
+        *source_families([moving, down], t0),
+        *exporter_families(ExporterStatus(True, t0)),
+    ]
+    assert [f.name for f in families if not f.samples] == []
+    misordered = [
+        (sample.name, list(sample.labels))
+        for family in families
+        for sample in family.samples
+        if list(sample.labels) != sorted(sample.labels)
+    ]
+    assert misordered == []
 
 
 def test_the_eta_moves_with_time_though_the_job_does_not() -> None:
