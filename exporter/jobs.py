@@ -19,11 +19,13 @@ class Phase(enum.StrEnum):
     CANCELLED = "cancelled"
     UNKNOWN = "unknown"
 
-    @property
-    def terminal(self) -> bool:
-        # By identity, not `in TERMINAL_PHASES`: hashing an enum member calls Python code,
-        # and this is asked of every job in every refresh and every answer.
-        return self is Phase.COMPLETED or self is Phase.FAILED or self is Phase.CANCELLED
+    # A plain attribute of each member, set once as the member is made: asked of every job in
+    # every refresh and every answer, where a property (a call) or `in TERMINAL_PHASES`
+    # (hashing an enum member calls Python code) cost more.
+    terminal: bool
+
+    def __init__(self, value: str) -> None:
+        self.terminal = value in ("completed", "failed", "cancelled")
 
 
 class QueueClock(enum.Enum):

@@ -122,7 +122,13 @@ class Trace:
         """Rows of one answer: how many, each good row's raw status and phase, and the keys
         no parser reads."""
         self.rows[endpoint] += len(rows)
-        for key, n in Counter((j.status, j.phase.value) for j in jobs).items():
+        # A plain dict rather than a Counter: this runs for every answer of every refresh,
+        # most of a few rows, where building a Counter costs more than counting.
+        counts: dict[tuple[str, str], int] = {}
+        for job in jobs:
+            key = (job.status, job.phase.value)
+            counts[key] = counts.get(key, 0) + 1
+        for key, n in counts.items():
             self._bump(self.statuses, "statuses", key, n)
         self._note_keys(rows)
 

@@ -231,13 +231,18 @@ def parse_progress(body: object) -> dict[str, float]:
     if not isinstance(body, dict):
         raise UpstreamError("progress", "response is not a JSON object of id: percent")
     out: dict[str, float] = {}
+    # Every steady refresh reads the whole map (an entry per batch): the usual entry, a
+    # float under a string key as JSON gives it, is taken without further checks.
     for key, value in body.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if type(value) is float and type(key) is str:
+            out[key] = value
+        elif isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        try:
-            out[str(key)] = float(value)
-        except OverflowError:  # a 400-digit integer is no percentage
-            continue
+        else:
+            try:
+                out[str(key)] = float(value)
+            except OverflowError:  # a 400-digit integer is no percentage
+                continue
     return out
 
 
