@@ -188,10 +188,10 @@ def serve(opts: Options, shard: Shard, redactor: Redactor) -> int:
         redactor=redactor,
         storage_path=opts.storage_path,
         demo=opts.demo,
+        # Here, where the process is the exporter's own, not in the service, which tests run
+        # inside their own process: the collector's settings are the whole interpreter's.
+        on_sources=garbage.tune,
     )
-    # Here, where the process is the exporter's own, not in the service, which tests run
-    # inside their own process: the collector's settings are the whole interpreter's.
-    garbage.tune()
     try:
         asyncio.run(service.run())
     except OSError as exc:

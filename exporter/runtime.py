@@ -7,7 +7,7 @@ import asyncio
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class Runtime:
         shard: Shard | None = None,
         store: StateStore | None = None,
         demo: bool = False,
+        on_sources: Callable[[int], None] | None = None,
     ) -> None:
         self.config_path = config_path
         self.config = config
@@ -61,6 +62,9 @@ class Runtime:
         self.reload_success_timestamp = time.time()
         self.ready = False
         self._reload_lock = asyncio.Lock()
+        # Told how many sources this replica runs whenever a configuration is swapped in: the
+        # serving command sizes the garbage collector by it (exporter.garbage).
+        self._on_sources = on_sources
         self.redactor.add(config.secrets())
         self._apply(config)
 
@@ -109,6 +113,8 @@ class Runtime:
             runner.on_refreshed = None  # a refresh finishing late must not save over its successor
         if self.store is not None:
             self.store.keep_only(new.values())
+        if self._on_sources is not None:
+            self._on_sources(len(new))
         return retired
 
     async def reload(self) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -167,6 +168,7 @@ class Service:
         redactor: Redactor,
         storage_path: str | None = None,
         demo: bool = False,
+        on_sources: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
         self.config_file = config_file
@@ -175,6 +177,7 @@ class Service:
         self.redactor = redactor
         self.storage_path = storage_path
         self.demo = Demo() if demo else None
+        self.on_sources = on_sources
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
 
@@ -189,6 +192,7 @@ class Service:
             shard=self.shard,
             store=store,
             demo=self.demo is not None,
+            on_sources=self.on_sources,
         )
         for warning in config.warnings():
             log(logger, logging.WARNING, warning)
