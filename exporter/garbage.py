@@ -41,6 +41,6 @@ def young_threshold(sources: int) -> int:
     return max(YOUNG, YOUNG_PER_SOURCE * sources)
 
 
-def tune(sources: int = 0) -> None:
+def tune(sources: int) -> None:
     """Set the thresholds for a process serving `sources` sources, until it is called again."""
     gc.set_threshold(young_threshold(sources), MIDDLE, OLD)
