@@ -7,10 +7,10 @@ request, default settings but `rate_limit: 6000/m`. The simulator and the export
 a process of their own, so the exporter's memory and CPU time are its own (read from /proc).
 Per size it prints: ready time (start to `/-/ready` 200), cold and steady scrape time (median
 and p90 of /metrics over HTTP), upstream requests per source per steady scrape, resident memory,
-answer bytes in both formats, CPU seconds per scrape, and, measured in this run, one upstream
-round trip and prometheus_client's bare encoding of the same answer (its families parsed back
-from the text answer and encoded again, once after each steady scrape, so that both medians see
-the same machine), the floor a scrape cannot go below.
+answer bytes in both formats, CPU seconds and minor page faults per scrape, and, measured in
+this run, one upstream round trip and prometheus_client's bare encoding of the same answer (its
+families parsed back from the text answer and encoded again, once after each steady scrape, so
+that both medians see the same machine), the floor a scrape cannot go below.
 """
 
 from __future__ import annotations
@@ -78,14 +78,14 @@ def metric_value_sum(text: str, name: str) -> float:
     return total
 
 
-def proc_figures(pid: int) -> tuple[float, float]:
-    """Resident MiB and CPU seconds (user + system) of a process, from /proc."""
+def proc_figures(pid: int) -> tuple[float, float, float, int]:
+    """Resident MiB, CPU seconds (user, system) and minor page faults of a process, from
+    /proc."""
     with open(f"/proc/{pid}/status") as status:
         rss = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
     with open(f"/proc/{pid}/stat") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return rss, cpu
+    return rss, int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS, int(fields[7])
 
 
 class Parsed(Collector):
@@ -244,8 +244,10 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
             # The first steady one may still settle (a background full read).
             _, settled = await scrape()
             bare = bare_registry(settled)
-            _, cpu_before = proc_figures(proc.pid)
+            _, user_before, system_before, faults_before = proc_figures(proc.pid)
             steady: list[float] = []
+            cpus: list[float] = []
+            cpu_mark = (user_before, system_before)
             encodings: list[float] = []
             requests: list[float] = []
             body = ""
@@ -253,14 +255,23 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
                 before = metric_value_sum(body, "bulk_api_requests_total") if body else None
                 took, body = await scrape()
                 steady.append(took)
+                # Each scrape's CPU, up to the next one's (the exporter idles meanwhile): the
+                # least of them is the figure a busy neighbour inflates the least.
+                _, user_then, system_then, _ = proc_figures(proc.pid)
+                cpus.append(user_then + system_then - sum(cpu_mark))
+                cpu_mark = (user_then, system_then)
                 # Interleaved with the scrapes (the exporter idles meanwhile), so that a change
                 # in the machine's speed during the run moves both figures alike.
                 encodings.append(bare_encoding(bare))
                 if before is not None:
                     after = metric_value_sum(body, "bulk_api_requests_total")
                     requests.append((after - before) / sources)
-            rss, cpu_after = proc_figures(proc.pid)
-            cpu_per_scrape = (cpu_after - cpu_before) / STEADY_SCRAPES
+            rss, user_after, system_after, faults_after = proc_figures(proc.pid)
+            cpu_per_scrape = (user_after + system_after - user_before - system_before) / (
+                STEADY_SCRAPES
+            )
+            system_per_scrape = (system_after - system_before) / STEADY_SCRAPES
+            faults_per_scrape = (faults_after - faults_before) / STEADY_SCRAPES
             _, openmetrics = await scrape(OPENMETRICS)
             trip = statistics.median([await round_trip() for _ in range(5)])
     finally:
@@ -282,7 +293,11 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
         f"resident {rss:.0f} MiB; "
         f"answer {len(body.encode()) / 1e6:.2f} MB text, "
         f"{len(openmetrics.encode()) / 1e6:.2f} MB OpenMetrics; "
-        f"CPU {cpu_per_scrape:.3f} s/scrape; round trip {trip * 1000:.0f} ms, "
+        f"CPU {cpu_per_scrape:.3f} s/scrape ({cpu_per_scrape / sources * 1000:.3f} ms/source; "
+        f"the least of one scrape {min(cpus) / sources * 1000:.3f}; "
+        f"system {system_per_scrape:.3f} s), "
+        f"{faults_per_scrape:,.0f} minor page faults/scrape "
+        f"({faults_per_scrape / sources:.1f}/source); round trip {trip * 1000:.0f} ms, "
         f"bare encoding {encode * 1000:.0f} ms; steady / (round trip + bare encoding) "
         f"= {median / floor:.2f}; the same requests by aiohttp alone "
         f"{requests_alone * 1000:.0f} ms, steady / (those + bare encoding) "

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from exporter import __version__, garbage, logs
+from exporter import __version__, allocator, garbage, logs
 from exporter.accounts import check_accounts, report
 from exporter.config import Config, ConfigError, load_config, summary
 from exporter.demo import DEMO_CONFIG_NAME, Demo
@@ -189,8 +189,10 @@ def serve(opts: Options, shard: Shard, redactor: Redactor) -> int:
         storage_path=opts.storage_path,
         demo=opts.demo,
         # Here, where the process is the exporter's own, not in the service, which tests run
-        # inside their own process: the collector's settings are the whole interpreter's.
+        # inside their own process: the collector's and the allocator's settings are the
+        # whole process's.
         on_sources=garbage.tune,
+        on_answer=allocator.Allocator(allocator.glibc_mallopt()).answered,
     )
     try:
         asyncio.run(service.run())

@@ -6,7 +6,7 @@ import asyncio
 import gzip
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -137,10 +137,13 @@ async def _encode(
     status: ExporterStatus | None,
     accept: str,
     gzipped: bool,
+    on_answer: Callable[[int], None] | None,
 ) -> Encoded:
     """Encode in a worker thread, so that the loop keeps serving health checks and scrapes
     while the library's encoder works."""
     body, content_type = await asyncio.to_thread(renderer.render, snapshots, status, accept)
+    if on_answer is not None:
+        on_answer(len(body))
     gzipped = gzipped and len(body) >= GZIP_MIN_BYTES
     if gzipped:
         body = await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL)
@@ -161,7 +164,10 @@ async def _exposition(
         task = cache.pending(key)
         if task is None:
             renderer = request.app[RENDERER]
-            task = asyncio.create_task(_encode(renderer, snapshots, status, accept, wants_gzip))
+            on_answer = request.app[RUNTIME].on_answer
+            task = asyncio.create_task(
+                _encode(renderer, snapshots, status, accept, wants_gzip, on_answer)
+            )
             cache.start(key, task)
         # Shielded: a scraper that disconnects must not cancel what others wait for.
         encoded = await asyncio.shield(task)
