@@ -12,8 +12,14 @@ measured at 1,000 sources, a 58 MB answer, 47.6 minor page faults a source and s
 So, once an answer reaches that size, large blocks come from the heap (no mapping at all) and
 the heap keeps up to a few answers' worth of free memory at its top instead of giving it back
 to the system after each scrape; the amount follows the answer, up and down. Below that size
-nothing is set and glibc's own scheme serves. Other C libraries (musl) are left as they are.
-docs/benchmarks.md has the figures and the memory this keeps.
+nothing is set and glibc's own scheme serves.
+
+Answers are encoded in worker threads, and glibc gives each thread an arena of its own, grown
+in heaps of 64 MiB at most: a block larger than that is mapped whatever the settings say (an
+answer of about 1,100 sources). So the process has one arena, the main one, set before any
+thread starts; the interpreter's lock already serializes nearly every allocation, so threads
+lose nothing by sharing it. Other C libraries (musl) are left as they are. docs/benchmarks.md
+has the figures and the memory this keeps.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ logger = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 
 MiB = 1 << 20
 # The highest mmap threshold glibc's dynamic scheme reaches on 64-bit systems; it trims the
@@ -72,6 +79,15 @@ class Allocator:
         self._mallopt = mallopt
         # The trim threshold set, None while glibc's own scheme serves.
         self.trim_threshold: int | None = None
+
+    @classmethod
+    def for_this_process(cls, mallopt: Mallopt | None) -> Allocator:
+        """The allocator of a process of the exporter's own, its threads sharing one arena;
+        to be made before the process starts any thread."""
+        fitted = cls(mallopt)
+        if mallopt is not None:
+            fitted._set(M_ARENA_MAX, 1)
+        return fitted
 
     def answered(self, answer_bytes: int) -> None:
         """Told the length of each answer encoded, before any compression."""

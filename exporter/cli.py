@@ -192,7 +192,7 @@ def serve(opts: Options, shard: Shard, redactor: Redactor) -> int:
         # inside their own process: the collector's and the allocator's settings are the
         # whole process's.
         on_sources=garbage.tune,
-        on_answer=allocator.Allocator(allocator.glibc_mallopt()).answered,
+        on_answer=allocator.Allocator.for_this_process(allocator.glibc_mallopt()).answered,
     )
     try:
         asyncio.run(service.run())

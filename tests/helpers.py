@@ -452,3 +452,24 @@ def make_certs(tmp: Path) -> dict[str, Path]:
         (tmp / name).write_bytes(data)
         paths[name] = tmp / name
     return paths
+
+
+def serving_hooks(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """What the serving command hands its service (`cli.main(["--demo"])`), the service itself
+    replaced by one that only keeps its arguments, and this test process's own C allocator left
+    as it is."""
+    from exporter import allocator, cli
+
+    given: dict[str, object] = {}
+    monkeypatch.setattr(allocator, "glibc_mallopt", lambda: None)
+
+    class Service:
+        def __init__(self, **kwargs: object) -> None:
+            given.update(kwargs)
+
+        async def run(self) -> None:
+            pass
+
+    monkeypatch.setattr(cli, "Service", Service)
+    assert cli.main(["--demo"], env={}) == 0
+    return given

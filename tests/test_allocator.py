@@ -10,18 +10,18 @@ import sys
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from exporter import allocator, cli
+from exporter import allocator
 from exporter.allocator import (
     GLIBC_DYNAMIC_CAP,
     M_MMAP_MAX,
     M_MMAP_THRESHOLD,
     M_TRIM_THRESHOLD,
-    MiB,
     Allocator,
+    MiB,
 )
 from exporter.runtime import Runtime
 from exporter.server import make_app
-from tests.helpers import config_from
+from tests.helpers import config_from, serving_hooks
 
 
 class Recorder:
@@ -103,29 +103,36 @@ def test_glibc_is_found_where_it_is_the_c_library() -> None:
         assert found is None
 
 
-# In a process of its own (the settings are the whole process's): a 40 MiB buffer made,
-# written and freed a few times, the way the encoder makes an answer's str on every scrape.
+# In a process of its own (the settings are the whole process's): a buffer made, written and
+# freed a few times in a worker thread, the way the encoder makes an answer's str on every
+# scrape. 100 MiB is past what a thread's own arena could hold in one heap.
 FAULTS = """
-import json, resource, sys
+import json, resource, sys, threading
 from exporter.allocator import Allocator, glibc_mallopt
-size = 40 << 20
+size = int(sys.argv[2]) << 20
 if sys.argv[1] == "fitted":
-    Allocator(glibc_mallopt()).answered(size)
+    Allocator.for_this_process(glibc_mallopt()).answered(size)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-buffer = b"x" * size
-del buffer
-before = faults()
-for _ in range(5):
+counted = []
+def encode():
     buffer = b"x" * size
     del buffer
-print(json.dumps((faults() - before) / 5))
+    before = faults()
+    for _ in range(5):
+        buffer = b"x" * size
+        del buffer
+    counted.append((faults() - before) / 5)
+thread = threading.Thread(target=encode)
+thread.start()
+thread.join()
+print(json.dumps(counted[0]))
 """
 
 
-def faults_per_buffer(mode: str) -> float:
+def faults_per_buffer(mode: str, mib: int) -> float:
     out = subprocess.run(
-        [sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", FAULTS, mode, str(mib)], capture_output=True, text=True, check=True
     ).stdout
     return float(json.loads(out))
 
@@ -133,12 +140,21 @@ def faults_per_buffer(mode: str) -> float:
 @pytest.mark.skipif(
     platform.libc_ver()[0] != "glibc", reason="the setting is glibc's; elsewhere nothing is set"
 )
-def test_a_fitted_allocator_stops_faulting_a_large_buffer_in_afresh() -> None:
-    pages = (40 << 20) // 4096
+@pytest.mark.parametrize("mib", [40, 100])
+def test_a_fitted_allocator_stops_faulting_a_large_buffer_in_afresh(mib: int) -> None:
+    pages = (mib << 20) // 4096
     # glibc's own scheme maps such a buffer afresh each time: every page faults again.
-    assert faults_per_buffer("default") > pages / 2
+    assert faults_per_buffer("default", mib) > pages / 2
     # Fitted, the heap keeps the pages of the first one.
-    assert faults_per_buffer("fitted") < pages / 20
+    assert faults_per_buffer("fitted", mib) < pages / 20
+
+
+def test_the_process_has_one_arena_before_its_threads_start() -> None:
+    mallopt = Recorder()
+    fitted = Allocator.for_this_process(mallopt)
+    assert mallopt.calls == [(allocator.M_ARENA_MAX, 1)]
+    assert fitted.trim_threshold is None
+    Allocator.for_this_process(None)  # no glibc: nothing to set, no failure
 
 
 async def test_the_server_tells_the_length_of_each_answer_before_compression() -> None:
@@ -160,16 +176,5 @@ async def test_the_server_tells_the_length_of_each_answer_before_compression() -
 
 
 def test_the_serving_command_fits_the_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
-    given: list[object] = []
-
-    class Service:
-        def __init__(self, **kwargs: object) -> None:
-            given.append(kwargs.get("on_answer"))
-
-        async def run(self) -> None:
-            pass
-
-    monkeypatch.setattr(cli, "Service", Service)
-    assert cli.main(["--demo"], env={}) == 0
-    [on_answer] = given
+    on_answer = serving_hooks(monkeypatch)["on_answer"]
     assert isinstance(getattr(on_answer, "__self__", None), Allocator)

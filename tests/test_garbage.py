@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from exporter import cli, garbage
+from exporter import garbage
 from exporter.config import load_config
 from exporter.runtime import Runtime, Shard
-from tests.helpers import config_from
+from tests.helpers import config_from, serving_hooks
 
 
 def test_tune_sets_the_thresholds_by_the_number_of_sources() -> None:
@@ -44,18 +44,7 @@ def test_the_serving_command_has_the_service_size_the_collector(
 ) -> None:
     # The command owns its process and hands the service the tuning; the service also runs
     # inside test processes, which get no tuning and keep their collector as it is.
-    given: list[object] = []
-
-    class Service:
-        def __init__(self, **kwargs: object) -> None:
-            given.append(kwargs.get("on_sources"))
-
-        async def run(self) -> None:
-            pass
-
-    monkeypatch.setattr(cli, "Service", Service)
-    assert cli.main(["--demo"], env={}) == 0
-    assert given == [garbage.tune]
+    assert serving_hooks(monkeypatch)["on_sources"] is garbage.tune
 
 
 SOURCES = """sources:
