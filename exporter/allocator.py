@@ -12,7 +12,9 @@ measured at 1,000 sources, a 58 MB answer, 47.6 minor page faults a source and s
 So, once an answer reaches that size, large blocks come from the heap (no mapping at all) and
 the heap keeps up to a few answers' worth of free memory at its top instead of giving it back
 to the system after each scrape; the amount follows the answer, up and down. Below that size
-nothing is set and glibc's own scheme serves.
+nothing is set and glibc's own scheme serves; it serves again once answers fall under half of
+it (a reload to fewer sources), the gap keeping an answer near the line from flipping the
+settings scrape after scrape.
 
 Answers are encoded in worker threads, and glibc gives each thread an arena of its own, grown
 in heaps of 64 MiB at most: a block larger than that is mapped whatever the settings say (an
@@ -48,6 +50,8 @@ GLIBC_MMAP_MAX = 65_536
 # The free memory the heap keeps at its top, in answers: a scrape has the answer's str and
 # bytes alive at once, and a previous encoding may still be held for other scrapers.
 KEEP_ANSWERS = 4
+# The most it keeps: mallopt takes a C int, and a power of two above this one overflows it.
+KEEP_AT_MOST = 1 << 30
 
 Mallopt = Callable[[int, int], int]
 
@@ -67,9 +71,10 @@ def glibc_mallopt() -> Mallopt | None:
 
 def keep_at_top(answer_bytes: int) -> int:
     """The heap's trim threshold while answers are `answer_bytes` long: KEEP_ANSWERS answers,
-    rounded up to a power of two so that answers growing or shrinking a little change nothing."""
+    rounded up to a power of two so that answers growing or shrinking a little change nothing,
+    and KEEP_AT_MOST at the most."""
     wanted = max(KEEP_ANSWERS * answer_bytes, 2 * GLIBC_DYNAMIC_CAP)
-    return 1 << (wanted - 1).bit_length()
+    return min(1 << (wanted - 1).bit_length(), KEEP_AT_MOST)
 
 
 class Allocator:
@@ -108,7 +113,7 @@ class Allocator:
                 answer_bytes=answer_bytes,
                 trim_threshold=wanted,
             )
-        elif self.trim_threshold is not None:
+        elif self.trim_threshold is not None and answer_bytes < GLIBC_DYNAMIC_CAP // 2:
             # Back to where glibc's own scheme ends up once its threshold reached its cap;
             # setting any of these turned that scheme off for good.
             self._set(M_MMAP_THRESHOLD, GLIBC_DYNAMIC_CAP)
@@ -119,5 +124,7 @@ class Allocator:
 
     def _set(self, parameter: int, value: int) -> None:
         assert self._mallopt is not None
+        # A refusal costs memory or page faults, never correctness: it is told, and what was
+        # wanted is still recorded, so that it is not asked again on every scrape.
         if self._mallopt(parameter, value) != 1:
-            log(logger, logging.DEBUG, "mallopt refused", parameter=parameter, value=value)
+            log(logger, logging.WARNING, "mallopt refused", parameter=parameter, value=value)

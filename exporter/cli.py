@@ -168,6 +168,10 @@ async def _check_upstream(config: Config, redact: Redactor) -> int:
 
 def serve(opts: Options, shard: Shard, redactor: Redactor) -> int:
     """Load the configuration and the web config, then serve until told to stop."""
+    # First, before anything can start a thread: glibc keeps the arena a thread was given. Here,
+    # where the process is the exporter's own, not in the service, which tests run inside their
+    # own process: the allocator's and the collector's settings are the whole process's.
+    fitted = allocator.Allocator.for_this_process(allocator.glibc_mallopt())
     config: Config | None = None
     if not opts.demo:  # demo mode makes its configuration when its simulator starts
         try:
@@ -188,11 +192,8 @@ def serve(opts: Options, shard: Shard, redactor: Redactor) -> int:
         redactor=redactor,
         storage_path=opts.storage_path,
         demo=opts.demo,
-        # Here, where the process is the exporter's own, not in the service, which tests run
-        # inside their own process: the collector's and the allocator's settings are the
-        # whole process's.
         on_sources=garbage.tune,
-        on_answer=allocator.Allocator.for_this_process(allocator.glibc_mallopt()).answered,
+        on_answer=fitted.answered,
     )
     try:
         asyncio.run(service.run())

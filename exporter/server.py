@@ -151,7 +151,10 @@ async def _encode(
 
 
 async def _exposition(
-    request: web.Request, snapshots: list[SourceSnapshot], status: ExporterStatus | None
+    request: web.Request,
+    snapshots: list[SourceSnapshot],
+    status: ExporterStatus | None,
+    on_answer: Callable[[int], None] | None = None,
 ) -> web.Response:
     accept = request.headers.get("Accept", "")
     wants_gzip = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
@@ -164,7 +167,6 @@ async def _exposition(
         task = cache.pending(key)
         if task is None:
             renderer = request.app[RENDERER]
-            on_answer = request.app[RUNTIME].on_answer
             task = asyncio.create_task(
                 _encode(renderer, snapshots, status, accept, wants_gzip, on_answer)
             )
@@ -180,7 +182,9 @@ async def _exposition(
 async def metrics(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     snapshots = await runtime.scrape(wait=scrape_wait(request))
-    return await _exposition(request, snapshots, runtime.status)
+    # Only the whole answer sizes the allocator: a probe's one source between two scrapes
+    # would have it give back what the next scrape needs again.
+    return await _exposition(request, snapshots, runtime.status, runtime.on_answer)
 
 
 async def probe(request: web.Request) -> web.Response:

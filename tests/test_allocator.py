@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
 from exporter import allocator
 from exporter.allocator import (
@@ -19,9 +18,9 @@ from exporter.allocator import (
     Allocator,
     MiB,
 )
-from exporter.runtime import Runtime
-from exporter.server import make_app
-from tests.helpers import config_from, serving_hooks
+from exporter.server import RUNTIME
+from tests.conftest import ExporterFactory, SimHandle
+from tests.helpers import seed, serving_hooks
 
 
 class Recorder:
@@ -57,6 +56,10 @@ def test_a_large_answer_keeps_its_blocks_in_the_heap_and_the_heap_follows_it() -
     assert mallopt.calls == [(M_TRIM_THRESHOLD, 512 * MiB)]
     assert fitted.trim_threshold == 512 * MiB
     mallopt.calls.clear()
+    # Under the line but not far: nothing flips back and forth.
+    fitted.answered(GLIBC_DYNAMIC_CAP - 1)
+    fitted.answered(GLIBC_DYNAMIC_CAP // 2)
+    assert mallopt.calls == []
     # Fewer sources after a reload: back to glibc's own state at its cap.
     fitted.answered(11_550_000)
     assert mallopt.calls == [
@@ -73,18 +76,29 @@ def test_a_large_answer_keeps_its_blocks_in_the_heap_and_the_heap_follows_it() -
 def test_the_kept_top_is_a_power_of_two_of_a_few_answers() -> None:
     assert allocator.keep_at_top(GLIBC_DYNAMIC_CAP) == 128 * MiB
     assert allocator.keep_at_top(58_120_000) == 256 * MiB
-    assert allocator.keep_at_top(300 * MiB) == 2048 * MiB
+    assert allocator.keep_at_top(200 * MiB) == 1024 * MiB
     for size in (GLIBC_DYNAMIC_CAP, 50_000_000, 123_456_789):
         kept = allocator.keep_at_top(size)
         assert kept & (kept - 1) == 0
         assert kept >= allocator.KEEP_ANSWERS * size
+    # mallopt takes a C int: however large the answer, what it is given fits one.
+    for size in (300 * MiB, 600 * MiB, 5 << 30):
+        assert allocator.keep_at_top(size) == allocator.KEEP_AT_MOST < 2**31
+    mallopt = Recorder()
+    Allocator(mallopt).answered(5 << 30)
+    assert mallopt.calls[-1] == (M_TRIM_THRESHOLD, 1 << 30)
 
 
-def test_a_refused_setting_is_no_failure(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("DEBUG", logger="exporter.allocator")
-    fitted = Allocator(Recorder(answer=0))
+def test_a_refused_setting_is_told_once_and_is_no_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("WARNING", logger="exporter.allocator")
+    mallopt = Recorder(answer=0)
+    fitted = Allocator(mallopt)
     fitted.answered(58_120_000)
-    assert "mallopt refused" in caplog.text
+    assert caplog.text.count("mallopt refused") == 2
+    fitted.answered(58_120_000)  # not asked again on every scrape
+    assert len(mallopt.calls) == 2
 
 
 def test_without_glibc_nothing_is_set() -> None:
@@ -97,8 +111,9 @@ def test_glibc_is_found_where_it_is_the_c_library() -> None:
     found = allocator.glibc_mallopt()
     if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         assert found is not None
-        # M_MMAP_MAX accepts any count; setting glibc's own default changes nothing.
-        assert found(M_MMAP_MAX, allocator.GLIBC_MMAP_MAX) == 1
+        # M_PERTURB (-6) at 0, its default, is the one setting that changes nothing here: the
+        # others would change this test process's allocator for the tests after it.
+        assert found(-6, 0) == 1
     else:
         assert found is None
 
@@ -157,24 +172,32 @@ def test_the_process_has_one_arena_before_its_threads_start() -> None:
     Allocator.for_this_process(None)  # no glibc: nothing to set, no failure
 
 
-async def test_the_server_tells_the_length_of_each_answer_before_compression() -> None:
+async def test_the_server_tells_the_length_of_each_whole_answer_before_compression(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    seed(sim.world)
+    client = await exporter()
     told: list[int] = []
-    runtime = Runtime(config_from("sources: []\n"), on_answer=told.append)
-    client = TestClient(TestServer(make_app(runtime)))
-    await client.start_server()
-    try:
-        plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
-        body = await plain.read()
-        assert told == [len(body)]
-        zipped = await client.get("/metrics", headers={"Accept-Encoding": "gzip"})
-        assert zipped.headers.get("Content-Encoding") == "gzip"
-        assert len(told) == 2
-        assert abs(told[1] - len(body)) < 200  # the same answer, uncompressed length
-    finally:
-        await client.close()
-        await runtime.close()
+    assert client.app is not None
+    client.app[RUNTIME].on_answer = told.append
+    plain = await client.get("/metrics", headers={"Accept-Encoding": "identity"})
+    body = await plain.read()
+    assert told == [len(body)]
+    zipped = await client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers.get("Content-Encoding") == "gzip"
+    assert len(told) == 2
+    assert abs(told[1] - len(body)) < 200  # the same answer, uncompressed
+    # A probe's one source is not the answer the allocator is fitted to.
+    probed = await client.get("/probe", params={"source": "fp"})
+    assert probed.status == 200
+    assert len(told) == 2
 
 
-def test_the_serving_command_fits_the_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
-    on_answer = serving_hooks(monkeypatch)["on_answer"]
+def test_the_serving_command_fits_the_allocator_before_anything_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hooks = serving_hooks(monkeypatch)
+    on_answer = hooks["on_answer"]
     assert isinstance(getattr(on_answer, "__self__", None), Allocator)
+    # One arena, set before the service (and with it any thread) was made.
+    assert hooks["mallopt calls before the service"] == [(allocator.M_ARENA_MAX, 1)]
