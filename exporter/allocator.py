@@ -7,7 +7,7 @@ of each such block freed, so that a buffer made again and again comes from the h
 pages stay resident; but it raises it to 32 MiB at most. An answer above that (about 550
 sources of 60 jobs each) is mapped, faulted in page by page and unmapped twice a scrape:
 measured at 1,000 sources, a 58 MB answer, 47.6 minor page faults a source and scrape against
-31.7 at 200 sources, and 4-6 % more CPU a source.
+31.7 at 200 sources, and 2-6 % more CPU a source.
 
 So, once an answer reaches that size, large blocks come from the heap (no mapping at all) and
 the heap keeps up to a few answers' worth of free memory at its top instead of giving it back
@@ -20,8 +20,9 @@ Answers are encoded in worker threads, and glibc gives each thread an arena of i
 in heaps of 64 MiB at most: a block larger than that is mapped whatever the settings say (an
 answer of about 1,100 sources). So the process has one arena, the main one, set before any
 thread starts; the interpreter's lock already serializes nearly every allocation, so threads
-lose nothing by sharing it. Other C libraries (musl) are left as they are. docs/benchmarks.md
-has the figures and the memory this keeps.
+lose nothing by sharing it (measured at 200 sources, where nothing else is set: CPU, faults and
+memory the same as with an arena a thread, within the machine's noise). Other C libraries
+(musl) are left as they are. docs/benchmarks.md has the figures and the memory this keeps.
 """
 
 from __future__ import annotations
