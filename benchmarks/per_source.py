@@ -29,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
-from benchmarks.processes import free_port, start_exporter
+from benchmarks.processes import free_port, start_exporter, until_ready
 from benchmarks.sources import config_text, p90, proc_figures, simulator
 
 SETTLE = 0.3  # seconds after an answer for what the exporter does once it is sent
@@ -55,19 +55,6 @@ class Size:
     @property
     def sources(self) -> int:
         return 2 * self.pairs
-
-
-async def ready(http: aiohttp.ClientSession, size: Size) -> None:
-    while True:
-        if size.proc.poll() is not None:
-            raise SystemExit(f"the exporter of {size.pairs} pairs exited")
-        try:
-            async with http.get(f"{size.url}/-/ready") as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
 
 
 async def scrape(http: aiohttp.ClientSession, size: Size) -> None:
@@ -103,7 +90,8 @@ async def run(small: int, large: int, rounds: int) -> None:
             timeout = aiohttp.ClientTimeout(total=120)
             async with aiohttp.ClientSession(timeout=timeout) as http:
                 for size in sizes:
-                    await ready(http, size)
+                    if not await until_ready(http, size.proc, size.url):
+                        raise SystemExit(f"the exporter of {size.pairs} pairs exited")
                     # Cold, then one that may still settle (a background full read).
                     await scrape(http, size)
                     await scrape(http, size)

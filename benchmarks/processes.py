@@ -3,6 +3,8 @@ that what is measured of the exporter (resident memory, CPU time) is its own."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import subprocess
 import sys
@@ -10,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+import aiohttp
 
 
 def free_port() -> int:
@@ -55,3 +59,14 @@ def start_exporter(
         stderr=stderr,
         text=True,
     )
+
+
+async def until_ready(http: aiohttp.ClientSession, proc: subprocess.Popen[str], url: str) -> bool:
+    """Wait until the exporter at `url` answers `/-/ready` with 200; False if it exited first."""
+    while proc.poll() is None:
+        with contextlib.suppress(aiohttp.ClientError):  # not listening yet
+            async with http.get(f"{url}/-/ready") as response:
+                if response.status == 200:
+                    return True
+        await asyncio.sleep(0.02)
+    return False

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from benchmarks.processes import free_port, simulator_process, start_exporter
+from benchmarks.processes import free_port, simulator_process, start_exporter, until_ready
 from benchmarks.scrape import CREDS, OPENMETRICS, TEXT
 from exporter.platforms import firstpromoter, kizen
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
@@ -206,18 +206,10 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
     try:
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(timeout=timeout) as http:
-            while True:
-                if proc.poll() is not None:
-                    assert proc.stderr is not None
-                    print(f"  {pairs:>4} pairs: the exporter exited: {proc.stderr.read()[:300]}")
-                    return
-                try:
-                    async with http.get(f"{url}/-/ready") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.02)
+            if not await until_ready(http, proc, url):
+                assert proc.stderr is not None
+                print(f"  {pairs:>4} pairs: the exporter exited: {proc.stderr.read()[:300]}")
+                return
             ready = time.perf_counter() - started
 
             async def scrape(accept: str = TEXT) -> tuple[float, str]:
