@@ -66,8 +66,8 @@ class Runtime:
         # Told how many sources this replica runs whenever a configuration is swapped in: the
         # serving command sizes the garbage collector by it (exporter.garbage).
         self._on_sources = on_sources
-        # Told the length of every answer encoded: the serving command fits the C library's
-        # allocator to it (exporter.allocator).
+        # Told the length of every /metrics answer encoded (the server calls it): the serving
+        # command fits the C library's allocator to it (exporter.allocator).
         self.on_answer = on_answer
         self.redactor.add(config.secrets())
         self._apply(config)
