@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -13,6 +12,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from exporter.collector import ExporterStatus
+from exporter.compression import gzip_answer
 from exporter.config import ConfigError
 from exporter.exposition import Renderer
 from exporter.landing import landing_page
@@ -146,7 +146,7 @@ async def _encode(
         on_answer(len(body))
     gzipped = gzipped and len(body) >= GZIP_MIN_BYTES
     if gzipped:
-        body = await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL)
+        body = await gzip_answer(body, GZIP_LEVEL)
     return Encoded(body, content_type, gzipped)
 
 

@@ -1,0 +1,92 @@
+"""exporter.compression: a large answer gzipped in pieces side by side, read back as one."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+
+import pytest
+
+from exporter import compression
+from exporter.compression import cores, gzip_answer
+
+# Text like an answer's, with enough variety that deflate has work to do.
+BODY = "".join(
+    f'bulk_job_duration_seconds_bucket{{source="kz-{i % 97}",le="{i % 13}"}} {i * 7 % 1001}.0\n'
+    for i in range(60_000)
+).encode()
+
+
+def one_member(packed: bytes) -> bytes:
+    """The body of a gzip stream that holds exactly one member (as Go's reader sees it
+    without multistream), failing otherwise."""
+    reader = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = reader.decompress(packed) + reader.flush()
+    assert reader.eof, "the stream does not end"
+    assert reader.unused_data == b"", "more than one gzip member"
+    return out
+
+
+@pytest.mark.parametrize("parts", [2, 3, 7])
+async def test_pieces_make_one_member_with_the_body(
+    parts: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[int, bool]] = []
+    deflate = compression._deflate
+
+    def recorded(piece: memoryview, level: int, last: bool) -> bytes:
+        calls.append((len(piece), last))
+        return deflate(piece, level, last)
+
+    monkeypatch.setattr(compression, "_deflate", recorded)
+    packed = await gzip_answer(BODY, 1, parts=parts, smallest=1024)
+    assert len(calls) == parts
+    assert sum(n for n, _ in calls) == len(BODY)
+    assert [last for _, last in calls] == [False] * (parts - 1) + [True]
+    assert one_member(packed) == BODY
+    assert gzip.decompress(packed) == BODY
+    # The trailer: the whole body's CRC-32 and length.
+    assert struct.unpack("<II", packed[-8:]) == (zlib.crc32(BODY), len(BODY))
+    # Each piece starts without the previous one's window: a little larger, not much.
+    assert len(packed) <= len(gzip.compress(BODY, 1)) * 1.02
+
+
+async def test_pieces_are_never_smaller_than_the_least(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    deflate = compression._deflate
+
+    def recorded(piece: memoryview, level: int, last: bool) -> bytes:
+        calls.append(len(piece))
+        return deflate(piece, level, last)
+
+    monkeypatch.setattr(compression, "_deflate", recorded)
+    # Room for 3 pieces of the least size, 8 asked for: 3.
+    smallest = len(BODY) // 3
+    assert one_member(await gzip_answer(BODY, 1, parts=8, smallest=smallest)) == BODY
+    assert len(calls) == 3
+    assert min(calls) >= smallest
+
+
+async def test_a_small_answer_is_gzipped_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(piece: memoryview, level: int, last: bool) -> bytes:
+        raise AssertionError("a small answer was cut into pieces")
+
+    monkeypatch.setattr(compression, "_deflate", never)
+    for body in (b"", b"bulk_up 1.0\n", BODY):
+        packed = await gzip_answer(body, 1, parts=4)  # BODY is under the 4 MiB least piece
+        assert one_member(packed) == body
+    assert one_member(await gzip_answer(BODY, 6, parts=1, smallest=1024)) == BODY
+
+
+def test_cores_follow_the_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5})
+    assert cores() == 3
+
+    def missing(pid: int) -> set[int]:
+        raise OSError("not here")
+
+    monkeypatch.setattr(os, "sched_getaffinity", missing)
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert cores() == 1
