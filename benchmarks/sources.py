@@ -1,6 +1,7 @@
 """Many accounts on one replica: N Kizen + N FirstPromoter sources against one simulator.
 
-Prints figures; asserts nothing. `.venv/bin/python -m benchmarks.sources [--pairs 1,10,100]`.
+Prints figures; asserts nothing.
+`.venv/bin/python -m benchmarks.sources [--pairs 1,10,100] [--scrapes 15]`.
 
 Every source reads the same simulated account (60 jobs per platform, 7 active), 50 ms a
 request, default settings but `rate_limit: 6000/m`. The simulator and the exporter each run in
@@ -10,13 +11,17 @@ and p90 of /metrics over HTTP), upstream requests per source per steady scrape, 
 answer bytes in both formats, CPU seconds and minor page faults per scrape, and, measured in
 this run, one upstream round trip and prometheus_client's bare encoding of the same answer (its
 families parsed back from the text answer and encoded again, once after each steady scrape, so
-that both medians see the same machine), the floor a scrape cannot go below.
+that both medians see the same machine), the floor a scrape cannot go below. The steady scrape
+is divided by that floor twice: median by median, and scrape by scrape (each against the bare
+encodings timed on either side of it), the latter less moved by a machine whose speed changes
+within seconds. Last, gzip of the answer, in one piece and in pieces as the server does.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
 import statistics
@@ -33,7 +38,9 @@ from prometheus_client.registry import Collector
 
 from benchmarks.processes import free_port, simulator_process, start_exporter, until_ready
 from benchmarks.scrape import CREDS, OPENMETRICS, TEXT
+from exporter.compression import gzip_answer
 from exporter.platforms import firstpromoter, kizen
+from exporter.server import GZIP_LEVEL
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
 
 LATENCY = 0.05
@@ -189,12 +196,27 @@ async def bare_requests(pairs: int, sim_port: int) -> float:
     return statistics.median(times[2:])
 
 
+async def gzip_times(body: bytes, rounds: int = 7) -> tuple[float, float]:
+    """Median seconds to gzip `body` as one piece and as the server does (in pieces on every
+    core), taken in turn so that both see the same machine."""
+    whole: list[float] = []
+    pieces: list[float] = []
+    for _ in range(rounds):
+        began = time.perf_counter()
+        await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL, mtime=0)
+        whole.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        await gzip_answer(body, GZIP_LEVEL)
+        pieces.append(time.perf_counter() - began)
+    return statistics.median(whole), statistics.median(pieces)
+
+
 def p90(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
 
 
-async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
+async def one_size(pairs: int, sim_port: int, workdir: Path, scrapes: int) -> None:
     config = workdir / f"config-{pairs}.yaml"
     config.write_text(config_text(pairs, sim_port))
     port = free_port()
@@ -240,10 +262,11 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
             steady: list[float] = []
             cpus: list[float] = []
             cpu_mark = (user_before, system_before)
-            encodings: list[float] = []
+            # One before the first scrape too, so that every scrape has one on either side.
+            encodings: list[float] = [bare_encoding(bare)]
             requests: list[float] = []
             body = ""
-            for _ in range(STEADY_SCRAPES):
+            for _ in range(scrapes):
                 before = metric_value_sum(body, "bulk_api_requests_total") if body else None
                 took, body = await scrape()
                 steady.append(took)
@@ -259,11 +282,9 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
                     after = metric_value_sum(body, "bulk_api_requests_total")
                     requests.append((after - before) / sources)
             rss, user_after, system_after, faults_after = proc_figures(proc.pid)
-            cpu_per_scrape = (user_after + system_after - user_before - system_before) / (
-                STEADY_SCRAPES
-            )
-            system_per_scrape = (system_after - system_before) / STEADY_SCRAPES
-            faults_per_scrape = (faults_after - faults_before) / STEADY_SCRAPES
+            cpu_per_scrape = (user_after + system_after - user_before - system_before) / (scrapes)
+            system_per_scrape = (system_after - system_before) / scrapes
+            faults_per_scrape = (faults_after - faults_before) / scrapes
             _, openmetrics = await scrape(OPENMETRICS)
             trip = statistics.median([await round_trip() for _ in range(5)])
     finally:
@@ -271,6 +292,7 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
         proc.wait()
     # With the exporter stopped, so that only these requests use the cores.
     requests_alone = await bare_requests(pairs, sim_port)
+    whole, pieces = await gzip_times(settled.encode())
     down = sum(
         1 for line in body.splitlines() if line.startswith("bulk_up{") and line.endswith(" 0.0")
     )
@@ -278,10 +300,13 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
     zero, samples = zero_histogram_share(body)
     median = statistics.median(steady)
     floor = trip + encode
-    # Each steady scrape against the bare encoding timed right after it: this machine's speed
-    # moves by up to twice within seconds, so a scrape and the encoding next to it see the same
-    # speed far more often than two medians over the run do.
-    paired = sorted(t / (trip + e) for t, e in zip(steady, encodings, strict=True))
+    # Each steady scrape against the mean of the bare encodings timed just before and just after
+    # it: a shared machine's speed can move by half within seconds, so a scrape and the
+    # encodings beside it see the same speed far more often than two medians over the run do.
+    paired = sorted(
+        t / (trip + (before + after) / 2)
+        for t, before, after in zip(steady, encodings, encodings[1:], strict=False)
+    )
     print(
         f"  {pairs:>4} pairs ({sources} sources): ready {ready:.2f} s; cold {cold:.2f} s; "
         f"steady median {median:.3f} s, p90 {p90(steady):.3f} s; "
@@ -300,18 +325,20 @@ async def one_size(pairs: int, sim_port: int, workdir: Path) -> None:
         f"{requests_alone * 1000:.0f} ms, steady / (those + bare encoding) "
         f"= {median / (requests_alone + encode):.2f}; "
         f"{samples} samples, {zero} ({zero / samples:.0%}) of them "
-        "in histograms that observed nothing"
+        "in histograms that observed nothing; "
+        f"gzip of the answer in one piece {whole * 1000:.0f} ms, "
+        f"in pieces side by side {pieces * 1000:.0f} ms"
     )
 
 
-async def main_async(sizes: list[int]) -> None:
+async def main_async(sizes: list[int], scrapes: int = STEADY_SCRAPES) -> None:
     print(
         f"N Kizen + N FirstPromoter sources on one simulated host, 60 jobs each (7 active), "
-        f"{LATENCY * 1000:.0f} ms a request, rate_limit 6000/m, {STEADY_SCRAPES} steady scrapes"
+        f"{LATENCY * 1000:.0f} ms a request, rate_limit 6000/m, {scrapes} steady scrapes"
     )
     with simulator() as sim_port, tempfile.TemporaryDirectory() as tmp:
         for pairs in sizes:
-            await one_size(pairs, sim_port, Path(tmp))
+            await one_size(pairs, sim_port, Path(tmp), scrapes)
 
 
 def main() -> None:
@@ -319,8 +346,9 @@ def main() -> None:
     parser.add_argument(
         "--pairs", default="1,10,100,200,500", help="comma-separated sizes (pairs of sources)"
     )
+    parser.add_argument("--scrapes", type=int, default=STEADY_SCRAPES, help="steady scrapes a size")
     args = parser.parse_args()
-    asyncio.run(main_async([int(n) for n in args.pairs.split(",")]))
+    asyncio.run(main_async([int(n) for n in args.pairs.split(",")], args.scrapes))
 
 
 if __name__ == "__main__":
