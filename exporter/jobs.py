@@ -160,6 +160,16 @@ def clamp_ratio(value: float) -> float:
 
 def parse_timestamp(value: object, field: str) -> float | None:
     """ISO 8601 (with or without fractional seconds, `Z` or an offset) to Unix seconds."""
+    if type(value) is str:
+        # The usual case first, as Python 3.11's `fromisoformat` reads it (`Z` or an offset):
+        # rows carry one or two of these each, and every refresh parses its rows again.
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed.timestamp()
     if value is None:
         return None
     if not isinstance(value, str):

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import dataclasses
 import logging
+import operator
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -118,7 +119,8 @@ T = TypeVar("T")
 
 
 def _same_items(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+    # map(operator.is_) rather than a generator: run for every source on every scrape.
+    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 def _kept(live: T, previous: T | None, copy_of: Callable[[T], T] | None = None) -> T:

@@ -310,10 +310,14 @@ class FirstPromoterClient:
                 "done shows at most 1); they are read as fractions",
             )
 
-    def _parse(self, progress: ProgressMap) -> Callable[[object], Job]:
+    def _parse(self, progress: ProgressMap, *, observed: bool = False) -> Callable[[object], Job]:
+        """Parse one row; unless the rows were `observed` together first (`_parsed`), learn
+        from each on its own (rows read by id) before it is parsed."""
+
         def parse(row: object) -> Job:
-            self._observe([row])
-            self._observe_progress([row], progress)
+            if not observed:
+                self._observe([row])
+                self._observe_progress([row], progress)
             return parse_row(
                 row,
                 progress,
@@ -336,7 +340,7 @@ class FirstPromoterClient:
         self._observe(rows)
         self._observe_progress(rows, progress)
         result = ReadResult(complete=complete)
-        result.add_rows("list", rows, self._parse(progress), trace)
+        result.add_rows("list", rows, self._parse(progress, observed=True), trace)
         return result
 
     async def _progress(self, budget: Budget, statuses: list[Status]) -> dict[str, float]:

@@ -148,20 +148,6 @@ def _count(row: dict[str, object], field: str) -> int:
     return require_count(row, field)  # raises the precise RowError
 
 
-def _timestamp(value: object, field: str) -> float | None:
-    """`parse_timestamp`, with the usual case (ISO 8601 with `Z` or an offset, which Python
-    3.11's `fromisoformat` reads as it is) taken directly."""
-    if type(value) is str:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            if parsed.tzinfo is not None:
-                return parsed.timestamp()
-    return parse_timestamp(value, field)
-
-
 def parse_row(row: object, redact: Redact | None = None) -> Job:
     """Map one ReadBulkActionProgress object to a Job; RowError if it is unusable. `redact`
     masks secrets in the failure report's file name kept for the landing page.
@@ -181,7 +167,7 @@ def parse_row(row: object, redact: Redact | None = None) -> Job:
     progress = (succeeded + failed) / total if total else 1.0 if phase.terminal else 0.0
     custom_object = row.get("custom_object")
     name = custom_object.get("object_name") if isinstance(custom_object, dict) else None
-    completed_at = _timestamp(row.get("completed_at"), "completed_at")
+    completed_at = parse_timestamp(row.get("completed_at"), "completed_at")
     report = row.get("failure_report")
     return Job(
         id=job_id,
@@ -193,7 +179,7 @@ def parse_row(row: object, redact: Redact | None = None) -> Job:
         succeeded=succeeded,
         failed=failed,
         progress=progress,
-        started_at=_timestamp(row.get("started_at"), "started_at"),
+        started_at=parse_timestamp(row.get("started_at"), "started_at"),
         completed_at=completed_at if phase.terminal else None,
         failure=None if report is None else failure_of(report=failure_file(report, redact)),
     )
