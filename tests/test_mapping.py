@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from exporter.jobs import TERMINAL_PHASES, Phase, RowError
+from exporter.jobs import TERMINAL_PHASES, Phase, RowError, parse_timestamp
 from exporter.platforms import firstpromoter, kizen
 from tests.helpers import fp_row, kizen_row
 
@@ -191,3 +192,31 @@ def test_failure_report_of_any_shape(report: object, name: str | None) -> None:
 def test_terminal_phases_are_the_three_ends() -> None:
     assert {p for p in Phase if p.terminal} == TERMINAL_PHASES
     assert {Phase.COMPLETED, Phase.FAILED, Phase.CANCELLED} == TERMINAL_PHASES
+
+
+TEN_TEN = datetime(2026, 11, 22, 10, 10, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("2026-11-22T10:10:00Z", TEN_TEN),
+        ("2026-11-22T10:10:00.250Z", TEN_TEN + 0.25),
+        ("2026-11-22T12:10:00+02:00", TEN_TEN),
+        ("2026-11-22T10:10:00+00:00", TEN_TEN),
+        # Both APIs document UTC: a time without an offset is read as UTC, not local time.
+        ("2026-11-22T10:10:00", TEN_TEN),
+        (" 2026-11-22T10:10:00Z\n", TEN_TEN),
+        ("2026-11-22T10:10:00z", TEN_TEN),
+        (None, None),
+    ],
+)
+def test_timestamps_in_every_form_both_apis_use(text: str | None, seconds: float | None) -> None:
+    assert parse_timestamp(text, "started_at") == seconds
+
+
+@pytest.mark.parametrize("value", ["yesterday", "", "2026-13-01T00:00:00Z", 5, 1.5, True, []])
+def test_what_is_no_timestamp_names_its_field(value: object) -> None:
+    with pytest.raises(RowError) as caught:
+        parse_timestamp(value, "completed_at")
+    assert caught.value.field == "completed_at"
