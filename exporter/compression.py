@@ -43,11 +43,12 @@ def _deflate(piece: memoryview, level: int, last: bool) -> bytes:
 
 
 async def gzip_answer(
-    body: bytes, level: int, *, parts: int | None = None, smallest: int = SMALLEST_PIECE
+    body: bytes, level: int, *, parts: int | None = None, smallest: int | None = None
 ) -> bytes:
     """`body` gzipped at `level`, in up to `parts` pieces (by default one a core), none smaller
-    than `smallest` bytes; one piece is compressed in one worker thread as usual."""
-    count = min(parts or cores(), len(body) // smallest)
+    than `smallest` bytes (by default SMALLEST_PIECE); one piece is compressed in one worker
+    thread as usual."""
+    count = min(parts or cores(), len(body) // (smallest or SMALLEST_PIECE))
     if count <= 1:
         return await asyncio.to_thread(gzip.compress, body, level, mtime=0)
     size = -(-len(body) // count)

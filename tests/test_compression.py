@@ -8,9 +8,12 @@ import struct
 import zlib
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import compression
 from exporter.compression import cores, gzip_answer
+from tests.conftest import ExporterFactory, SimHandle
+from tests.helpers import seed
 
 # Text like an answer's, with enough variety that deflate has work to do.
 BODY = "".join(
@@ -90,3 +93,32 @@ def test_cores_follow_the_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", missing)
     monkeypatch.setattr(os, "cpu_count", lambda: None)
     assert cores() == 1
+
+
+async def test_the_server_sends_a_large_answer_in_pieces_as_one_stream(
+    sim: SimHandle, exporter: ExporterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTP, as Prometheus asks: pieces of 1 KiB make the small answer of two sources a
+    large one; the body on the wire is one gzip member holding the whole answer."""
+    seed(sim.world)
+    pieces: list[bool] = []
+    deflate = compression._deflate
+
+    def recorded(piece: memoryview, level: int, last: bool) -> bytes:
+        pieces.append(last)
+        return deflate(piece, level, last)
+
+    monkeypatch.setattr(compression, "_deflate", recorded)
+    monkeypatch.setattr(compression, "SMALLEST_PIECE", 1024)
+    monkeypatch.setattr(compression, "cores", lambda: 3)  # whatever this machine has
+    client = await exporter()
+    response = await client.session.get(
+        client.make_url("/metrics"), headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+    )
+    assert response.headers["Content-Encoding"] == "gzip"
+    text = one_member(await response.read()).decode()
+    assert len(text) > 3 * 1024
+    assert pieces == [False, False, True]
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {s.labels["source"] for s in families["bulk_up"].samples} == {"kz", "fp"}
+    assert text.endswith("\n")
