@@ -10,8 +10,9 @@ Per size it prints: ready time (start to `/-/ready` 200), cold and steady scrape
 and p90 of /metrics over HTTP), upstream requests per source per steady scrape, resident memory,
 answer bytes in both formats, CPU seconds and minor page faults per scrape, and, measured in
 this run, one upstream round trip and prometheus_client's bare encoding of the same answer (its
-families parsed back from the text answer and encoded again, once after each steady scrape, so
-that both medians see the same machine), the floor a scrape cannot go below. The steady scrape
+families parsed back from the text answer and encoded again, once before the first steady
+scrape and once after each, so that both medians see the same machine), the floor a scrape
+cannot go below. The steady scrape
 is divided by that floor twice: median by median, and scrape by scrape (each against the bare
 encodings timed on either side of it), the latter less moved by a machine whose speed changes
 within seconds. Last, gzip of the answer, in one piece and in pieces as the server does.
@@ -346,8 +347,12 @@ def main() -> None:
     parser.add_argument(
         "--pairs", default="1,10,100,200,500", help="comma-separated sizes (pairs of sources)"
     )
-    parser.add_argument("--scrapes", type=int, default=STEADY_SCRAPES, help="steady scrapes a size")
+    parser.add_argument(
+        "--scrapes", type=int, default=STEADY_SCRAPES, help="steady scrapes a size (at least 2)"
+    )
     args = parser.parse_args()
+    if args.scrapes < 2:
+        parser.error("--scrapes: at least 2 (requests a source are counted between two scrapes)")
     asyncio.run(main_async([int(n) for n in args.pairs.split(",")], args.scrapes))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -211,8 +212,19 @@ TEN_TEN = datetime(2026, 11, 22, 10, 10, tzinfo=UTC).timestamp()
         (None, None),
     ],
 )
-def test_timestamps_in_every_form_both_apis_use(text: str | None, seconds: float | None) -> None:
-    assert parse_timestamp(text, "started_at") == seconds
+def test_timestamps_in_every_form_both_apis_use(
+    text: str | None, seconds: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three hours east of UTC (a POSIX rule, no zone files needed), so that a time without an
+    # offset read as local time would be three hours off.
+    monkeypatch.setenv("TZ", "XYZ-3")
+    time.tzset()
+    try:
+        assert time.localtime(0).tm_hour == 3
+        assert parse_timestamp(text, "started_at") == seconds
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 @pytest.mark.parametrize("value", ["yesterday", "", "2026-13-01T00:00:00Z", 5, 1.5, True, []])
