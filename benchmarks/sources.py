@@ -12,10 +12,10 @@ answer bytes in both formats, CPU seconds and minor page faults per scrape, and,
 this run, one upstream round trip and prometheus_client's bare encoding of the same answer (its
 families parsed back from the text answer and encoded again, once before the first steady
 scrape and once after each, so that both medians see the same machine), the floor a scrape
-cannot go below. The steady scrape
-is divided by that floor twice: median by median, and scrape by scrape (each against the bare
-encodings timed on either side of it), the latter less moved by a machine whose speed changes
-within seconds. Last, gzip of the answer, in one piece and in pieces as the server does.
+cannot go below. The steady scrape is divided by that floor twice: median by median, and
+scrape by scrape (each against the bare encodings timed on either side of it), the latter less
+moved by a machine whose speed changes within seconds. Last, gzip of the answer, in one piece
+and in pieces as the server does.
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ async def one_size(pairs: int, sim_port: int, workdir: Path, scrapes: int) -> No
                     after = metric_value_sum(body, "bulk_api_requests_total")
                     requests.append((after - before) / sources)
             rss, user_after, system_after, faults_after = proc_figures(proc.pid)
-            cpu_per_scrape = (user_after + system_after - user_before - system_before) / (scrapes)
+            cpu_per_scrape = (user_after + system_after - user_before - system_before) / scrapes
             system_per_scrape = (system_after - system_before) / scrapes
             faults_per_scrape = (faults_after - faults_before) / scrapes
             _, openmetrics = await scrape(OPENMETRICS)

@@ -77,7 +77,11 @@ async def gzip_answer(
     """`body` gzipped at `level`, in `parts` pieces (by default one a core), fewer when a piece
     would be under `smallest` bytes (by default SMALLEST_PIECE); one piece is compressed in
     one worker thread as usual."""
-    count = min(parts or cores(), len(body) // (smallest or SMALLEST_PIECE))
+    # The pieces the length allows first: most answers are too small for two, and then the
+    # cores (an affinity call and a cgroup file or two) are never asked.
+    count = len(body) // (smallest or SMALLEST_PIECE)
+    if count > 1:
+        count = min(parts or cores(), count)
     if count <= 1:
         return await asyncio.to_thread(gzip.compress, body, level, mtime=0)
     # Cut at i * len / count: pieces differ by a byte at most, none under len // count, which
