@@ -161,14 +161,14 @@ class Runtime:
         await asyncio.gather(*(r.close() for r in retired))
 
     async def scrape(
-        self, names: Sequence[str] | None = None, wait: float | None = None
+        self, names: Sequence[str] | None = None, wait: float | None = None, *, traced: bool = False
     ) -> list[SourceSnapshot]:
         """Refresh the named sources (all by default) concurrently; `wait` bounds how long
-        this scrape waits for each."""
+        this scrape waits for each; `traced` asks for refreshes that record their trace."""
         runners = (
             [self.sources[n] for n in names] if names is not None else list(self.sources.values())
         )
-        return list(await asyncio.gather(*(r.snapshot(wait) for r in runners)))
+        return list(await asyncio.gather(*(r.snapshot(wait, traced=traced) for r in runners)))
 
     async def close(self) -> None:
         await asyncio.gather(*(r.close() for r in self.sources.values()))

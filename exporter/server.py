@@ -203,8 +203,9 @@ async def probe(request: web.Request) -> web.Response:
             text=f"source {name!r} belongs to shard {shard} of {runtime.shard.count}; "
             f"this replica is shard {runtime.shard.index}\n",
         )
-    snapshots = await runtime.scrape([name], wait=scrape_wait(request))
-    if request.query.get("debug", "").strip().lower() in _TRUE:
+    debug = request.query.get("debug", "").strip().lower() in _TRUE
+    snapshots = await runtime.scrape([name], wait=scrape_wait(request), traced=debug)
+    if debug:
         return await _debug(request.app[RENDERER], runtime, snapshots)
     return await _exposition(request, snapshots, None)
 
@@ -224,7 +225,10 @@ async def _debug(
         f"up: {int(snapshot.up)}" + (f"; error: {snapshot.error}" if snapshot.error else "")
     )
     if snapshot.trace is None:
-        trace = "no trace: this answer comes from no refresh of this process\n"
+        trace = (
+            "no trace: this scrape's wait ran out before a refresh that records one began "
+            "(it follows the refresh that was in flight)\n"
+        )
     else:
         trace = snapshot.trace.render()
     text = f"{head}\n\n{trace}\n--- metrics of this answer\n{body.decode('utf-8', 'replace')}"

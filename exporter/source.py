@@ -173,7 +173,8 @@ class SourceRunner:
         self.last_success: float | None = None
         self._last_done = 0.0
         self._inflight: asyncio.Task[SourceSnapshot] | None = None
-        self._trace: Trace | None = None  # the trace of the refresh in flight
+        self._inflight_traced = False
+        self._trace: Trace | None = None  # the trace of the refresh in flight, if it keeps one
         self._failures = _FailureLog(config.name, config.platform_name)
         # Called after every refresh (the state store saves what changed then).
         self.on_refreshed: Callable[[SourceRunner], None] | None = None
@@ -186,24 +187,38 @@ class SourceRunner:
     def platform(self) -> str:
         return self.config.platform_name
 
-    async def snapshot(self, wait: float | None = None) -> SourceSnapshot:
+    async def snapshot(self, wait: float | None = None, *, traced: bool = False) -> SourceSnapshot:
         """A fresh refresh's result, shared with concurrent callers, or a young one reused.
 
         `wait` is how long this caller can wait (its scrape timeout minus a margin). It never
         shortens the shared refresh, which keeps the source's own `timeout`: a scraper with a
         tiny timeout gives up alone and cannot fail the scrapes that share the refresh.
+
+        `traced` asks for a refresh that records its trace (the debug probe). Only such a
+        refresh records one: recording is about a tenth of a steady refresh's CPU, paid by
+        every source on every scrape for an answer rarely asked. A caller that wants a trace
+        shares a refresh only if it records one; else its own follows the one in flight.
         """
         timeout = self.settings.timeout
         if (
             self.last is not None
             and self.settings.min_interval > 0
             and time.monotonic() - self._last_done < self.settings.min_interval
+            and (not traced or self.last.trace is not None)
         ):
             return self.last
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.create_task(
-                self._refresh(timeout), name=f"refresh-{self.name}"
+                self._refresh(timeout, traced), name=f"refresh-{self.name}"
             )
+            self._inflight_traced = traced
+        elif traced and not self._inflight_traced:
+            # Never two refreshes of one source at once (they share its tracker): the traced
+            # one starts when the one in flight ends, and later scrapes share it.
+            self._inflight = asyncio.create_task(
+                self._refresh_after(self._inflight, timeout), name=f"traced-refresh-{self.name}"
+            )
+            self._inflight_traced = True
         patience = timeout + 0.25 if wait is None else max(MIN_WAIT, min(timeout + 0.25, wait))
         started = time.monotonic()
         try:
@@ -255,14 +270,25 @@ class SourceRunner:
             trace=trace,
         )
 
-    async def _refresh(self, seconds: float) -> SourceSnapshot:
+    async def _refresh_after(
+        self, previous: asyncio.Task[SourceSnapshot], seconds: float
+    ) -> SourceSnapshot:
+        """A traced refresh, once `previous` (untraced, in flight) is done, whatever its end."""
+        try:
+            await asyncio.wait({previous})
+        except asyncio.CancelledError:
+            previous.cancel()  # only closing the source cancels this; it ends both
+            raise
+        return await self._refresh(seconds, traced=True)
+
+    async def _refresh(self, seconds: float, traced: bool = False) -> SourceSnapshot:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         deadline = loop.time() + seconds
         error: str | None = None
         kind: str | None = None
         detail: dict[str, object] = {}
-        trace = self._trace = Trace("refresh", seconds, self.config.ROW_KEYS)
+        trace = self._trace = Trace("refresh", seconds, self.config.ROW_KEYS) if traced else None
         try:
             # The upstream layer honours the deadline per request; this is the backstop for
             # anything else that could wait.
@@ -294,11 +320,12 @@ class SourceRunner:
         duration = time.monotonic() - started
         self._failures.note(self.redact(error) if error else None, kind, detail)
         # The platform client's notices: what it detected of the upstream's behaviour.
-        notices = getattr(self.refresher.client, "notices", None)
-        trace.finish(
-            "up" if error is None else f"failed: {error}",
-            notices if isinstance(notices, Mapping) else None,
-        )
+        if trace is not None:
+            notices = getattr(self.refresher.client, "notices", None)
+            trace.finish(
+                "up" if error is None else f"failed: {error}",
+                notices if isinstance(notices, Mapping) else None,
+            )
         self._trace = None
         snapshot = self._snapshot(error is None, duration, error, trace)
         self.last = snapshot

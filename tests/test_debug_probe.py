@@ -5,6 +5,7 @@ source this replica does not serve, behind the same authentication as every endp
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from pathlib import Path
@@ -16,11 +17,12 @@ from exporter.platforms.base import Known, PlatformClient, ReadResult
 from exporter.runtime import Runtime, Shard
 from exporter.server import RUNTIME, make_app
 from exporter.simulator.app import Fault
+from exporter.source import SourceRunner
 from exporter.trace import MAX_ENTRIES, MAX_REQUESTS
 from exporter.upstream import Budget
 from exporter.webconfig import load_web_config
 from tests.conftest import Client, ExporterFactory, SimHandle
-from tests.helpers import config_from, one, parse_samples, source_yaml
+from tests.helpers import config_from, eventually, one, parse_samples, source_yaml
 
 KIZEN_LIST = "/kizen/api/bulk-action-progress"
 # One numbered request line of the trace: number, endpoint, attempt, status, bytes, ms, wait,
@@ -202,6 +204,73 @@ async def test_scrapes_that_share_a_refresh_share_its_trace(
     second = trace_part(await debug(client, "kz"))
     assert first == second
     assert sim.count("kizen", "list") == len(requests_of(first))
+
+
+def runner_of(client: Client, name: str) -> SourceRunner:
+    app = client.app
+    assert app is not None
+    return app[RUNTIME].sources[name]
+
+
+async def test_only_a_refresh_a_debug_probe_asked_for_records_a_trace(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    sim.world.add_kizen_job(status="in_progress")
+    client = await exporter(fp=False)
+    runner = runner_of(client, "kz")
+    assert (await client.get("/metrics")).status == 200
+    assert runner.last is not None
+    assert runner.last.trace is None
+    assert (await client.get("/probe?target=kz")).status == 200
+    assert runner.last.trace is None
+    text = trace_part(await debug(client, "kz"))
+    assert runner.last.trace is not None
+    assert len(requests_of(text)) == 2  # a steady refresh: the active list, the finished one
+
+
+async def test_a_debug_probe_during_an_untraced_refresh_gets_one_of_its_own_right_after(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    sim.world.add_kizen_job(status="in_progress")
+    client = await exporter(fp=False)
+    runner = runner_of(client, "kz")
+    assert (await client.get("/metrics")).status == 200  # the cold refresh
+    before = sim.count("kizen")
+    sim.sim.latency["kizen"] = 0.3
+    scrape = asyncio.create_task(client.get("/metrics"))
+    await eventually(lambda: sim.count("kizen") > before, "the untraced refresh in flight")
+    untraced = runner._inflight
+    text = trace_part(await debug(client, "kz"))
+    assert (await scrape).status == 200
+    assert untraced is not None
+    assert untraced.done()
+    plain = untraced.result()
+    assert plain.trace is None
+    listed = requests_of(text)
+    assert len(listed) == 2
+    # Two refreshes, one after the other: the probe's trace holds only its own requests.
+    assert sim.count("kizen") == before + 4
+    traced = runner.last
+    assert traced is not None
+    assert traced.trace is not None
+    assert traced.trace.started >= plain.refreshed_at
+
+
+async def test_within_min_interval_a_debug_probe_refreshes_unless_a_trace_is_kept(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    sim.world.add_kizen_job(status="in_progress")
+    client = await exporter(fp=False, defaults="  min_interval: 1h\n")
+    assert (await client.get("/metrics")).status == 200
+    after_scrape = sim.count("kizen")
+    text = trace_part(await debug(client, "kz"))
+    assert sim.count("kizen") > after_scrape  # the kept snapshot had no trace
+    after_debug = sim.count("kizen")
+    assert len(requests_of(text)) == after_debug - after_scrape
+    # Young and traced: scrapes and debug probes alike share it until min_interval ends.
+    assert (await client.get("/metrics")).status == 200
+    assert trace_part(await debug(client, "kz")) == text
+    assert sim.count("kizen") == after_debug
 
 
 async def test_an_unknown_or_foreign_source_answers_400(sim: SimHandle) -> None:
