@@ -3,6 +3,7 @@ families are not built again, and a source's answer stays right whichever source
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -13,6 +14,7 @@ from exporter.exposition import Renderer
 from exporter.runtime import Runtime
 from exporter.simulator import Credentials, Simulator, World
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
+from exporter.upstream import KEEPALIVE
 from tests.helpers import config_from, one, parse_samples
 
 CREDS = Credentials()
@@ -88,6 +90,52 @@ async def test_sources_on_one_host_reuse_each_others_connections(counted: Counte
         # Ten sources, two requests in flight each at most: a pool per source would have
         # opened at least one connection per source.
         assert 0 < len(counted.peers) <= 4, counted.peers
+    finally:
+        await runtime.close()
+
+
+async def test_idle_connections_are_kept_across_a_one_minute_scrape_interval(
+    counted: Counted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pool's clock, moved on instead of waiting: idle time is what it reads from it.
+    idle = [0.0]
+    clock = time.monotonic  # what aiohttp's connector reads idle time from
+    monkeypatch.setattr("aiohttp.connector.monotonic", lambda: clock() + idle[0])
+    runtime = Runtime(config_from(sources_yaml(counted, 2)))
+    try:
+        for _ in range(2):  # the cold refresh, then a steady one: as many connections as it uses
+            assert all(s.up for s in await runtime.scrape())
+        opened = set(counted.peers)
+        idle[0] = 61.0  # a scrape a minute and a second later
+        assert all(s.up for s in await runtime.scrape())
+        assert counted.peers == opened
+        # Past the keep-alive, they are opened again: the test sees a new connection.
+        idle[0] += KEEPALIVE + 1
+        assert all(s.up for s in await runtime.scrape())
+        assert counted.peers > opened
+    finally:
+        await runtime.close()
+
+
+async def test_connections_the_server_closed_while_idle_are_not_reused(counted: Counted) -> None:
+    runtime = Runtime(config_from(sources_yaml(counted, 2)))
+    try:
+        assert all(s.up for s in await runtime.scrape())
+        assert counted.server is not None
+        server = counted.server.runner.server if counted.server.runner else None
+        assert server is not None
+        assert server.connections
+        for handler in list(server.connections):  # a server's own idle timeout
+            handler.force_close()
+            if handler.transport is not None:
+                handler.transport.close()
+        opened = set(counted.peers)
+        snapshots = await runtime.scrape()
+        assert all(s.up for s in snapshots), [s.error for s in snapshots]
+        assert counted.peers > opened
+        # Every request answered, none counted as failed.
+        codes = {code for s in snapshots for (_, code) in s.requests}
+        assert codes == {"200"}
     finally:
         await runtime.close()
 

@@ -118,7 +118,8 @@ class Simulator:
         self.faults: dict[str, Fault] = {}
         self.latency: dict[str, float] = {"kizen": 0.0, "firstpromoter": 0.0}
         self.requests: Counter[tuple[str, str]] = Counter()
-        self.arrivals: list[tuple[str, str, float]] = []  # (platform, endpoint, monotonic time)
+        # (platform, endpoint, monotonic time) of the latest 10,000 requests.
+        self.arrivals: deque[tuple[str, str, float]] = deque(maxlen=10_000)
         self.kizen_insert_per_page = 0
         self.fp_paginate = False
         # Page sizes above this are served at this size, silently (DRF's max_page_size)...
