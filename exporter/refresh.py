@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from exporter.jobs import Phase
 from exporter.logs import log
-from exporter.platforms.base import Known, PlatformClient, ReadResult
+from exporter.platforms.base import Known, PlatformClient, ReadResult, add_counts
 from exporter.settings import Settings
 from exporter.trace import RowKeys, Trace
 from exporter.tracker import JobTracker
@@ -348,7 +348,7 @@ class Refresher:
         self._warn_unmapped(result)
         if result.skipped:
             self.tracker.count_skipped(result.skipped)
-            self._skipped.skipped.update(result.skipped)
+            add_counts(self._skipped.skipped, result.skipped)
             self._skipped.first_skip = self._skipped.first_skip or result.first_skip
         self.tracker.apply(
             result.jobs.values(),

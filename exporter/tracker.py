@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from exporter import eta
@@ -173,7 +173,7 @@ class JobTracker:
         self._prune_details(now)
         self.last_seen = now
 
-    def count_skipped(self, skipped: Counter[tuple[str, str]]) -> None:
+    def count_skipped(self, skipped: Mapping[tuple[str, str], int]) -> None:
         if skipped:
             self.rows_skipped.update(skipped)
             self.counters_dirty = True

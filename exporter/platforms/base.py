@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Protocol, TypeVar, get_args
@@ -56,6 +55,12 @@ def _is_http_url(value: str) -> bool:
 BY_ID_LIMIT = 50
 
 
+def add_counts(into: dict[K, int], counts: Mapping[K, int]) -> None:
+    """Add `counts` to `into`, key by key."""
+    for key, n in counts.items():
+        into[key] = into.get(key, 0) + n
+
+
 @dataclass
 class ReadResult:
     """Jobs read in one refresh, deduplicated by id, plus the rows that had to be skipped.
@@ -66,15 +71,17 @@ class ReadResult:
 
     complete: bool
     jobs: dict[str, Job] = field(default_factory=dict)
-    # (endpoint, reason) -> rows skipped; reason is a RowError kind.
-    skipped: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (endpoint, reason) -> rows skipped; reason is a RowError kind. A plain dict, not a
+    # Counter: a refresh makes several results per source, nearly all with nothing skipped,
+    # and an empty Counter costs a Python call to make where a dict costs none.
+    skipped: dict[tuple[str, str], int] = field(default_factory=dict)
     first_skip: str | None = None
     # Ids the platform answered 404 for, or no longer lists: to be forgotten.
     gone: set[str] = field(default_factory=set)
 
     def merge(self, other: ReadResult) -> None:
         self.jobs.update(other.jobs)
-        self.skipped.update(other.skipped)
+        add_counts(self.skipped, other.skipped)
         self.first_skip = self.first_skip or other.first_skip
         self.gone |= other.gone
 
@@ -101,7 +108,8 @@ class ReadResult:
             trace.read(endpoint, rows, good)
 
     def skip(self, endpoint: str, error: RowError, trace: Trace | None = None) -> None:
-        self.skipped[(endpoint, error.kind)] += 1
+        key = (endpoint, error.kind)
+        self.skipped[key] = self.skipped.get(key, 0) + 1
         if self.first_skip is None:
             self.first_skip = str(error)
         if trace is not None:
