@@ -1,27 +1,33 @@
-"""glibc's allocator, kept from mapping a large answer's buffers afresh on every scrape.
+"""glibc's allocator, kept from mapping and faulting in a large answer's buffers afresh on
+every scrape.
 
 prometheus_client's encoder joins an answer into one str and encodes it into one bytes: two
 buffers the size of the answer, made and freed on every scrape. glibc serves a request at or
 above its mmap threshold with a fresh mapping of its own, and raises that threshold to the size
-of each such block freed, so that a buffer made again and again comes from the heap and its
-pages stay resident; but it raises it to 32 MiB at most. An answer above that (about 550
-sources of 60 jobs each) is mapped, faulted in page by page and unmapped twice a scrape:
-measured at 1,000 sources, a 58 MB answer, 47.6 minor page faults a source and scrape against
-31.7 at 200 sources, and 2-6 % more CPU a source.
+of each such block freed (32 MiB at most), so that a buffer made again and again comes from the
+heap; but it also gives the heap's free top back to the system once it exceeds twice that
+threshold, and the str and the bytes of one answer, freed together, are about that much. So
+the next scrape faults both in again, page by page: measured at 200 sources (an 11.5 MB
+answer), 9,100 minor page faults and 24 ms of system time a scrape, and at 1,000 sources (58 MB,
+above the cap, where every such buffer is mapped and unmapped) 47.6 faults a source against
+31.7 at 200, and 2-6 % more CPU a source.
 
-So, once an answer reaches that size, large blocks come from the heap (no mapping at all) and
-the heap keeps up to a few answers' worth of free memory at its top instead of giving it back
-to the system after each scrape; the amount follows the answer, up and down. Below that size
-nothing is set and glibc's own scheme serves; it serves again once answers fall under half of
-it (a reload to fewer sources), the gap keeping an answer near the line from flipping the
-settings scrape after scrape.
+So, once an answer reaches LARGE_ANSWER (about 140 sources of 60 jobs each), large blocks come
+from the heap (no mapping at all) and the heap keeps up to a few answers' worth of free memory
+at its top instead of giving it back after each scrape; the amount follows the answer, up and
+down. At 200 sources that took the faults to 3,400 and the system time to 9-13 ms a scrape, for
+23 MiB more resident between scrapes (the pages a scrape touches anyway). Below that size
+nothing is set and glibc's own scheme serves, the memory kept mattering more to a small
+process than the faults; it serves again once answers fall under half of it (a reload to
+fewer sources), the gap keeping an answer near the line from flipping the settings scrape
+after scrape.
 
 Answers are encoded in worker threads, and glibc gives each thread an arena of its own, grown
 in heaps of 64 MiB at most: a block larger than that is mapped whatever the settings say (an
 answer of about 1,100 sources). So the process has one arena, the main one, set before any
 thread starts; the interpreter's lock already serializes nearly every allocation, so threads
-lose nothing by sharing it (measured at 200 sources, where nothing else is set: CPU, faults and
-memory the same as with an arena a thread, within the machine's noise). Other C libraries
+lose nothing by sharing it (measured at 200 sources, where nothing else was set: CPU, faults
+and memory the same as with an arena a thread, within the machine's noise). Other C libraries
 (musl) are left as they are. docs/benchmarks.md has the figures and the memory this keeps.
 """
 
@@ -48,6 +54,8 @@ MiB = 1 << 20
 GLIBC_DYNAMIC_CAP = 32 * MiB
 # glibc's default number of blocks it may map at once.
 GLIBC_MMAP_MAX = 65_536
+# From this answer size on, large blocks come from the heap, which keeps its free top.
+LARGE_ANSWER = 8 * MiB
 # The free memory the heap keeps at its top, in answers: a scrape has the answer's str and
 # bytes alive at once, and a previous encoding may still be held for other scrapers.
 KEEP_ANSWERS = 4
@@ -99,7 +107,7 @@ class Allocator:
         """Told the length of each answer encoded, before any compression."""
         if self._mallopt is None:
             return
-        if answer_bytes >= GLIBC_DYNAMIC_CAP:
+        if answer_bytes >= LARGE_ANSWER:
             wanted = keep_at_top(answer_bytes)
             if wanted == self.trim_threshold:
                 return
@@ -114,14 +122,14 @@ class Allocator:
                 answer_bytes=answer_bytes,
                 trim_threshold=wanted,
             )
-        elif self.trim_threshold is not None and answer_bytes < GLIBC_DYNAMIC_CAP // 2:
+        elif self.trim_threshold is not None and answer_bytes < LARGE_ANSWER // 2:
             # Back to where glibc's own scheme ends up once its threshold reached its cap;
             # setting any of these turned that scheme off for good.
             self._set(M_MMAP_THRESHOLD, GLIBC_DYNAMIC_CAP)
             self._set(M_MMAP_MAX, GLIBC_MMAP_MAX)
             self._set(M_TRIM_THRESHOLD, 2 * GLIBC_DYNAMIC_CAP)
             self.trim_threshold = None
-            log(logger, logging.DEBUG, "answers below 32 MiB: glibc's own scheme")
+            log(logger, logging.DEBUG, "small answers again: glibc's own scheme")
 
     def _set(self, parameter: int, value: int) -> None:
         assert self._mallopt is not None
