@@ -172,8 +172,10 @@ class SourceRunner:
         self.last: SourceSnapshot | None = None
         self.last_success: float | None = None
         self._last_done = 0.0
-        self._inflight: asyncio.Task[SourceSnapshot] | None = None
+        self._inflight: asyncio.Task[SourceSnapshot] | None = None  # the refresh running
         self._inflight_traced = False
+        # A traced refresh asked for while an untraced one runs; it starts when that one ends.
+        self._queued: asyncio.Task[SourceSnapshot] | None = None
         self._trace: Trace | None = None  # the trace of the refresh in flight, if it keeps one
         self._failures = _FailureLog(config.name, config.platform_name)
         # Called after every refresh (the state store saves what changed then).
@@ -197,7 +199,8 @@ class SourceRunner:
         `traced` asks for a refresh that records its trace (the debug probe). Only such a
         refresh records one: recording is about a tenth of a steady refresh's CPU, paid by
         every source on every scrape for an answer rarely asked. A caller that wants a trace
-        shares a refresh only if it records one; else its own follows the one in flight.
+        shares a refresh only if it records one; else its own follows the one in flight,
+        which the callers that want none keep sharing until it ends.
         """
         timeout = self.settings.timeout
         if (
@@ -207,26 +210,15 @@ class SourceRunner:
             and (not traced or self.last.trace is not None)
         ):
             return self.last
-        if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.create_task(
-                self._refresh(timeout, traced), name=f"refresh-{self.name}"
-            )
-            self._inflight_traced = traced
-        elif traced and not self._inflight_traced:
-            # Never two refreshes of one source at once (they share its tracker): the traced
-            # one starts when the one in flight ends, and later scrapes share it.
-            self._inflight = asyncio.create_task(
-                self._refresh_after(self._inflight, timeout), name=f"traced-refresh-{self.name}"
-            )
-            self._inflight_traced = True
+        shared = self._shared(timeout, traced)
         patience = timeout + 0.25 if wait is None else max(MIN_WAIT, min(timeout + 0.25, wait))
         started = time.monotonic()
         try:
             # Shielded: one scraper giving up or disconnecting must not cancel the shared refresh.
-            return await asyncio.wait_for(asyncio.shield(self._inflight), patience)
+            return await asyncio.wait_for(asyncio.shield(shared), patience)
         except TimeoutError:
             waited = time.monotonic() - started
-            running = self._trace.copy() if self._trace is not None else None
+            running = self._trace.copy() if traced and self._trace is not None else None
             return self._snapshot(
                 False,
                 waited,
@@ -270,15 +262,37 @@ class SourceRunner:
             trace=trace,
         )
 
+    def _shared(self, timeout: float, traced: bool) -> asyncio.Task[SourceSnapshot]:
+        """The refresh this caller shares, started or queued if need be. Never two refreshes
+        of one source at once: they would share its tracker."""
+        running = self._inflight is not None and not self._inflight.done()
+        if running and (self._inflight_traced or not traced):
+            assert self._inflight is not None
+            return self._inflight
+        if self._queued is not None and not self._queued.done():
+            # A traced caller while an untraced refresh runs, or any caller once that one
+            # ended and before the queued one took over: the queued one serves them.
+            return self._queued
+        if running:
+            assert self._inflight is not None
+            self._queued = asyncio.create_task(
+                self._refresh_after(self._inflight, timeout), name=f"traced-refresh-{self.name}"
+            )
+            return self._queued
+        self._inflight = asyncio.create_task(
+            self._refresh(timeout, traced), name=f"refresh-{self.name}"
+        )
+        self._inflight_traced = traced
+        return self._inflight
+
     async def _refresh_after(
         self, previous: asyncio.Task[SourceSnapshot], seconds: float
     ) -> SourceSnapshot:
-        """A traced refresh, once `previous` (untraced, in flight) is done, whatever its end."""
-        try:
-            await asyncio.wait({previous})
-        except asyncio.CancelledError:
-            previous.cancel()  # only closing the source cancels this; it ends both
-            raise
+        """A traced refresh, once `previous` (untraced, in flight) is done, whatever its end.
+        From its start it is the refresh running, which every caller shares."""
+        await asyncio.wait({previous})
+        self._inflight, self._inflight_traced = asyncio.current_task(), True
+        self._queued = None
         return await self._refresh(seconds, traced=True)
 
     async def _refresh(self, seconds: float, traced: bool = False) -> SourceSnapshot:
@@ -334,8 +348,11 @@ class SourceRunner:
 
     async def close(self) -> None:
         await self.refresher.close()
-        if self._inflight is not None and not self._inflight.done():
-            self._inflight.cancel()
+        # Both, the queued one first: cancelled before it started, it would not end the other.
+        tasks = [t for t in (self._queued, self._inflight) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._inflight
+                await task
         await self.upstream.close()

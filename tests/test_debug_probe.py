@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import re
 from pathlib import Path
 
@@ -240,6 +241,8 @@ async def test_a_debug_probe_during_an_untraced_refresh_gets_one_of_its_own_righ
     scrape = asyncio.create_task(client.get("/metrics"))
     await eventually(lambda: sim.count("kizen") > before, "the untraced refresh in flight")
     untraced = runner._inflight
+    assert untraced is not None
+    assert not untraced.done()  # else this would not test a probe meeting one in flight
     text = trace_part(await debug(client, "kz"))
     assert (await scrape).status == 200
     assert untraced is not None
@@ -254,6 +257,56 @@ async def test_a_debug_probe_during_an_untraced_refresh_gets_one_of_its_own_righ
     assert traced is not None
     assert traced.trace is not None
     assert traced.trace.started >= plain.refreshed_at
+
+
+async def test_scrapes_during_an_untraced_refresh_share_it_though_a_probe_queued_one(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    sim.world.add_kizen_job(status="in_progress")
+    client = await exporter(fp=False)
+    assert (await client.get("/metrics")).status == 200
+    before = sim.count("kizen")
+    # Each refresh takes about 1 s; a scrape waits at most 1.5 s: time for the refresh in
+    # flight, not for it and the probe's after it.
+    sim.sim.latency["kizen"] = 1.0
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": "2"}
+    first = asyncio.create_task(client.get("/metrics", headers=headers))
+    await eventually(lambda: sim.count("kizen") > before, "the untraced refresh in flight")
+    probe = asyncio.create_task(debug(client, "kz"))
+    await eventually(lambda: runner_of(client, "kz")._queued is not None, "the probe's refresh")
+    second = asyncio.create_task(client.get("/metrics", headers=headers))
+    for scrape in (first, second):
+        samples = parse_samples(await (await scrape).text())
+        assert one(samples, "bulk_up", source="kz") == 1
+    assert len(requests_of(trace_part(await probe))) == 2
+
+
+async def test_closing_a_source_ends_the_refresh_in_flight_and_the_one_queued(
+    sim: SimHandle,
+) -> None:
+    sim.world.add_kizen_job(status="in_progress")
+    runtime = Runtime(config_from(source_yaml(sim.kizen_url, None)))
+    runner = runtime.sources["kz"]
+    try:
+        assert (await runner.snapshot()).up  # the cold refresh
+        sim.sim.latency["kizen"] = 0.3
+        before = sim.count("kizen")
+        plain = asyncio.create_task(runner.snapshot())
+        await eventually(lambda: sim.count("kizen") > before, "the untraced refresh in flight")
+        untraced = runner._inflight
+        probe = asyncio.create_task(runner.snapshot(traced=True))
+        await asyncio.sleep(0)  # the probe queues its refresh, which has not begun
+        queued = runner._queued
+        assert untraced is not None
+        assert queued is not None
+        await runner.close()  # as a reload does with a source it retires
+        assert untraced.cancelled()
+        assert queued.cancelled()
+        for waiting in (plain, probe):
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+    finally:
+        await runtime.close()
 
 
 async def test_within_min_interval_a_debug_probe_refreshes_unless_a_trace_is_kept(
