@@ -18,9 +18,9 @@ at its top instead of giving it back after each scrape; the amount follows the a
 down. At 200 sources that took the faults to 3,400 and the system time to 9-13 ms a scrape, for
 23 MiB more resident between scrapes (the pages a scrape touches anyway). Below that size
 nothing is set and glibc's own scheme serves, the memory kept mattering more to a small
-process than the faults; it serves again once answers fall under half of it (a reload to
-fewer sources), the gap keeping an answer near the line from flipping the settings scrape
-after scrape.
+process than the faults. Once answers fall under half of it (a reload to fewer sources), the
+settings are put where glibc's own scheme would be after the answers seen, the gap keeping an
+answer near the line from flipping them scrape after scrape.
 
 Answers are encoded in worker threads, and glibc gives each thread an arena of its own, grown
 in heaps of 64 MiB at most: a block larger than that is mapped whatever the settings say (an
@@ -93,6 +93,9 @@ class Allocator:
         self._mallopt = mallopt
         # The trim threshold set, None while glibc's own scheme serves.
         self.trim_threshold: int | None = None
+        # The largest answer told since the settings were made: where glibc's own scheme would
+        # have raised its mmap threshold to by then (its cap at most).
+        self._largest = 0
 
     @classmethod
     def for_this_process(cls, mallopt: Mallopt | None) -> Allocator:
@@ -108,6 +111,7 @@ class Allocator:
         if self._mallopt is None:
             return
         if answer_bytes >= LARGE_ANSWER:
+            self._largest = max(self._largest, answer_bytes)
             wanted = keep_at_top(answer_bytes)
             if wanted == self.trim_threshold:
                 return
@@ -123,12 +127,15 @@ class Allocator:
                 trim_threshold=wanted,
             )
         elif self.trim_threshold is not None and answer_bytes < LARGE_ANSWER // 2:
-            # Back to where glibc's own scheme ends up once its threshold reached its cap;
-            # setting any of these turned that scheme off for good.
-            self._set(M_MMAP_THRESHOLD, GLIBC_DYNAMIC_CAP)
+            # Back to where glibc's own scheme would be after these answers: its threshold
+            # raised to the largest block freed (its cap at most), the heap trimmed beyond twice
+            # that. Setting any of these turned that scheme off for good, so it stays there.
+            threshold = min(self._largest, GLIBC_DYNAMIC_CAP)
+            self._set(M_MMAP_THRESHOLD, threshold)
             self._set(M_MMAP_MAX, GLIBC_MMAP_MAX)
-            self._set(M_TRIM_THRESHOLD, 2 * GLIBC_DYNAMIC_CAP)
+            self._set(M_TRIM_THRESHOLD, 2 * threshold)
             self.trim_threshold = None
+            self._largest = 0
             log(logger, logging.DEBUG, "small answers again: glibc's own scheme")
 
     def _set(self, parameter: int, value: int) -> None:

@@ -41,8 +41,8 @@ _BACKOFF_CAP = 4.0
 # Two minutes covers a 1-minute interval with room for a late scrape, and stays under the
 # idle timeouts of the load balancers and NAT gateways that drop a connection without a word
 # (4 minutes and more). A server that closes sooner says so, and its connection is not
-# reused; one that closes just as a request goes out has that GET sent again once, on a new
-# connection, by aiohttp itself (HTTP/1.1 allows it for idempotent methods).
+# reused; one that closes just as a request goes out has that GET sent again once, on another
+# connection, by aiohttp itself (from 3.10; HTTP/1.1 allows it for idempotent methods).
 KEEPALIVE = 120.0
 USER_AGENT = f"bulk-progress-exporter/{__version__}"
 

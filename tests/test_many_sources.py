@@ -117,7 +117,9 @@ async def test_idle_connections_are_kept_across_a_one_minute_scrape_interval(
         await runtime.close()
 
 
-async def test_connections_the_server_closed_while_idle_are_not_reused(counted: Counted) -> None:
+async def test_connections_the_server_closed_while_idle_cost_no_failed_request(
+    counted: Counted,
+) -> None:
     runtime = Runtime(config_from(sources_yaml(counted, 2)))
     try:
         assert all(s.up for s in await runtime.scrape())
