@@ -281,6 +281,28 @@ async def test_scrapes_during_an_untraced_refresh_share_it_though_a_probe_queued
     assert len(requests_of(trace_part(await probe))) == 2
 
 
+async def test_a_probe_whose_wait_ends_before_its_refresh_begins_says_so(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    sim.world.add_kizen_job(status="in_progress")
+    client = await exporter(fp=False)
+    assert (await client.get("/metrics")).status == 200
+    before = sim.count("kizen")
+    sim.sim.latency["kizen"] = 1.0
+    scrape = asyncio.create_task(client.get("/metrics"))
+    await eventually(lambda: sim.count("kizen") > before, "the untraced refresh in flight")
+    # A 0.6 s scrape timeout leaves the probe the least wait, 0.1 s: the refresh in flight
+    # still has most of a second to go.
+    response = await client.get(
+        "/probe?target=kz&debug=true", headers={"X-Prometheus-Scrape-Timeout-Seconds": "0.6"}
+    )
+    text = await response.text()
+    assert "up: 0" in text
+    assert "no trace: this scrape's wait ran out before a refresh that records one began" in text
+    assert requests_of(trace_part(text)) == []
+    assert (await scrape).status == 200
+
+
 async def test_closing_a_source_ends_the_refresh_in_flight_and_the_one_queued(
     sim: SimHandle,
 ) -> None:
