@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import bcrypt
+from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.platforms.base import Known, PlatformClient, ReadResult
@@ -229,17 +230,30 @@ async def test_only_a_refresh_a_debug_probe_asked_for_records_a_trace(
     assert len(requests_of(text)) == 2  # a steady refresh: the active list, the finished one
 
 
+async def refresh_in_flight(
+    sim: SimHandle,
+    exporter: ExporterFactory,
+    latency: float,
+    headers: dict[str, str] | None = None,
+) -> tuple[Client, asyncio.Task[ClientResponse], int]:
+    """An exporter of one Kizen source whose steady refresh, started by a /metrics scrape,
+    is in flight, each request taking `latency`: the client, that scrape, and the requests
+    the source had made before it."""
+    sim.world.add_kizen_job(status="in_progress")
+    client = await exporter(fp=False)
+    assert (await client.get("/metrics")).status == 200  # the cold refresh
+    before = sim.count("kizen")
+    sim.sim.latency["kizen"] = latency
+    scrape = asyncio.create_task(client.get("/metrics", headers=headers))
+    await eventually(lambda: sim.count("kizen") > before, "the untraced refresh in flight")
+    return client, scrape, before
+
+
 async def test_a_debug_probe_during_an_untraced_refresh_gets_one_of_its_own_right_after(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
-    sim.world.add_kizen_job(status="in_progress")
-    client = await exporter(fp=False)
+    client, scrape, before = await refresh_in_flight(sim, exporter, 0.3)
     runner = runner_of(client, "kz")
-    assert (await client.get("/metrics")).status == 200  # the cold refresh
-    before = sim.count("kizen")
-    sim.sim.latency["kizen"] = 0.3
-    scrape = asyncio.create_task(client.get("/metrics"))
-    await eventually(lambda: sim.count("kizen") > before, "the untraced refresh in flight")
     untraced = runner._inflight
     assert untraced is not None
     assert not untraced.done()  # else this would not test a probe meeting one in flight
@@ -262,16 +276,10 @@ async def test_a_debug_probe_during_an_untraced_refresh_gets_one_of_its_own_righ
 async def test_scrapes_during_an_untraced_refresh_share_it_though_a_probe_queued_one(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
-    sim.world.add_kizen_job(status="in_progress")
-    client = await exporter(fp=False)
-    assert (await client.get("/metrics")).status == 200
-    before = sim.count("kizen")
     # Each refresh takes about 1 s; a scrape waits at most 1.5 s: time for the refresh in
     # flight, not for it and the probe's after it.
-    sim.sim.latency["kizen"] = 1.0
     headers = {"X-Prometheus-Scrape-Timeout-Seconds": "2"}
-    first = asyncio.create_task(client.get("/metrics", headers=headers))
-    await eventually(lambda: sim.count("kizen") > before, "the untraced refresh in flight")
+    client, first, _ = await refresh_in_flight(sim, exporter, 1.0, headers)
     probe = asyncio.create_task(debug(client, "kz"))
     await eventually(lambda: runner_of(client, "kz")._queued is not None, "the probe's refresh")
     second = asyncio.create_task(client.get("/metrics", headers=headers))
@@ -284,13 +292,7 @@ async def test_scrapes_during_an_untraced_refresh_share_it_though_a_probe_queued
 async def test_a_probe_whose_wait_ends_before_its_refresh_begins_says_so(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
-    sim.world.add_kizen_job(status="in_progress")
-    client = await exporter(fp=False)
-    assert (await client.get("/metrics")).status == 200
-    before = sim.count("kizen")
-    sim.sim.latency["kizen"] = 1.0
-    scrape = asyncio.create_task(client.get("/metrics"))
-    await eventually(lambda: sim.count("kizen") > before, "the untraced refresh in flight")
+    client, scrape, _ = await refresh_in_flight(sim, exporter, 1.0)
     # A 0.6 s scrape timeout leaves the probe the least wait, 0.1 s: the refresh in flight
     # still has most of a second to go.
     response = await client.get(
