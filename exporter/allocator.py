@@ -8,15 +8,15 @@ of each such block freed (32 MiB at most), so that a buffer made again and again
 heap; but it also gives the heap's free top back to the system once it exceeds twice that
 threshold, and the str and the bytes of one answer, freed together, are about that much. So
 the next scrape faults both in again, page by page: measured at 200 sources (an 11.5 MB
-answer), 9,100 minor page faults and 24 ms of system time a scrape, and at 1,000 sources (58 MB,
+answer), 9,100 minor page faults and 21-25 ms of system time a scrape, and at 1,000 sources (58 MB,
 above the cap, where every such buffer is mapped and unmapped) 47.6 faults a source against
 31.7 at 200, and 2-6 % more CPU a source.
 
 So, once an answer reaches LARGE_ANSWER (about 140 sources of 60 jobs each), large blocks come
 from the heap (no mapping at all) and the heap keeps up to a few answers' worth of free memory
 at its top instead of giving it back after each scrape; the amount follows the answer, up and
-down. At 200 sources that took the faults to 3,400 and the system time to 9-13 ms a scrape, for
-23 MiB more resident between scrapes (the pages a scrape touches anyway). Below that size
+down. At 200 sources that took the faults to 3,400 and the system time to 9-15 ms a scrape, for
+15-23 MiB more resident between scrapes (the pages a scrape touches anyway). Below that size
 nothing is set and glibc's own scheme serves, the memory kept mattering more to a small
 process than the faults. Once answers fall under half of it (a reload to fewer sources), the
 settings are put where glibc's own scheme would be after the answers seen, the gap keeping an
