@@ -39,6 +39,10 @@ class QueueClock(enum.Enum):
     CREATION_KNOWN = "creation"
 
 
+# A platform's clock may run a little ahead of the exporter's: a start or completion up to this
+# far in the future is taken as it is; beyond it the time is wrong, not early.
+CLOCK_SKEW = 300.0
+
 # A job whose counts and status have not changed for this long is stalled: the same 30 minutes
 # as the stall alert (BulkExporterJobStalled), the landing page's mark and the ETA's absence.
 STALL_AFTER = 30 * 60.0
@@ -101,6 +105,22 @@ class Job:
             and self.succeeded == other.succeeded
             and self.failed == other.failed
         )
+
+
+def time_problem(job: Job, now: float) -> tuple[str, str] | None:
+    """Why a job's times cannot be measured by, when they cannot: ("start" or "completion",
+    what is wrong). A completion before the start, or a start or completion more than
+    CLOCK_SKEW ahead of `now`, would be observed as a zero duration or pin a last-finish gauge
+    in the future; the job itself is still counted."""
+    started, completed = job.started_at, job.completed_at
+    if completed is not None:
+        if completed > now + CLOCK_SKEW:
+            return ("completion", "in the future")
+        if started is not None and completed < started:
+            return ("completion", "before the start")
+    if started is not None and started > now + CLOCK_SKEW:
+        return ("start", "in the future")
+    return None
 
 
 # Failure details kept per job: the first few errors, each cut like a label value.

@@ -18,7 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from exporter.jobs import Phase
+from exporter.jobs import Phase, time_problem
 from exporter.logs import log
 from exporter.platforms.base import Known, PlatformClient, ReadResult, add_counts
 from exporter.settings import Settings
@@ -92,6 +92,8 @@ class Refresher:
         # The trace of the running full read, and of the one the current refresh took in.
         self._sync_trace: Trace | None = None
         self._taken_trace: Trace | None = None
+        # The trace of the refresh running, when it keeps one.
+        self._trace: Trace | None = None
 
     @property
     def state(self) -> RefreshState:
@@ -109,9 +111,11 @@ class Refresher:
         took in or that runs beside it."""
         self._skipped = ReadResult(complete=False)
         self._taken_trace = None
+        self._trace = trace
         try:
             await self._refresh(Budget(deadline, trace=trace))
         finally:
+            self._trace = None
             if trace is not None:
                 self._include_sync(trace)
             skipped = self._skipped
@@ -148,6 +152,23 @@ class Refresher:
         if result.complete:
             self._full_done()
         self._take(result, started)
+        if result.needs_full:
+            await self._full_instead(budget)
+
+    async def _full_instead(self, budget: Budget) -> None:
+        """An incremental read that needed a full read instead (too many jobs left the active
+        list to read each by id: a burst of finishes, an outage, a restart on a busy account)
+        took in what it read, which removes nothing. The full read is waited for while it
+        can finish soon, as the first one is; else it goes on in the background, on its own
+        deadline, and is taken in by a later scrape: a scrape never fails because the
+        account's full read is longer than a scrape."""
+        if self._sync is None:
+            self._start_sync(background=False)
+        assert self._sync is not None
+        if await self._full_read_fits(self._sync, budget.deadline):
+            self._finish_sync()
+        else:
+            self._note_background()
 
     async def _cold(self, budget: Budget) -> None:
         """The first refresh: a full read when it is quick, else the active jobs on their own.
@@ -344,18 +365,31 @@ class Refresher:
                 job_id=job.id,
             )
 
+    def _trace_times(self, result: ReadResult, now: float) -> None:
+        """Name in the debug trace the times the tracker will not measure by."""
+        trace = self._trace
+        if trace is None:
+            return
+        for job in result.jobs.values():
+            problem = time_problem(job, now)
+            if problem is not None:
+                trace.odd_time(*problem)
+
     def _take(self, result: ReadResult, started: float, protect: set[str] | None = None) -> None:
         self._warn_unmapped(result)
         if result.skipped:
             self.tracker.count_skipped(result.skipped)
             add_counts(self._skipped.skipped, result.skipped)
             self._skipped.first_skip = self._skipped.first_skip or result.first_skip
+        now = time.time()
+        self._trace_times(result, now)
         self.tracker.apply(
             result.jobs.values(),
-            time.time(),
+            now,
             complete=result.complete,
             gone=result.gone,
             protect=protect or (),
+            started=started,
         )
         # Only move forward: a background read that began long ago must not push `since` back.
         self._since = max(self._since or started, started)

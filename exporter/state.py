@@ -36,25 +36,35 @@ from exporter.tracker import Histogram, JobTracker, TrackedJob
 
 logger = logging.getLogger("exporter.state")
 
-# 3: a job's failure details and pace history (`errors`, `failure_file`, `rate`), added to a
-# version 2 file in place. 2: one column per field of a job (1, never released, held each job
-# as JSON text).
-SCHEMA_VERSION = 3
+# 4: the highest counts seen of a job (`peak_succeeded`, `peak_failed`), and what the platform
+# client learnt of the account (the `learnt` meta row), added to a version 2 or 3 file in
+# place. 3: a job's failure details and pace history (`errors`, `failure_file`, `rate`),
+# added to a version 2 file in place. 2: one column per field of a job (1, never released,
+# held each job as JSON text).
+SCHEMA_VERSION = 4
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
 _JOB_COLUMNS = """
     id TEXT PRIMARY KEY, action TEXT NOT NULL, object TEXT NOT NULL, status TEXT NOT NULL,
     phase TEXT NOT NULL, pending INTEGER NOT NULL, succeeded INTEGER NOT NULL,
     failed INTEGER NOT NULL, progress REAL NOT NULL, started_at REAL, completed_at REAL,
     last_change REAL NOT NULL, first_queued REAL, counted INTEGER NOT NULL,
-    waited INTEGER NOT NULL, gone_since REAL, errors TEXT, failure_file TEXT, rate TEXT
+    waited INTEGER NOT NULL, gone_since REAL, errors TEXT, failure_file TEXT, rate TEXT,
+    peak_succeeded INTEGER, peak_failed INTEGER
 """
-# What version 3 added to version 2's jobs table (NULL in every row it already holds).
-_ADDED_IN_3 = ("errors TEXT", "failure_file TEXT", "rate TEXT")
+# What versions 3 and 4 added to the jobs table before them (NULL in every row it already
+# holds), by the version they came with.
+_ADDED = {
+    3: ("errors TEXT", "failure_file TEXT", "rate TEXT"),
+    4: ("peak_succeeded INTEGER", "peak_failed INTEGER"),
+}
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs ({_JOB_COLUMNS}) WITHOUT ROWID;
 """
-_INSERT_JOB = f"INSERT OR REPLACE INTO jobs VALUES ({', '.join('?' * 19)})"
+# By name, in the order of _JOB_COLUMNS: a file upgraded in place holds its added columns
+# wherever ALTER TABLE put them.
+_COLUMN_NAMES = ", ".join(c.split()[0] for c in _JOB_COLUMNS.split(",") if c.strip())
+_INSERT_JOB = f"INSERT OR REPLACE INTO jobs ({_COLUMN_NAMES}) VALUES ({', '.join('?' * 21)})"
 # Rows whose values are not of their column's type (SQLite stores what it is given): checked
 # in one pass before a restore, so the loop that builds the jobs need not check each value.
 _BAD_ROWS = """
@@ -68,6 +78,8 @@ SELECT count(*) FROM jobs WHERE
     OR typeof(counted) != 'integer' OR typeof(waited) != 'integer'
     OR typeof(gone_since) NOT IN ('real', 'null') OR typeof(errors) NOT IN ('text', 'null')
     OR typeof(failure_file) NOT IN ('text', 'null') OR typeof(rate) NOT IN ('text', 'null')
+    OR typeof(peak_succeeded) NOT IN ('integer', 'null')
+    OR typeof(peak_failed) NOT IN ('integer', 'null')
 """
 _PHASES = {phase.value: phase for phase in Phase}
 _PHASE_TEXT = {phase: phase.value for phase in Phase}
@@ -92,7 +104,8 @@ def identity_of(runner: SourceRunner) -> str:
 
 JobRow = tuple[
     str, str, str, str, str, int, int, int, float, float | None, float | None, float,
-    float | None, bool, bool, float | None, str | None, str | None, str | None,
+    float | None, bool, bool, float | None, str | None, str | None, str | None, int | None,
+    int | None,
 ]  # fmt: skip
 
 
@@ -118,6 +131,8 @@ def _job_row(t: TrackedJob, rate: History | None) -> JobRow:
         json.dumps(failure.errors) if failure is not None and failure.errors else None,
         failure.report if failure is not None else None,
         json.dumps(rate) if rate else None,
+        t.peak[0] if t.peak is not None else None,
+        t.peak[1] if t.peak is not None else None,
     )
 
 
@@ -171,7 +186,9 @@ def _load_jobs(db: sqlite3.Connection, tracker: JobTracker) -> None:
         errors,
         failure,
         rate,
-    ) in db.execute("SELECT * FROM jobs"):
+        peak_succeeded,
+        peak_failed,
+    ) in db.execute(f"SELECT {_COLUMN_NAMES} FROM jobs"):
         job = Job(
             id=job_id,
             # Interned like freshly read labels: thousands of jobs share a few values.
@@ -190,8 +207,12 @@ def _load_jobs(db: sqlite3.Connection, tracker: JobTracker) -> None:
         )
         if last_change == started_at:
             last_change = started_at  # one float object for both, as a fresh read has it
+        peak = None
+        if peak_succeeded is not None and peak_failed is not None:
+            peak = (max(peak_succeeded, succeeded), max(peak_failed, failed))
+            peak = None if peak == (succeeded, failed) else peak
         tracked = TrackedJob(
-            job, last_change, first_queued, bool(counted), bool(waited), gone_since
+            job, last_change, first_queued, bool(counted), bool(waited), gone_since, peak
         )
         if gone_since is None:
             jobs[job_id] = tracked
@@ -266,11 +287,13 @@ class _SourceFile:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise _Unusable(f"written by a newer version (schema {version})")
-            if version == 2:
-                # Version 3 only added columns: the file is brought up to date, not set aside.
+            if version in (2, 3):
+                # Versions 3 and 4 only added columns (and a meta row): the file is brought
+                # up to date, not set aside.
                 with _transaction(self.db):
-                    for column in _ADDED_IN_3:
-                        self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
+                    for added in range(version + 1, SCHEMA_VERSION + 1):
+                        for column in _ADDED[added]:
+                            self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column}")
                     self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
@@ -428,6 +451,10 @@ class StateStore:
                 gc.enable()
         since, last_full, history_loaded = json.loads(meta["refresh"])
         runner.refresher.restore(RefreshState(_time(since), _time(last_full), bool(history_loaded)))
+        learnt = json.loads(meta.get("learnt", "{}"))
+        if not isinstance(learnt, dict):
+            raise _Unusable("what was learnt of the account is not an object")
+        runner.refresher.client.relearn(learnt)
         tracker.mark_saved()
         log(
             logger,
@@ -473,7 +500,10 @@ class StateStore:
             tracked = tracker.jobs.get(job_id) or tracker.gone.get(job_id)
             if tracked is not None:
                 rows.append(_job_row(tracked, tracker.rates.get(job_id)))
-        meta = {"refresh": json.dumps(list(_refresh_fields(runner.refresher.state)))}
+        meta = {
+            "refresh": json.dumps(list(_refresh_fields(runner.refresher.state))),
+            "learnt": json.dumps(runner.refresher.client.learnt(), sort_keys=True),
+        }
         if tracker.counters_dirty:
             meta.update(_counters(tracker))
         # Of the counters, only those that moved (a finish moves two or three of eight).

@@ -67,6 +67,12 @@ class RowKeys:
 
     read: frozenset[str] = frozenset()
     documented: frozenset[str] = frozenset()
+    # The row fields a job's start and completion times come from (the trace names them).
+    times: tuple[str, str] = ("start", "completion")
+
+    def time_field(self, which: str) -> str:
+        """The row field behind "start" or "completion"."""
+        return self.times[0] if which == "start" else self.times[1]
 
     @property
     def known(self) -> frozenset[str]:
@@ -91,6 +97,8 @@ class Trace:
     skipped: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     statuses: Counter[tuple[str, str]] = field(default_factory=Counter)
     unread: Counter[str] = field(default_factory=Counter)
+    # Times not measured by (row field, what is wrong) -> jobs (exporter.jobs.time_problem).
+    odd_times: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Per table, what did not fit in MAX_ENTRIES.
     overflow: Counter[str] = field(default_factory=Counter)
     keys_checked: int = 0
@@ -132,6 +140,10 @@ class Trace:
             self._bump(self.statuses, "statuses", key, n)
         self._note_keys(rows)
 
+    def odd_time(self, which: str, problem: str) -> None:
+        """A job whose `which` time ("start" or "completion") is not observed: `problem`."""
+        self._bump(self.odd_times, "times", (self.keys.time_field(which), problem))
+
     def _note_keys(self, rows: list[object]) -> None:
         read = self.keys.read
         if not read:
@@ -172,6 +184,7 @@ class Trace:
             skipped=Counter(self.skipped),
             statuses=Counter(self.statuses),
             unread=Counter(self.unread),
+            odd_times=Counter(self.odd_times),
             overflow=Counter(self.overflow),
             keys_checked=self.keys_checked,
             notices=dict(self.notices),
@@ -213,6 +226,13 @@ class Trace:
         ] or ["  none"]
         lines += self._more("statuses")
         lines += self._key_lines()
+        if self.odd_times:
+            lines.append(
+                "times out of order, not observed in histograms or last finishes "
+                "(field: why: jobs):"
+            )
+            lines += [f"  {f}: {why}: {n}" for (f, why), n in sorted(self.odd_times.items())]
+            lines += self._more("times")
         lines.append("notices:")
         lines += [f"  {safe(k)}: {safe(v, 1000)}" for k, v in sorted(self.notices.items())] or [
             "  none"

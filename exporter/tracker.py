@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from exporter import eta
-from exporter.jobs import Job, Phase, QueueClock
+from exporter.jobs import Job, Phase, QueueClock, time_problem
 from exporter.logs import log
 from exporter.settings import Settings
 
@@ -56,6 +56,15 @@ class TrackedJob:
     waited: bool = False
     # When it dropped out of the list; None while it is listed.
     gone_since: float | None = None
+    # The highest succeeded and failed counts seen, when above the job's present ones (a
+    # stale replica answered an older count): items are counted past these, so a count that
+    # goes down and back up adds nothing. None, the usual case, means the present counts.
+    peak: tuple[int, int] | None = None
+
+    @property
+    def high(self) -> tuple[int, int]:
+        """The highest succeeded and failed counts seen (what has been counted up to)."""
+        return self.peak if self.peak is not None else (self.job.succeeded, self.job.failed)
 
 
 def _running(job: Job) -> bool:
@@ -147,16 +156,20 @@ class JobTracker:
         complete: bool,
         gone: Collection[str] = (),
         protect: Collection[str] = (),
+        started: float | None = None,
     ) -> None:
         """Take in one refresh's jobs.
 
-        complete: they are the whole list, so the rest is gone. gone: ids known to be gone.
-        protect: ids whose record is newer than these jobs (a background full read that
-        finished after incremental reads): neither overwritten nor forgotten.
+        complete: they are the whole list, so the rest is gone. gone: ids known to be gone
+        (a job these jobs hold is never among them: it was just read). protect: ids whose
+        record is newer than these jobs (a background full read that finished after
+        incremental reads): neither overwritten nor forgotten. started: when the read began
+        (`now` if not given): the first read's start is the baseline, so that a job starting
+        while a long first read pages is not taken for history.
         """
         first = self.baseline is None
         if first:
-            self.baseline = now
+            self.baseline = now if started is None else min(started, now)
             self.counters_dirty = True
         seen: set[str] = set()
         for job in jobs:
@@ -167,7 +180,7 @@ class JobTracker:
         if not complete:
             self.touched |= seen
         forget = [j for j in self.jobs if j not in seen and j not in protect] if complete else []
-        for job_id in set(forget).union(g for g in gone if g in self.jobs):
+        for job_id in set(forget).union(g for g in gone if g in self.jobs and g not in seen):
             self._forget(job_id, now)
         self._prune(now)
         self._prune_details(now)
@@ -219,23 +232,28 @@ class JobTracker:
         if returned:
             prev = replace(self.gone.pop(job.id), gone_since=None)
         if job.phase.terminal and job.completed_at is not None:
-            self._note_finish(job)
+            self._note_finish(job, now)
         if prev is None:
             self._take_new(job, now, first)
             return
         if prev.job == job and not returned and (job.id in self.rates or not _running(job)):
             return
+        high_succeeded, high_failed = prev.high
         self._count_items(
             job.action,
-            max(0, job.succeeded - prev.job.succeeded),
-            max(0, job.failed - prev.job.failed),
+            max(0, job.succeeded - high_succeeded),
+            max(0, job.failed - high_failed),
         )
+        high = (max(high_succeeded, job.succeeded), max(high_failed, job.failed))
+        peak = None if high == (job.succeeded, job.failed) else high
         changed = not job.same_state(prev.job)
-        tracked = replace(prev, job=job, last_change=now if changed else prev.last_change)
+        tracked = replace(
+            prev, job=job, last_change=now if changed else prev.last_change, peak=peak
+        )
         if tracked.first_queued is None and job.phase is Phase.QUEUED:
             tracked = replace(tracked, first_queued=now)
         self._observe(job, now)
-        self._put(self._finish(self._leave_queue(tracked, prev.job.phase, now)))
+        self._put(self._finish(self._leave_queue(tracked, prev.job.phase, now), now))
 
     def _take_new(self, job: Job, now: float, first: bool) -> None:
         last_change = job.started_at if job.started_at else now
@@ -259,7 +277,7 @@ class JobTracker:
         tracked = TrackedJob(job, last_change, now if queued else None)
         self._observe(job, now)
         self._count_items(job.action, job.succeeded, job.failed)
-        self._put(self._finish(self._leave_queue(tracked, None, now)))
+        self._put(self._finish(self._leave_queue(tracked, None, now), now))
 
     def _observe(self, job: Job, now: float) -> None:
         """Note a running job's pace with this sighting; forget it for any other phase."""
@@ -318,16 +336,18 @@ class JobTracker:
         if succeeded or failed:
             self.counters_dirty = True
 
-    def _finish(self, tracked: TrackedJob) -> TrackedJob:
+    def _finish(self, tracked: TrackedJob, now: float) -> TrackedJob:
         job = tracked.job
         if not job.phase.terminal or tracked.counted:
             return tracked
         key = (job.action, job.phase.value)
         self.finished[key] += 1
-        if job.started_at is not None and job.completed_at is not None:
-            self.durations.setdefault(key, Histogram()).observe(
-                max(0.0, job.completed_at - job.started_at)
-            )
+        if (
+            job.started_at is not None
+            and job.completed_at is not None
+            and time_problem(job, now) is None
+        ):
+            self.durations.setdefault(key, Histogram()).observe(job.completed_at - job.started_at)
         self.counters_dirty = True
         return replace(tracked, counted=True)
 
@@ -342,7 +362,7 @@ class JobTracker:
             queued = tracked.first_queued
             if before is Phase.QUEUED and queued is not None and job.started_at is not None:
                 wait = job.started_at - queued
-        elif job.started_at is not None:
+        elif job.started_at is not None and time_problem(job, now) is None:
             # The platform says when it was created; the exporter sees when it started.
             wait = now - job.started_at
         if wait is not None:
@@ -350,8 +370,10 @@ class JobTracker:
             self.counters_dirty = True
         return replace(tracked, waited=True)
 
-    def _note_finish(self, job: Job) -> None:
+    def _note_finish(self, job: Job, now: float) -> None:
         assert job.completed_at is not None
+        if time_problem(job, now) is not None:
+            return  # a completion out of order would pin the gauge (a year ahead, say)
         key = (job.action, job.phase.value)
         if job.completed_at > self.last_finished.get(key, float("-inf")):
             self.last_finished[key] = job.completed_at

@@ -551,18 +551,26 @@ async def test_a_garbled_row_sets_the_file_aside(
     assert sum(select(s, "bulk_jobs_finished_total", source="kz").values()) == 0
 
 
-async def test_a_version_2_file_is_upgraded_in_place(
-    sim: SimHandle, stored: Any, tmp_path: Path
+# The columns each schema version added, by version.
+ADDED_COLUMNS = {3: ("errors", "failure_file", "rate"), 4: ("peak_succeeded", "peak_failed")}
+
+
+@pytest.mark.parametrize("version", [2, 3])
+async def test_an_older_file_is_upgraded_in_place(
+    sim: SimHandle, stored: Any, tmp_path: Path, version: int
 ) -> None:
-    """A state file written before failure details and pace histories were kept (schema 2)
-    is brought up to date, not set aside: its counters continue."""
+    """A state file written before failure details and pace histories were kept (schema 2),
+    or before the highest counts seen and what was learnt of the account (schema 3), is
+    brought up to date, not set aside: its counters continue."""
     client, _ = await stored(tmp_path)
     before = await lived_in(sim, client)
     await client.close()
     with sqlite3.connect(tmp_path / "kz.sqlite") as db:
-        for column in ("errors", "failure_file", "rate"):
-            db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
-        db.execute("PRAGMA user_version = 2")
+        for added in range(version + 1, SCHEMA_VERSION + 1):
+            for column in ADDED_COLUMNS[added]:
+                db.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+        db.execute("DELETE FROM meta WHERE key = 'learnt'")
+        db.execute(f"PRAGMA user_version = {version}")
     db.close()
     with capture_logs() as logs:
         client, _ = await stored(tmp_path)
@@ -572,7 +580,7 @@ async def test_a_version_2_file_is_upgraded_in_place(
     assert "set aside" not in logs.getvalue()
     assert counters(after) == counters(before)
     with sqlite3.connect(tmp_path / "kz.sqlite") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     db.close()
 
 

@@ -66,7 +66,12 @@ class ReadResult:
     """Jobs read in one refresh, deduplicated by id, plus the rows that had to be skipped.
 
     `complete` says whether `jobs` is the whole list: when it is, whatever is not in it is
-    gone. Every client states it; there is no default.
+    gone. Every client states it; there is no default. Only positive evidence makes a job
+    gone: a complete list that lacks it, or a 404 when it is read by id (`gone`).
+
+    `needs_full`: an incremental read that found a full read necessary (more jobs left the
+    active list than are worth reading by id); what it read is taken in, and the refresher
+    decides when the full read runs (never under a scrape's deadline it cannot fit).
     """
 
     complete: bool
@@ -76,14 +81,16 @@ class ReadResult:
     # and an empty Counter costs a Python call to make where a dict costs none.
     skipped: dict[tuple[str, str], int] = field(default_factory=dict)
     first_skip: str | None = None
-    # Ids the platform answered 404 for, or no longer lists: to be forgotten.
+    # Ids the platform answered 404 for, or left out of a filtered read by id: to be forgotten.
     gone: set[str] = field(default_factory=set)
+    needs_full: bool = False
 
     def merge(self, other: ReadResult) -> None:
         self.jobs.update(other.jobs)
         add_counts(self.skipped, other.skipped)
         self.first_skip = self.first_skip or other.first_skip
         self.gone |= other.gone
+        self.needs_full = self.needs_full or other.needs_full
 
     def add_rows(
         self,
@@ -134,6 +141,14 @@ class PlatformClient(Protocol):
     """
 
     notices: dict[str, str]
+
+    def learnt(self) -> dict[str, str]:
+        """What the client learnt of the account, to keep across restarts and reloads."""
+        ...
+
+    def relearn(self, saved: Mapping[str, object]) -> None:
+        """Take back what `learnt` gave; keys this version does not know are ignored."""
+        ...
 
     async def read_all(self, budget: Budget) -> ReadResult:
         """Every job the account lists (within the configured filters); `complete`."""
@@ -309,6 +324,10 @@ async def read_by_id(
             job = parse(body)
         except RowError as exc:
             return exc
+        if job.id != job_id:
+            # Never taken for the job asked for, nor for the one it names: one job must not
+            # be counted twice, and the one asked for is not shown gone by it.
+            return RowError("the answer is for another id than the one asked for", field="id")
         if trace is not None:
             trace.read("detail", [body], [job])
         return job

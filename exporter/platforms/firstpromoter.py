@@ -66,8 +66,19 @@ ALL_STATUSES: tuple[Status, ...] = ("pending", "in_progress", "completed", "fail
 # lists, ask for pages of PER_PAGE and stop on an empty, short, oversized or repeated page.
 PER_PAGE = 100
 MAX_PAGES = 1000
+# What this client can learn of an account (`notices` keys), kept across restarts.
+_BEHAVIOURS = frozenset(
+    {
+        "processed_includes_failed",
+        "progress_not_percent",
+        "progress_is_fraction",
+        "progress_map_active_only",
+    }
+)
 
-ProgressMap = Mapping[str, float]
+# Batch id -> its progress number; None when the entry is not a usable number (the id is
+# listed all the same, and that batch's progress comes from its counts).
+ProgressMap = Mapping[str, float | None]
 # What `parse_row` reads of a BatchProcess row, and what else the reference lists.
 ROW_KEYS = RowKeys(
     read=frozenset(
@@ -86,6 +97,7 @@ ROW_KEYS = RowKeys(
         }
     ),
     documented=frozenset({"meta"}),
+    times=("created_at", "updated_at"),
 )
 
 
@@ -123,11 +135,23 @@ def _basis(row: dict[str, object]) -> int | None:
     return selected if selected is not None else optional_count(row, "total")
 
 
-def counts_failed_as_processed(row: object) -> bool:
-    """Whether a row shows `processed_count` already counting the failed items: with them
-    added again it would hold more items than the batch selected, while on its own it fits.
-    (Any batch that ended with failures shows it, when that is how the platform counts.)"""
+def _finished(row: object) -> bool:
+    """Whether a row is of a finished batch: only its counts are final, so only it is
+    evidence of how the account counts (a running batch's counts can be momentarily
+    inconsistent, and one such row must not change how every other batch is read)."""
     if not isinstance(row, dict):
+        return False
+    status = row.get("status")
+    phase = PHASES.get(status) if isinstance(status, str) else None
+    return phase is not None and phase.terminal
+
+
+def counts_failed_as_processed(row: object) -> bool:
+    """Whether a finished batch's row shows `processed_count` already counting the failed
+    items: with them added again it would hold more items than the batch selected, while on
+    its own it fits. (Any batch that ended with failures shows it, when that is how the
+    platform counts.)"""
+    if not isinstance(row, dict) or not _finished(row):
         return False
     try:
         processed = require_count(row, "processed_count")
@@ -139,21 +163,25 @@ def counts_failed_as_processed(row: object) -> bool:
 
 
 def _percent_of(row: dict[str, object], progress: ProgressMap | None) -> float | None:
-    """The batch's progress number: the progress map's, else the row's own `progress`."""
+    """The batch's progress number: the progress map's, else (the id not in the map) the
+    row's own `progress`; None when the map's entry is not a usable number, or neither
+    holds one: then the counts give the progress."""
     job_id = row.get("id")
-    value: float | None = (progress or {}).get(str(job_id)) if job_id is not None else None
-    if value is None:
-        field = row.get("progress")
-        if isinstance(field, int | float) and not isinstance(field, bool):
-            value = field
-    return value
+    key = str(job_id) if job_id is not None else None
+    if progress and key is not None and key in progress:
+        return progress[key]
+    field = row.get("progress")
+    if isinstance(field, int | float) and not isinstance(field, bool):
+        return field
+    return None
 
 
 def progress_unit(row: object, progress: ProgressMap | None, includes_failed: bool) -> str | None:
     """What a row shows the progress number to be, when it shows anything: "fraction" (at
     least half the items done, and a number of at most 1 close to the share done) or "other"
-    (above 100: not a percentage, perhaps a count of items)."""
-    if not isinstance(row, dict):
+    (above 100: not a percentage, perhaps a count of items). Only a finished batch shows it
+    (`_finished`)."""
+    if not isinstance(row, dict) or not _finished(row):
         return None
     value = _percent_of(row, progress)
     if value is None:
@@ -227,31 +255,36 @@ def parse_row(
     )
 
 
-def parse_progress(body: object) -> dict[str, float]:
+def parse_progress(body: object) -> dict[str, float | None]:
+    """The progress map: every id it lists, with its number, or None when the entry is not a
+    usable number (null, true, a word, a quoted number, a 400-digit integer): the id is still
+    listed, and that batch's progress comes from its counts."""
     if not isinstance(body, dict):
         raise UpstreamError("progress", "response is not a JSON object of id: percent")
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     # Every steady refresh reads the whole map (an entry per batch): the usual entry, a
     # float under a string key as JSON gives it, is taken without further checks.
     for key, value in body.items():
         if type(value) is float and type(key) is str:
-            out[key] = value
+            out[key] = value if value == value else None  # NaN is no number
         elif isinstance(value, bool) or not isinstance(value, int | float):
-            continue
+            out[str(key)] = None
         else:
             try:
                 out[str(key)] = float(value)
             except OverflowError:  # a 400-digit integer is no percentage
-                continue
+                out[str(key)] = None
     return out
 
 
 class FirstPromoterClient:
     """Reads one FirstPromoter account's batch processes.
 
-    Remembers what it learnt of the account: whether `processed_count` counts the failed
-    items (`notices`), and which batches it last saw unfinished, so that one missing from
-    every later answer is read by id to learn how it ended rather than forgotten unread.
+    Remembers what it learnt of the account (`notices`: whether `processed_count` counts
+    the failed items, what the progress number is out of, whether the progress map lists
+    only the batches in progress; kept across restarts and reloads through `learnt` and
+    `relearn`), and which batches it last saw unfinished, so that one missing from every
+    later answer is read by id to learn how it ended rather than forgotten unread.
     """
 
     def __init__(self, source: FirstPromoterSource, upstream: Upstream, settings: Settings) -> None:
@@ -265,9 +298,46 @@ class FirstPromoterClient:
         # Ids last seen queued, running or in a status nobody mapped.
         self._unfinished: set[str] = set()
 
+    def learnt(self) -> dict[str, str]:
+        """What this account was seen doing otherwise than the first guesses, to be kept."""
+        return dict(self.notices)
+
+    def relearn(self, saved: Mapping[str, object]) -> None:
+        """Take back what `learnt` gave (from the state store, or a runner a reload replaced),
+        without logging it again: it was logged when it was seen."""
+        for key, sentence in saved.items():
+            if key not in _BEHAVIOURS or not isinstance(sentence, str):
+                continue  # a key of another version: what it meant is not known here
+            self.notices[key] = sentence
+        self.includes_failed = self.includes_failed or "processed_includes_failed" in saved
+        if "progress_not_percent" in saved:
+            self.progress_scale = None
+        elif "progress_is_fraction" in saved and self.progress_scale == 100:
+            self.progress_scale = 1
+
     @staticmethod
     def _status_params(statuses: list[Status]) -> list[tuple[str, str]]:
         return [("filters[status][]", s) for s in statuses]
+
+    def _observe_map(self, rows: list[object], progress: ProgressMap) -> None:
+        """Learn from a full read whether the progress map lists only the batches in progress
+        whatever its filter asks: finished batches the list returned are absent from it.
+        Read right either way (absence from the map never makes a batch gone; deletions are
+        found by full reads and by-id reads), but said, since a batch that starts and
+        finishes between two scrapes is then found only by the next full read."""
+        if "progress_map_active_only" in self.notices or not progress:
+            return
+        finished = [r for r in rows if isinstance(r, dict) and _finished(r)]
+        if finished and all(str(r.get("id")) not in progress for r in finished):
+            notice(
+                self.notices,
+                logger,
+                self.source.name,
+                "progress_map_active_only",
+                "the progress map lists only the batches in progress, whatever statuses it is "
+                "asked for; finished batches stay counted, a batch that starts and finishes "
+                "between two scrapes is found by the next full read",
+            )
 
     def _observe(self, rows: list[object]) -> None:
         """Learn from rows, before any is parsed, how the account counts processed items."""
@@ -343,7 +413,7 @@ class FirstPromoterClient:
         result.add_rows("list", rows, self._parse(progress, observed=True), trace)
         return result
 
-    async def _progress(self, budget: Budget, statuses: list[Status]) -> dict[str, float]:
+    async def _progress(self, budget: Budget, statuses: list[Status]) -> dict[str, float | None]:
         body = await self.upstream.get_json(
             "progress", PROGRESS_PATH, self._status_params(statuses), budget
         )
@@ -361,6 +431,7 @@ class FirstPromoterClient:
         )
         result = self._parsed(rows, progress, complete=complete, trace=budget.trace)
         if complete:
+            self._observe_map(rows, progress)
             # Whatever a full read misses is forgotten: batches it last saw unfinished are
             # first read by id (they may have moved to a status nobody mapped, which no
             # filter names).
@@ -448,9 +519,11 @@ class FirstPromoterClient:
 
     async def read_changes(self, budget: Budget, known: Known) -> ReadResult:
         """The active batches, and the progress map of every wanted batch (one cheap request
-        that lists every id): ids never seen before, and batches that were unfinished and are
-        no longer in the active list, are read by id (a 404 forgets them); other ids the map
-        no longer lists are gone."""
+        that lists ids): ids never seen before, and batches that were unfinished and are no
+        longer in the active list, are read by id (a 404 forgets them). An id the map does
+        not list is not gone for that: the map may list only the batches in progress, or
+        leave one out; deletions are found by full reads and by-id reads. When more than
+        BY_ID_LIMIT reads would be needed, the result asks for a full read instead."""
         active_statuses = self._active_statuses()
         # The progress map of every configured status, beside the active rows: it lists ids.
         progress_read = self._progress(budget, self._configured_statuses())
@@ -464,9 +537,8 @@ class FirstPromoterClient:
         left = [i for i in unfinished if i not in result.jobs]
         wanted = [i for i in listed if i not in known.ids and i not in result.jobs]
         if len(wanted) + len(left) > BY_ID_LIMIT:
-            return await self.read_all(budget)
-        # Only ids the map dropped that are not about to be read by id are gone unread.
-        result.gone = {i for i in known.ids if i not in listed} - set(left)
+            result.needs_full = True
+            return self._settle(result)
         await read_by_id(
             result, [*wanted, *left], self._parse(progress), self.upstream, LIST_PATH, budget
         )

@@ -23,6 +23,7 @@ from exporter.jobs import (
     Job,
     Phase,
     QueueClock,
+    RowError,
     failure_file,
     failure_of,
     label,
@@ -69,6 +70,17 @@ MAX_EXTRA_PAGES = 20
 GAP_ROUNDS = 3
 # The page size every Kizen client is known to be served; used after a larger one is refused.
 SAFE_PAGE_SIZE = 100
+# What this client can learn of a business (`notices` keys), kept across restarts.
+_BEHAVIOURS = frozenset(
+    {
+        "page_size_capped",
+        "page_size_refused",
+        "count_missing",
+        "next_missing",
+        "completed_means_succeeded",
+        "started_after_ignored",
+    }
+)
 # What `parse_row` reads of a ReadBulkActionProgress row, and what else the reference lists.
 ROW_KEYS = RowKeys(
     read=frozenset(
@@ -86,6 +98,7 @@ ROW_KEYS = RowKeys(
         }
     ),
     documented=frozenset({"meta", "report", "imported_file", "export_file"}),
+    times=("started_at", "completed_at"),
 )
 UUID_FORM = re.compile(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 
@@ -148,6 +161,19 @@ def _count(row: dict[str, object], field: str) -> int:
     return require_count(row, field)  # raises the precise RowError
 
 
+def canonical_id(job_id: str) -> str:
+    """A job id as the exporter keeps it: a UUID in lower case, since UUIDs compare without
+    regard to case (a by-id answer may spell the id it was asked for in upper case, and one
+    job must not become two). An id a URL path cannot carry (`.`, `..`: HTTP normalises
+    them away, and the by-id read would fetch the list) is a bad field."""
+    lowered = job_id.lower()
+    if lowered != job_id and UUID_FORM.fullmatch(job_id) is not None:
+        return lowered
+    if job_id.strip(".") == "":
+        raise RowError("id is a dot segment, which a URL path cannot carry", field="id")
+    return job_id
+
+
 def parse_row(row: object, redact: Redact | None = None) -> Job:
     """Map one ReadBulkActionProgress object to a Job; RowError if it is unusable. `redact`
     masks secrets in the failure report's file name kept for the landing page.
@@ -158,6 +184,7 @@ def parse_row(row: object, redact: Redact | None = None) -> Job:
     job_id = row.get("id")
     if type(job_id) is not str or not 0 < len(job_id) <= MAX_ID_LENGTH:
         job_id = require_id(job_id)
+    job_id = canonical_id(job_id)
     status = require_str(row, "status")
     phase = PHASES.get(status, Phase.UNKNOWN)
     pending = _count(row, "pending_count")
@@ -285,6 +312,21 @@ class KizenClient:
     def _notice(self, key: str, sentence: str) -> None:
         notice(self.notices, logger, self.source.name, key, sentence)
 
+    def learnt(self) -> dict[str, str]:
+        """What this business was seen doing otherwise than the first guesses, to be kept
+        across restarts and reloads (`relearn`)."""
+        return dict(self.notices)
+
+    def relearn(self, saved: Mapping[str, object]) -> None:
+        """Take back what `learnt` gave, without logging it again."""
+        for key, sentence in saved.items():
+            if key in _BEHAVIOURS and isinstance(sentence, str):
+                self.notices[key] = sentence
+        if "started_after_ignored" in saved:
+            self.started_after_ignored = True
+        if "page_size_refused" in saved:
+            self.page_size = min(self.page_size, SAFE_PAGE_SIZE)
+
     def _parse(self, row: object) -> Job:
         return parse_row(row, self.upstream.redact)
 
@@ -343,6 +385,11 @@ class KizenClient:
                 source=self.source.name,
                 page_size=self.page_size,
                 reason=str(exc),
+            )
+            # Kept like the account's other behaviours (a restart does not ask again), but
+            # said in the warning above rather than a second time.
+            self.notices["page_size_refused"] = (
+                f"a page size of {self.page_size} was refused; pages of {SAFE_PAGE_SIZE} are read"
             )
             self.page_size = SAFE_PAGE_SIZE
             return await self._page(1, self.page_size, budget, extra)
@@ -427,6 +474,19 @@ class KizenClient:
             result, coverage, pages, last.next if last else None, size, budget, extra
         )
         await self._fill_gaps(result, coverage, budget, extra, workers)
+        if complete and coverage.gaps():
+            # Rows `count` promised that no page served (a page answered 404 or came back
+            # empty while later pages held rows, or rows kept moving): what was read is
+            # taken in, but nothing is removed for missing from it.
+            result.complete = False
+            log(
+                logger,
+                logging.WARNING,
+                "the list was read in part (rows its count promised were not served); "
+                "nothing is removed until a complete read",
+                source=self.source.name,
+                rows_missing=sum(b - a for a, b in coverage.gaps()),
+            )
         return result
 
     async def _follow(
@@ -622,6 +682,7 @@ class KizenClient:
         active.merge(finished)
         missing = [job_id for job_id in known.active if job_id not in active.jobs]
         if len(missing) > BY_ID_LIMIT:
-            return await self.read_all(budget)
+            active.needs_full = True
+            return active
         await read_by_id(active, missing, self._parse, self.upstream, LIST_PATH, budget)
         return active

@@ -56,6 +56,29 @@ BEHAVIOUR_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
         ("present", "missing"),
         "whether Kizen pages carry count",
     ),
+    "--firstpromoter-progress-map": (
+        "fp_progress_map",
+        ("filtered", "active"),
+        "what the FirstPromoter progress map lists: the batches its filter asks for, or only "
+        "those in progress",
+    ),
+    "--firstpromoter-progress-entries": (
+        "fp_progress_entries",
+        ("numbers", "garbled"),
+        "FirstPromoter progress map entries: numbers, or some missing, null, true, words, "
+        "quoted numbers",
+    ),
+    "--counts": (
+        "counts",
+        ("monotonic", "stale"),
+        "unfinished jobs' counts: as they are, or every other list answer those of the tick "
+        "before (a stale replica)",
+    ),
+    "--kizen-detail-id": (
+        "kizen_detail_id",
+        ("as-listed", "upper"),
+        "Kizen by-id answers: the id as listed, or in upper case",
+    ),
 }
 
 

@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from exporter.simulator.world import FP_ACTIVE, FPBatch, KizenJob, World
+from exporter.simulator.world import FP_ACTIVE, KIZEN_ACTIVE, FPBatch, KizenJob, World
 
 KIZEN_PREFIX = "/kizen"
 FP_PREFIX = "/firstpromoter/api/v2/company"
@@ -81,6 +81,17 @@ class Behaviour:
     kizen_next: Literal["present", "missing"] = "present"
     # Kizen `count`: present on every page, or absent.
     kizen_count: Literal["present", "missing"] = "present"
+    # FirstPromoter progress map: the batches its filter asks for, or only the batches in
+    # progress whatever it asks.
+    fp_progress_map: Literal["filtered", "active"] = "filtered"
+    # FirstPromoter progress map entries: numbers, or (by batch id) some missing and some
+    # null, true, a word or a quoted number.
+    fp_progress_entries: Literal["numbers", "garbled"] = "numbers"
+    # Counts of unfinished jobs, both platforms: as they are, or every other list answer
+    # those of the tick before (a stale replica: counts need not be monotonic).
+    counts: Literal["monotonic", "stale"] = "monotonic"
+    # Kizen by-id answers: the id as listed, or spelt in upper case.
+    kizen_detail_id: Literal["as-listed", "upper"] = "as-listed"
 
 
 @dataclass
@@ -95,6 +106,14 @@ class Credentials:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _stale(row: dict[str, Any], previous: tuple[int, int, int] | None) -> dict[str, Any]:
+    """A Kizen row as a stale replica answers it: the counts of the tick before."""
+    if previous is None or row.get("status") not in KIZEN_ACTIVE:
+        return row
+    pending, success, failed = previous
+    return {**row, "pending_count": pending, "success_count": success, "failed_count": failed}
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -131,6 +150,11 @@ class Simulator:
         self._rows: dict[str, tuple[tuple[object, ...], str]] = {}
         # ... or, when set, refused with a 400 field error (a server that validates page_size).
         self.kizen_refuse_page_size_above: int | None = None
+        # Kizen list pages that answer 404 Invalid page, or an empty page, while the others
+        # answer as usual (a flaky backend): page number -> "404" or "empty".
+        self.kizen_broken_pages: dict[int, Literal["404", "empty"]] = {}
+        # List answers so far per platform, for `Behaviour.counts == "stale"`.
+        self._answers: Counter[str] = Counter()
 
     # --- plumbing ------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -321,8 +345,15 @@ class Simulator:
             head_fields["next"] = None
         if behaviour.kizen_count == "missing":
             del head_fields["count"]
+        broken = self.kizen_broken_pages.get(page)
+        if broken == "404":
+            return _json({"detail": "Invalid page."}, 404)
         head = json.dumps(head_fields)
-        results = ", ".join(self.kizen_row(j) for j in rows[(page - 1) * size : page * size])
+        served = [] if broken == "empty" else rows[(page - 1) * size : page * size]
+        if self._stale_turn("kizen"):
+            results = ", ".join(json.dumps(_stale(j.to_json(), j.previous)) for j in served)
+        else:
+            results = ", ".join(self.kizen_row(j) for j in served)
         body = f'{head[:-1]}, "results": [{results}], "errors": null}}'
         return web.Response(body=body.encode(), content_type="application/json")
 
@@ -351,10 +382,21 @@ class Simulator:
         if denied is not None:
             return denied
         job_id = request.match_info["job_id"]
-        job = self.world.kizen_job(job_id) if _UUID.match(job_id) else None
+        # UUIDs compare without regard to case, as a database's uuid column does.
+        job = self.world.kizen_job(job_id.lower()) if _UUID.match(job_id) else None
         if job is None:
             return _json({"detail": "Not found."}, 404)
-        return _json(job.to_json())
+        row = job.to_json()
+        if self.behaviour.kizen_detail_id == "upper":
+            row["id"] = str(row["id"]).upper()
+        return _json(row)
+
+    def _stale_turn(self, platform: str) -> bool:
+        """Whether this list answer is a stale replica's (every other one, in that world)."""
+        if self.behaviour.counts != "stale":
+            return False
+        self._answers[platform] += 1
+        return self._answers[platform] % 2 == 0
 
     # --- FirstPromoter -------------------------------------------------------------------
     def _fp_auth(self, request: web.Request) -> web.Response | None:
@@ -424,13 +466,38 @@ class Simulator:
             except ValueError:
                 page, per_page = 1, 20
             batches = batches[(page - 1) * per_page : page * per_page]
-        return _json([self.fp_row(b) for b in batches])
+        rows = [self.fp_row(b) for b in batches]
+        if self._stale_turn("firstpromoter"):
+            rows = [self._fp_stale(row, b) for row, b in zip(rows, batches, strict=True)]
+        return _json(rows)
+
+    def _fp_stale(self, row: dict[str, Any], batch: FPBatch) -> dict[str, Any]:
+        if batch.previous is None or not batch.active:
+            return row
+        processed, failed = batch.previous
+        row = {**row, "processed_count": processed, "failed_count": failed}
+        if self.behaviour.fp_processed == "includes-failed":
+            row["processed_count"] = processed + failed
+        return row
 
     async def fp_progress(self, request: web.Request) -> web.Response:
         batches, error = self._fp_selected(request)
         if error is not None:
             return error
-        return _json({str(b.id): self.fp_percent(b) for b in batches})
+        if self.behaviour.fp_progress_map == "active":
+            batches = [b for b in batches if b.active]
+        if self.behaviour.fp_progress_entries == "numbers":
+            return _json({str(b.id): self.fp_percent(b) for b in batches})
+        entries: dict[str, object] = {}
+        for b in batches:
+            # By id, so that each batch keeps its kind of entry from one answer to the next.
+            kind = b.id % 6
+            if kind == 0:
+                continue  # missing
+            entries[str(b.id)] = (None, True, "n/a", str(self.fp_percent(b)), self.fp_percent(b))[
+                kind - 1
+            ]
+        return _json(entries)
 
     async def fp_detail(self, request: web.Request) -> web.Response:
         denied = self._fp_auth(request)

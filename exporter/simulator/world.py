@@ -73,6 +73,8 @@ class KizenJob:
     frozen: bool = False  # never moves at all: the demo's stalled job
     fate: tuple[int, str] | None = None  # (tick, status): the demo's scripted ending
     extra: dict[str, Any] = field(default_factory=dict)
+    # (pending, success, failed) before the last tick: what a stale replica answers.
+    previous: tuple[int, int, int] | None = None
 
     @property
     def active(self) -> bool:
@@ -123,6 +125,8 @@ class FPBatch:
     frozen: bool = False
     fate: tuple[int, str] | None = None
     progress_override: int | None = None
+    # (processed, failed) before the last tick: what a stale replica answers.
+    previous: tuple[int, int] | None = None
     # Strings as documented; a test may put anything here (bad input).
     processing_errors: list[Any] = field(default_factory=list)
 
@@ -351,8 +355,10 @@ class World:
         rng, t = self.rng, self.tuning
         self.ticks += 1
         for job in [j for j in self.kizen if j.active]:
+            job.previous = (job.pending, job.success, job.failed)
             self._step_kizen(job, now)
         for batch in [b for b in self.fp.values() if b.active]:
+            batch.previous = (batch.processed, batch.failed)
             self._step_fp(batch, now)
         if rng.random() < t.new_job_chance:
             self.add_kizen_job(action=rng.choice(KIZEN_ACTIONS), pending=rng.randint(30, 1500))
