@@ -185,16 +185,34 @@ class Reference:
 
 
 class WorldReference:
-    """The expected numbers of both sources of a simulated world (`kz` and `fp`)."""
+    """The expected numbers of both sources of a simulated world (`kz` and `fp`).
 
-    def __init__(self, world: World) -> None:
+    lingering: as an incremental reader sees the world between two full reads: a finished
+    batch deleted from the account is still known as it last was (only a complete list, or
+    a 404 when read by id, is evidence that a job is gone; a finished batch is not read by
+    id again), until `full_read` says a full read took it in."""
+
+    def __init__(self, world: World, *, lingering: bool = False) -> None:
         self.world = world
+        self.lingering = lingering
         self.kizen = Reference("kizen", "kz", QueueClock.START_KNOWN)
         self.fp = Reference("firstpromoter", "fp", QueueClock.CREATION_KNOWN)
+        self._fp_known: dict[str, Truth] = {}
 
     def observe(self) -> None:
         self.kizen.observe(kizen_truth(j) for j in self.world.kizen)
-        self.fp.observe(fp_truth(b) for b in self.world.fp.values())
+        now = {str(b.id): fp_truth(b) for b in self.world.fp.values()}
+        if self.lingering:
+            left = {i: t for i, t in self._fp_known.items() if i not in now and t.phase.terminal}
+            now = {**left, **now}
+        self._fp_known = now
+        self.fp.observe(now.values())
+
+    def full_read(self) -> None:
+        """A full read took the whole list in: deleted batches are forgotten."""
+        present = {str(b.id) for b in self.world.fp.values()}
+        self._fp_known = {i: t for i, t in self._fp_known.items() if i in present}
+        self.fp.current = [t for t in self.fp.current if t.id in present]
 
     def samples(self) -> Samples:
         return {**self.kizen.samples(), **self.fp.samples()}

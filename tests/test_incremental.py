@@ -148,17 +148,29 @@ async def test_jobs_born_and_finished_between_scrapes_are_caught(
     assert sim.count("kizen", "detail") == 0
 
 
-async def test_vanished_jobs_are_forgotten(sim: SimHandle, exporter: ExporterFactory) -> None:
+async def test_vanished_jobs_are_forgotten_on_evidence_only(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    """An active job read by id that answers 404 is gone at once; a finished batch deleted
+    from the account (no longer in the progress map, which is no evidence) is gone when the
+    next full read's complete list lacks it."""
     history(sim, 3)
     victim = sim.world.add_fp_batch(status="completed", selected_total=1, processed=1)
     active = sim.world.add_kizen_job(status="in_progress", pending=3, started_at=time.time())
-    client = await exporter()
+    client = await exporter(defaults="  full_sync_interval: 2s\n")
     await scrape(client)
     del sim.world.fp[victim.id]  # no longer in the progress map
     sim.world.kizen.remove(active)  # an active job the platform no longer knows: 404 by id
     s = await scrape(client)
-    assert one(s, "bulk_jobs", source="fp", action="promoters/accept", phase="completed") == 3
+    assert one(s, "bulk_jobs", source="fp", action="promoters/accept", phase="completed") == 4
     assert one(s, "bulk_jobs", source="kz", action="custom_object_upload", phase="running") == 0
+
+    async def forgotten() -> bool:
+        s = await scrape(client)
+        fp = one(s, "bulk_jobs", source="fp", action="promoters/accept", phase="completed")
+        return fp == 3
+
+    await eventually(forgotten, "the deleted batch forgotten by a full read", interval=0.25)
 
 
 async def test_full_sync_interval_rereads_everything(
@@ -264,19 +276,29 @@ WORLDS: dict[str, tuple[Behaviour, int | None]] = {
     "kizen-page-cap-7": (Behaviour(), 7),
     "kizen-next-missing": (Behaviour(kizen_next="missing"), None),
     "kizen-count-missing": (Behaviour(kizen_count="missing"), None),
+    "fp-progress-map-active": (Behaviour(fp_progress_map="active"), None),
+    "fp-progress-entries-garbled": (Behaviour(fp_progress_entries="garbled"), None),
+    "kizen-detail-id-upper": (Behaviour(kizen_detail_id="upper"), None),
     "every-other-way": (
         Behaviour(
             fp_unfiltered="active",
             fp_processed="includes-failed",
             fp_progress="items",
+            fp_progress_map="active",
+            fp_progress_entries="garbled",
             kizen_completed="succeeded",
             kizen_started_after="ignored",
             kizen_next="missing",
             kizen_count="missing",
+            kizen_detail_id="upper",
         ),
         7,
     ),
 }
+# Worlds where a batch that starts and finishes between two scrapes is found only by the next
+# full read (the progress map does not list it): there the churn takes one tick a scrape, so
+# that every batch is seen unfinished once (docs/api.md says so of these worlds).
+ONE_TICK = ("fp-progress-map-active", "every-other-way")
 
 
 @pytest.mark.parametrize("world_name", list(WORLDS))
@@ -310,27 +332,30 @@ async def test_numbers_match_the_simulators_truth_under_churn(
         "fp_extra": "    incremental: false\n" + fast,
     }
 
-    async def start_pair() -> tuple[Client, Client, WorldReference]:
-        reference = WorldReference(world)
+    async def start_pair() -> tuple[Client, Client, WorldReference, WorldReference]:
+        reference, lingering = WorldReference(world), WorldReference(world, lingering=True)
         inc, full = await exporter(**incremental_cfg), await exporter(**full_cfg)
         reference.observe()
-        for client in (inc, full):
-            assert reference_differences(await scrape(client), reference) == {}
-        return inc, full, reference
+        lingering.observe()
+        for client, expected in ((inc, lingering), (full, reference)):
+            assert reference_differences(await scrape(client), expected) == {}
+        return inc, full, reference, lingering
 
-    inc, full, reference = await start_pair()
+    inc, full, reference, lingering = await start_pair()
     transitions = 0
     # The default world gets the long run, the one where every guess goes the other way (whose
     # full reads go page after page, the slowest) a longer one than a world with one
     # alternative, which gets a shorter one (it still sees jobs start, finish, fail,
     # be cancelled and vanish, rows shift between pages, and a restart).
-    rounds = {"default": 70, "every-other-way": 40}.get(world_name, 30)
+    rounds = {"default": 70, "every-other-way": 40, "fp-progress-map-active": 50}.get(
+        world_name, 30
+    )
     for round_number in range(rounds):
         if round_number == rounds // 2:  # a restart in the middle: fresh baselines for all
             await inc.close()
             await full.close()
-            inc, full, reference = await start_pair()
-        for _ in range(rng.randint(1, 3)):
+            inc, full, reference, lingering = await start_pair()
+        for _ in range(1 if world_name in ONE_TICK else rng.randint(1, 3)):
             before = {j.id: (j.status, j.success, j.failed) for j in world.kizen}
             world.step()
             transitions += sum(
@@ -345,10 +370,11 @@ async def test_numbers_match_the_simulators_truth_under_churn(
         await scrape(inc)
         sim.sim.kizen_insert_per_page = 0
         reference.observe()
-        for name, client in (("full", full), ("incremental", inc)):
+        lingering.observe()
+        for name, client, expected in (("full", full, reference), ("incremental", inc, lingering)):
             s = await scrape(client)
             assert set(select(s, "bulk_up").values()) == {1}, last_errors(client)
-            wrong = reference_differences(s, reference)
+            wrong = reference_differences(s, expected)
             assert wrong == {}, f"round {round_number}, {name}: {wrong}"
     assert transitions > 2 * rounds
     # The churn really exercised the counters and the histograms.
