@@ -87,6 +87,14 @@ def closed(runner: SourceRunner) -> bool:
     return session is None or session.closed
 
 
+def two_running(sim: SimHandle) -> tuple[KizenJob, KizenJob]:
+    now = time.time()
+    return (
+        sim.world.add_kizen_job(status="in_progress", pending=10, started_at=now - 60),
+        sim.world.add_kizen_job(status="in_progress", pending=10, started_at=now - 30),
+    )
+
+
 def finish(job: KizenJob, success: int) -> None:
     job.status, job.pending, job.success, job.completed_at = "completed", 0, success, time.time()
 
@@ -138,9 +146,7 @@ async def test_a_scrape_in_flight_during_a_reload_still_answers(
 async def test_a_job_finishing_across_a_tunable_reload_counts_once(
     sim: SimHandle, start: Start, tmp_path: Path
 ) -> None:
-    now = time.time()
-    first = sim.world.add_kizen_job(status="in_progress", pending=10, started_at=now - 60)
-    second = sim.world.add_kizen_job(status="in_progress", pending=10, started_at=now - 30)
+    first, second = two_running(sim)
     client, runtime = await start(kizen_only(sim))
     await scrape(client)  # the baseline: both running
     finish(first, 10)
@@ -212,9 +218,7 @@ def stored_counters(path: Path) -> dict[str, Any]:
 async def test_with_storage_a_tunable_reload_keeps_memory_and_saves_the_last_refresh(
     sim: SimHandle, start: Start, tmp_path: Path
 ) -> None:
-    now = time.time()
-    first = sim.world.add_kizen_job(status="in_progress", pending=10, started_at=now - 60)
-    second = sim.world.add_kizen_job(status="in_progress", pending=10, started_at=now - 30)
+    first, second = two_running(sim)
     storage = tmp_path / "state"
     client, runtime = await start(kizen_only(sim), storage)
     await scrape(client)
