@@ -15,7 +15,7 @@ from exporter.collector import ExporterStatus
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import log
 from exporter.redact import Redactor
-from exporter.source import SourceRunner, SourceSnapshot
+from exporter.source import SourceRunner, SourceSnapshot, same_account
 from exporter.state import StateStore
 from exporter.upstream import ConnectionPool
 
@@ -63,6 +63,9 @@ class Runtime:
         self.reload_success_timestamp = time.time()
         self.ready = False
         self._reload_lock = asyncio.Lock()
+        # Runners a reload retired, closing in the background once their refreshes in
+        # flight have answered (`SourceRunner.retire`); `close` ends them at once.
+        self._retiring: dict[asyncio.Task[None], SourceRunner] = {}
         # Told how many sources this replica runs whenever a configuration is swapped in: the
         # serving command sizes the garbage collector by it (exporter.garbage).
         self._on_sources = on_sources
@@ -83,18 +86,24 @@ class Runtime:
             return None
         return self.shard.of(name)
 
-    def _runner(self, config: Config, index: int) -> SourceRunner:
+    def _runner(
+        self, config: Config, index: int, predecessor: SourceRunner | None = None
+    ) -> SourceRunner:
         source = config.sources[index]
-        runner = SourceRunner(source, config.settings(source), self.redactor, self.pool)
+        runner = SourceRunner(
+            source, config.settings(source), self.redactor, self.pool, predecessor=predecessor
+        )
         if self.store is not None:
-            self.store.attach(runner)
+            self.store.attach(runner, handed_over=predecessor is not None)
         return runner
 
     def _apply(self, config: Config) -> list[SourceRunner]:
         """Swap in a new configuration; returns the runners that are no longer used.
 
         A source whose configuration and effective settings are unchanged keeps its runner,
-        and with it its connections, counters and job registry.
+        and with it its connections, counters and job registry. One whose account is the same
+        (only tunables changed) gets a new runner that takes the old one over: its jobs,
+        counters and histograms go on (`SourceRunner` explains how). The rest start afresh.
         """
         old = self.sources
         new: dict[str, SourceRunner] = {}
@@ -109,17 +118,37 @@ class Runtime:
             ):
                 new[source.name] = runner
             else:
-                new[source.name] = self._runner(config, i)
+                heir = runner is not None and same_account(runner.config, source)
+                new[source.name] = self._runner(config, i, runner if heir else None)
         self.config = config
         self.sources = new
         retired = [r for name, r in old.items() if new.get(name) is not r]
+        taken = {id(r.predecessor) for r in new.values() if r.predecessor is not None}
         for runner in retired:
-            runner.on_refreshed = None  # a refresh finishing late must not save over its successor
+            if id(runner) in taken:
+                # Its successor closes it when it takes it over; until then its last refresh
+                # still saves (the state is the very same tracker's).
+                continue
+            runner.detach()  # a refresh finishing late must not save over its successor
+            task = asyncio.create_task(runner.retire(), name=f"retire-{runner.name}")
+            self._retiring[task] = runner
+            task.add_done_callback(self._retired)
         if self.store is not None:
             self.store.keep_only(new.values())
         if self._on_sources is not None:
             self._on_sources(len(new))
         return retired
+
+    def _retired(self, task: asyncio.Task[None]) -> None:
+        runner = self._retiring.pop(task)
+        if not task.cancelled() and task.exception() is not None:
+            log(
+                logger,
+                logging.ERROR,
+                "closing a retired source failed",
+                source=runner.name,
+                reason=repr(task.exception()),
+            )
 
     async def reload(self) -> None:
         """Re-read the configuration file; on any problem keep serving the old one."""
@@ -158,7 +187,6 @@ class Runtime:
             )
             for warning in config.warnings():
                 log(logger, logging.WARNING, warning)
-        await asyncio.gather(*(r.close() for r in retired))
 
     async def scrape(
         self, names: Sequence[str] | None = None, wait: float | None = None, *, traced: bool = False
@@ -171,7 +199,13 @@ class Runtime:
         return list(await asyncio.gather(*(r.snapshot(wait, traced=traced) for r in runners)))
 
     async def close(self) -> None:
-        await asyncio.gather(*(r.close() for r in self.sources.values()))
+        retiring = dict(self._retiring)
+        for task in retiring:
+            task.cancel()
+        await asyncio.gather(*retiring, return_exceptions=True)
+        # A current runner's close also closes the predecessor it still holds.
+        runners = [*self.sources.values(), *retiring.values()]
+        await asyncio.gather(*(r.close() for r in runners))
         await self.pool.close()
         if self.store is not None:
             self.store.close()

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
+import hmac
 import logging
 import operator
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 from urllib.parse import urlsplit
 
 from exporter.eta import History
@@ -115,6 +116,32 @@ class _FailureLog:
         self._failing = kind
 
 
+@runtime_checkable
+class Learning(Protocol):
+    """A platform client that can hand what it learnt of its account's behaviour to the
+    client that replaces it at a reload: `learnt()` says it, `relearn(saved)` takes it in.
+    A client without these methods simply starts learning afresh."""
+
+    def learnt(self) -> dict[str, object]: ...
+
+    def relearn(self, saved: Mapping[str, object]) -> None: ...
+
+
+def _secret(source: SourceConfig) -> bytes:
+    return source.api_key.get_secret_value().encode() if source.api_key is not None else b""
+
+
+def same_account(a: SourceConfig, b: SourceConfig) -> bool:
+    """Whether two configurations read the same account: same platform, base URL,
+    identifiers and API key (compared in memory, never written)."""
+    return (
+        a.platform_name == b.platform_name
+        and a.url == b.url
+        and a.identifiers() == b.identifiers()
+        and hmac.compare_digest(_secret(a), _secret(b))
+    )
+
+
 T = TypeVar("T")
 
 
@@ -133,7 +160,13 @@ def _kept(live: T, previous: T | None, copy_of: Callable[[T], T] | None = None) 
 
 class SourceRunner:
     """Owns one source at run time: its upstream, client, tracker and refresher, the refresh
-    in flight, and the last snapshot."""
+    in flight, and the last snapshot.
+
+    A runner built at a reload for the same account as the one it replaces (`same_account`)
+    is given that one as its `predecessor`: it shares its tracker from the start (jobs,
+    counters and histograms go on), and at its first refresh, once the predecessor's
+    refreshes have ended, takes over the rest (`_take_over`) and closes it.
+    """
 
     def __init__(
         self,
@@ -141,6 +174,8 @@ class SourceRunner:
         settings: Settings,
         redact: Redact,
         pool: ConnectionPool | None = None,
+        *,
+        predecessor: SourceRunner | None = None,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -155,12 +190,20 @@ class SourceRunner:
             redact=redact,
             pool=pool,
         )
-        self.tracker = JobTracker(
-            config.QUEUE_CLOCK,
-            settings.max_actions,
-            max_details=settings.max_job_series,
-            detail_retention=settings.finished_job_retention,
-        )
+        if predecessor is None:
+            self.tracker = JobTracker(
+                config.QUEUE_CLOCK,
+                settings.max_actions,
+                max_details=settings.max_job_series,
+                detail_retention=settings.finished_job_retention,
+            )
+        else:
+            # The very object: a refresh of the predecessor still in flight updates what this
+            # runner will report (the two never refresh at once, see `_take_over`).
+            self.tracker = predecessor.tracker
+            self.tracker.max_actions = settings.max_actions
+            self.tracker.max_details = settings.max_job_series
+            self.tracker.detail_retention = settings.finished_job_retention
         self.refresher = Refresher(
             config.name,
             config.client(self.upstream, settings),
@@ -170,7 +213,12 @@ class SourceRunner:
             keys=config.ROW_KEYS,
         )
         self.last: SourceSnapshot | None = None
-        self.last_success: float | None = None
+        self.last_success: float | None = (
+            predecessor.last_success if predecessor is not None else None
+        )
+        # The runner this one replaced at a reload, until this one has taken it over.
+        self._predecessor = predecessor
+        self._handover = asyncio.Lock()
         self._last_done = 0.0
         self._inflight: asyncio.Task[SourceSnapshot] | None = None  # the refresh running
         self._inflight_traced = False
@@ -188,6 +236,19 @@ class SourceRunner:
     @property
     def platform(self) -> str:
         return self.config.platform_name
+
+    @property
+    def predecessor(self) -> SourceRunner | None:
+        """The runner this one replaced at a reload, while it is not taken over yet."""
+        return self._predecessor
+
+    def detach(self) -> None:
+        """Stop saving after refreshes, this runner's and its predecessors': a refresh that
+        finishes late must not save over the successor of another account."""
+        runner: SourceRunner | None = self
+        while runner is not None:
+            runner.on_refreshed = None
+            runner = runner._predecessor
 
     async def snapshot(self, wait: float | None = None, *, traced: bool = False) -> SourceSnapshot:
         """A fresh refresh's result, shared with concurrent callers, or a young one reused.
@@ -296,6 +357,10 @@ class SourceRunner:
         return await self._refresh(seconds, traced=True)
 
     async def _refresh(self, seconds: float, traced: bool = False) -> SourceSnapshot:
+        if self._predecessor is not None:
+            # Before this refresh's deadline starts: the wait is bounded by the
+            # predecessor's own deadline, and this refresh then gets its whole timeout.
+            await self._take_over()
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         deadline = loop.time() + seconds
@@ -346,7 +411,47 @@ class SourceRunner:
         self._last_done = time.monotonic()
         return snapshot
 
+    async def _settle(self) -> None:
+        """Return once no refresh of this runner runs or is queued (each ends on its own
+        deadline) and its own takeover, if pending, is done."""
+        while True:
+            tasks = {t for t in (self._inflight, self._queued) if t is not None and not t.done()}
+            if not tasks:
+                break
+            await asyncio.wait(tasks)
+        await self._take_over()
+
+    async def _take_over(self) -> None:
+        """Take over the predecessor: let its refreshes end (they share the tracker), then
+        take its reading schedule, what its client learnt and its request counters, and
+        close it. Its background full read is cancelled: one starts again as after a
+        restart. Chains (reloaded twice before a refresh) are taken over from the oldest."""
+        async with self._handover:
+            old = self._predecessor
+            if old is None:
+                return
+            await old._settle()
+            await old.close()
+            self.refresher.restore(old.refresher.state)
+            if isinstance(old.refresher.client, Learning) and isinstance(
+                self.refresher.client, Learning
+            ):
+                self.refresher.client.relearn(old.refresher.client.learnt())
+            # bulk_api_requests_total and the rate-limit wait go on, as the tracker's do.
+            self.upstream.requests.update(old.upstream.requests)
+            self.upstream.rate_limit_wait += old.upstream.rate_limit_wait
+            self.last_success = old.last_success or self.last_success
+            self._predecessor = None
+
+    async def retire(self) -> None:
+        """Close once the refreshes in flight or queued have ended: the scrapes waiting on
+        them get their answer. For a runner a reload replaced by another account's."""
+        await self._settle()
+        await self.close()
+
     async def close(self) -> None:
+        """Stop at once: refreshes in flight are cancelled, and so is the predecessor still
+        held, if any. Safe to call more than once."""
         await self.refresher.close()
         # Both: the queued one only waits on the one in flight, and neither ends the other.
         tasks = [t for t in (self._queued, self._inflight) if t is not None and not t.done()]
@@ -356,3 +461,6 @@ class SourceRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.upstream.close()
+        predecessor, self._predecessor = self._predecessor, None
+        if predecessor is not None:
+            await predecessor.close()

@@ -6,9 +6,14 @@ job. After every successful refresh one transaction writes what changed: the job
 marks dirty, the ones it dropped, and the counters when they moved. SQLite's journal (WAL)
 makes a kill at any moment leave the previous or the new state.
 
-A file that cannot be read, is corrupt or has a newer schema is renamed aside (never deleted)
-and its source starts afresh. A directory that cannot be written costs nothing but the
-persistence: each failed write is counted and each kind of failure logged once.
+A file that is corrupt, has a newer schema or belongs to another account is renamed aside
+(never deleted) and its source starts afresh. A file that cannot be opened for a passing
+reason (locked by another process, disk full, read-only) is never set aside: each save counts
+a failed write and tries again, and once the file opens its state is restored under what the
+source saw meanwhile (`_Held`). A directory that cannot be written costs nothing but the
+persistence: each failed write is counted and each kind of failure logged once. A file
+deleted or replaced under the running exporter is noticed at the next save and written
+afresh from memory (a replaced one is set aside first: it is not this exporter's).
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import sqlite3
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 
 from exporter.config import masked_url
 from exporter.eta import History
@@ -43,6 +48,9 @@ logger = logging.getLogger("exporter.state")
 # held each job as JSON text).
 SCHEMA_VERSION = 4
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
+# How long opening or writing a file waits for another process's lock before it counts as a
+# passing failure (tried again at the next save).
+BUSY_TIMEOUT = 5.0
 _JOB_COLUMNS = """
     id TEXT PRIMARY KEY, action TEXT NOT NULL, object TEXT NOT NULL, status TEXT NOT NULL,
     phase TEXT NOT NULL, pending INTEGER NOT NULL, succeeded INTEGER NOT NULL,
@@ -81,6 +89,7 @@ SELECT count(*) FROM jobs WHERE
     OR typeof(peak_succeeded) NOT IN ('integer', 'null')
     OR typeof(peak_failed) NOT IN ('integer', 'null')
 """
+K = TypeVar("K")
 _PHASES = {phase.value: phase for phase in Phase}
 _PHASE_TEXT = {phase: phase.value for phase in Phase}
 
@@ -275,6 +284,16 @@ def _restore_counters(tracker: JobTracker, meta: dict[str, str]) -> None:
     tracker.actions = set(load("actions"))
 
 
+class _Inode(NamedTuple):
+    device: int
+    number: int
+
+
+def _inode(path: Path) -> _Inode:
+    st = os.stat(path)
+    return _Inode(st.st_dev, st.st_ino)
+
+
 class _SourceFile:
     """The open state file of one source."""
 
@@ -282,7 +301,9 @@ class _SourceFile:
         self.path = path
         # The meta rows as the file holds them, so that a save writes only those that moved.
         self.written: dict[str, str] = {}
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+        )
         try:
             version = self.db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -305,6 +326,9 @@ class _SourceFile:
             self.db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
             self.db.executescript(_SCHEMA)
             self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # The file this connection writes: another at the path (deleted, replaced) is
+            # noticed at the next save.
+            self.inode = _inode(path)
         except BaseException:
             self.db.close()
             raise
@@ -330,23 +354,24 @@ class StateStore:
             # The same kind as a file that cannot be opened: one problem, logged once.
             self._failed("open", f"cannot create {self.directory}: {exc.strerror}")
 
-    def _failed(self, kind: str, reason: str) -> None:
+    def _failed(
+        self, kind: str, reason: str, message: str = "cannot write state; serving from memory"
+    ) -> None:
         """A write that did not happen: counted each time, logged once per kind."""
         self.write_failures += 1
         if kind not in self._logged:
             self._logged.add(kind)
-            log(
-                logger,
-                logging.ERROR,
-                "cannot write state; serving from memory",
-                directory=str(self.directory),
-                reason=reason,
-            )
+            log(logger, logging.ERROR, message, directory=str(self.directory), reason=reason)
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.sqlite"
 
-    def _set_aside(self, path: Path, reason: str) -> None:
+    def _set_aside(
+        self,
+        path: Path,
+        reason: str,
+        message: str = "state file set aside; the source starts afresh",
+    ) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         aside = path.with_name(f"{path.name}.unusable-{stamp}")
         n = 1
@@ -370,7 +395,7 @@ class StateStore:
         log(
             logger,
             logging.WARNING,
-            "state file set aside; the source starts afresh",
+            message,
             path=str(path),
             moved_to=str(aside),
             reason=reason,
@@ -391,37 +416,67 @@ class StateStore:
                 return None
         return None
 
-    def attach(self, runner: SourceRunner) -> None:
+    def attach(self, runner: SourceRunner, *, handed_over: bool = False) -> None:
         """Restore the runner's state when the file is its own, and save after each refresh.
 
         Saving is hooked even when the file cannot be opened now: each save then counts as a
-        failed write and tries to open it again (the directory may become writable)."""
+        failed write and tries to open it again (`_load`). `handed_over`: the runner took over
+        its predecessor's memory at a reload, which is newer than the file: the file open for
+        the source stays open and is not read back."""
+        runner.on_refreshed = self.save
+        if handed_over:
+            return
         old = self._files.pop(runner.name, None)
         if old is not None:
             old.close()
-        runner.on_refreshed = self.save
+        self._load(runner)
+
+    def _load(self, runner: SourceRunner) -> _SourceFile | None:
+        """Open the runner's file and make it the runner's: restored under what the runner
+        holds already (nothing at start-up), or set aside when it is corrupt or another
+        account's; None, a failed write, while it cannot be opened for a passing reason."""
         state = self._open(runner.name)
         if state is None:
-            return
+            return None
         self._files[runner.name] = state
+        held = _Held(runner)
         try:
             restored = self._restore(state, runner)
         except (_Unusable, sqlite3.DatabaseError, ValueError, TypeError, KeyError) as exc:
-            runner.tracker.reset()
-            self._replace(runner, f"unreadable: {exc}")
-            return
+            held.put_back()
+            if isinstance(exc, sqlite3.DatabaseError) and not _is_corruption(exc):
+                # Locked or full between opening and reading: tried again at the next save.
+                del self._files[runner.name]
+                state.close()
+                self._failed("open", f"{state.path}: {exc}")
+                return None
+            return self._replace(runner, f"unreadable: {exc}")
         if restored is False:
-            self._replace(runner, "written for another account, platform or base URL")
+            held.put_back()
+            return self._replace(runner, "written for another account, platform or base URL")
+        if restored is None:
+            held.put_back()
+            _all_dirty(runner.tracker)  # a new file gets everything the runner holds
+        else:
+            held.apply_on_top()
+        return self._files.get(runner.name)
 
-    def _replace(self, runner: SourceRunner, reason: str) -> None:
-        """Set the runner's file aside and start a fresh one."""
+    def _replace(self, runner: SourceRunner, reason: str) -> _SourceFile | None:
+        """Set the runner's file aside and write a fresh one from memory."""
         state = self._files.pop(runner.name)
         state.close()
         self._set_aside(state.path, reason)
+        return self._fresh(runner)
+
+    def _fresh(self, runner: SourceRunner) -> _SourceFile | None:
+        """A new file at the runner's path, to which the next save writes all it holds."""
         fresh = self._open(runner.name)
-        if fresh is not None:
-            self._files[runner.name] = fresh
-            self._reset(fresh, runner)
+        if fresh is None:
+            return None
+        self._files[runner.name] = fresh
+        self._reset(fresh, runner)
+        _all_dirty(runner.tracker)
+        return self._files.get(runner.name)
 
     def _restore(self, state: _SourceFile, runner: SourceRunner) -> bool | None:
         """Load the file into the runner. True: restored; None: the file holds no saved
@@ -468,7 +523,7 @@ class StateStore:
 
     def _reset(self, state: _SourceFile, runner: SourceRunner) -> None:
         """Make the file the runner's, empty. When that fails the file is closed: the next
-        save counts a failure and tries again (`_reopen`), never writing into old content."""
+        save counts a failure and tries again (`_load`), never writing into old content."""
         identity = identity_of(runner)
         try:
             with _transaction(state.db):
@@ -486,12 +541,12 @@ class StateStore:
     def save(self, runner: SourceRunner) -> None:
         """Write what changed since the last save, in one transaction."""
         state = self._files.get(runner.name)
+        state = self._load(runner) if state is None else self._still_there(state, runner)
         if state is None:
-            state = self._reopen(runner)
-            if state is None:
-                # Nothing to keep track of meanwhile: a file opened later gets everything.
-                runner.tracker.mark_saved()
-                return
+            # Nothing to keep track of meanwhile: a file read later is brought up to date
+            # from memory as a whole (`_Held`), a new one gets everything.
+            runner.tracker.mark_saved()
+            return
         tracker = runner.tracker
         rows: list[JobRow] = []
         # In key order: a large first save then appends to the table's B-tree instead of
@@ -521,34 +576,37 @@ class StateStore:
         state.written.update(changed)
         tracker.mark_saved()
 
-    def _reopen(self, runner: SourceRunner) -> _SourceFile | None:
-        """The file of a runner that has none open (it could not be opened or reset): a
-        failed write while it still cannot be; else a fresh file, to which this save writes
-        everything the runner remembers. A file already there is set aside, not mixed in:
-        the runner did not start from it."""
-        path = self._path(runner.name)
-        if path.exists():
-            try:
-                _SourceFile(path).close()
-            except (_Unusable, sqlite3.DatabaseError) as exc:
-                if not _is_corruption(exc):
-                    self._failed("open", f"{path}: {exc}")
-                    return None
-                # Corrupt: `_open` sets it aside.
-            except OSError as exc:
-                self._failed("open", f"{path}: {exc.strerror}")
-                return None
-            else:
-                self._set_aside(path, "the source started without it")
-        state = self._open(runner.name)
-        if state is None:
-            return None
-        self._files[runner.name] = state
-        self._reset(state, runner)
-        tracker = runner.tracker
-        tracker.dirty.update(tracker.jobs, tracker.gone)
-        tracker.counters_dirty = True
-        return self._files.get(runner.name)
+    def _still_there(self, state: _SourceFile, runner: SourceRunner) -> _SourceFile | None:
+        """The runner's open file, if the path still leads to it. A file deleted or replaced
+        under the running exporter is reported (a failed write, logged once) and written
+        afresh from memory; a replaced one is set aside first, being someone else's."""
+        try:
+            inode: _Inode | None = _inode(state.path)
+        except FileNotFoundError:
+            inode = None
+        except OSError:
+            return state  # cannot tell: the write itself says whether it can go on
+        if inode == state.inode:
+            return state
+        what = "deleted" if inode is None else "replaced"
+        self._failed(
+            what,
+            f"{state.path} was {what} while the exporter ran",
+            f"state file {what} under the running exporter; writing it afresh from memory",
+        )
+        del self._files[runner.name]
+        # SQLite leaves this connection's journal at the path when its file is gone, and
+        # whatever file is at the path next would read it as its own: emptied first.
+        with contextlib.suppress(sqlite3.Error):
+            state.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        state.close()
+        if inode is not None:
+            self._set_aside(
+                state.path,
+                "replaced while the exporter ran",
+                "state file set aside: another file took its place",
+            )
+        return self._fresh(runner)
 
     def keep_only(self, runners: Iterable[SourceRunner]) -> None:
         """Close the files of sources this replica no longer serves (their data stays)."""
@@ -560,6 +618,88 @@ class StateStore:
         for state in self._files.values():
             state.close()
         self._files.clear()
+
+
+def _all_dirty(tracker: JobTracker) -> None:
+    tracker.dirty.update(tracker.jobs, tracker.gone)
+    tracker.counters_dirty = True
+
+
+def _later(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _at_least_each(into: dict[K, Histogram], held: Mapping[K, Histogram]) -> None:
+    """Each histogram of `into` at least `held`'s, bucket by bucket (see `apply_on_top`)."""
+    for key, other in held.items():
+        mine = into.setdefault(key, Histogram())
+        mine.counts = [max(a, b) for a, b in zip(mine.counts, other.counts, strict=True)]
+        mine.total = max(mine.total, other.total)
+
+
+class _Held:
+    """What a runner holds when its file is read: put back as it was when the file cannot be
+    used; applied on top of the file's state when the file was restored."""
+
+    def __init__(self, runner: SourceRunner) -> None:
+        self.runner = runner
+        tracker = runner.tracker
+        # `JobTracker.reset` and the restore assign new objects: these stay as they are.
+        self.attributes = dict(vars(tracker))
+        self.jobs, self.gone, self.baseline = tracker.jobs, tracker.gone, tracker.baseline
+        self.finished, self.items = tracker.finished, tracker.items
+        self.rows_skipped, self.last_finished = tracker.rows_skipped, tracker.last_finished
+        self.durations, self.queue_waits = tracker.durations, tracker.queue_waits
+        self.actions = tracker.actions
+        self.refresh = runner.refresher.state
+        tracker.reset()
+
+    def put_back(self) -> None:
+        attributes = vars(self.runner.tracker)
+        attributes.clear()
+        attributes.update(self.attributes)
+        self.runner.refresher.restore(self.refresh)
+
+    def apply_on_top(self) -> None:
+        """Take in what the runner saw while its file was out of reach, as one incremental
+        refresh would: a job the file knew running and memory finished counts once now."""
+        tracker = self.runner.tracker
+        if self.baseline is not None:
+            tracker.apply(
+                [t.job for t in self.jobs.values()],
+                time.time(),
+                complete=False,
+                gone=[i for i in self.gone if i not in self.jobs],
+            )
+            for job_id, tracked in self.gone.items():
+                if job_id not in tracker.jobs and job_id not in tracker.gone:
+                    tracker.gone[job_id] = tracked
+                    tracker.dirty.add(job_id)
+        # The recount replaces what this run counted before the file could be read, but
+        # cannot redo all of it (rows skipped, jobs forgotten meanwhile), and scrapers saw
+        # those values already: a counter lower than what they saw reads as a reset, and
+        # they would count the whole of it again. So each counter is at least what it was.
+        for mine, theirs in (
+            (self.finished, tracker.finished),
+            (self.items, tracker.items),
+            (self.rows_skipped, tracker.rows_skipped),
+        ):
+            for key, value in mine.items():
+                theirs[key] = max(theirs[key], value)
+        for key, when in self.last_finished.items():
+            tracker.last_finished[key] = max(tracker.last_finished.get(key, when), when)
+        _at_least_each(tracker.durations, self.durations)
+        _at_least_each(tracker.queue_waits, self.queue_waits)
+        tracker.actions |= self.actions
+        tracker.counters_dirty = True
+        restored = self.runner.refresher.state
+        self.runner.refresher.restore(
+            RefreshState(
+                _later(restored.since, self.refresh.since),
+                _later(restored.last_full, self.refresh.last_full),
+                restored.history_loaded or self.refresh.history_loaded,
+            )
+        )
 
 
 def _refresh_fields(state: RefreshState) -> tuple[float | None, float | None, bool]:

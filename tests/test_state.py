@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from exporter import state
 from exporter.runtime import Runtime
 from exporter.server import make_app
 from exporter.simulator import Credentials, Fault
@@ -883,3 +884,103 @@ def test_a_password_in_the_base_url_is_not_kept_in_the_identity() -> None:
     identity = identity_of(SourceRunner(source, config.settings(source), Redactor()))
     assert "url-password-42" not in identity
     assert "https://user:<secret>@api.example/v2" in identity
+
+
+# --- a file out of reach for a while, deleted or replaced under the running exporter --------
+
+
+async def test_a_file_locked_at_start_up_is_restored_once_free_and_never_set_aside(
+    sim: SimHandle, stored: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state, "BUSY_TIMEOUT", 0.05)  # a lock held longer than this
+    client, _ = await stored(tmp_path)
+    await lived_in(sim, client)
+    running = sim.world.add_kizen_job(status="in_progress", pending=10, started_at=time.time())
+    before = await get(client)  # the file knows it running
+    await client.close()
+    locker = sqlite3.connect(tmp_path / "kz.sqlite", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with capture_logs() as logs:
+            client, runtime = await stored(tmp_path)
+            up(await get(client))
+            assert "kz" not in runtime.store._files  # started without it
+            # Finishes while the file is out of reach: counted once, not again at the merge.
+            running.status, running.pending, running.success = "completed", 0, 10
+            running.completed_at = time.time()
+            locked = await get(client)
+            assert one(locked, "bulk_state_write_failures_total") >= 2
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    s = await get(client)
+    up(s)
+    assert "kz" in runtime.store._files
+    assert aside(tmp_path, "kz") == []
+    assert "set aside" not in logs.getvalue()
+
+    def completed(samples: Samples) -> float:
+        return one(
+            samples, "bulk_jobs_finished_total", source="kz", action=UPLOAD, phase="completed"
+        )
+
+    assert completed(s) == completed(before) + 1
+    never_lower(before, s)
+    never_lower(locked, s)
+    # What the merge wrote is the whole state: a restart restores it as it is.
+    await client.close()
+    client, _ = await stored(tmp_path)
+    assert counters(await get(client)) == counters(s)
+
+
+async def test_a_state_file_deleted_while_running_is_written_afresh(
+    sim: SimHandle, stored: Any, tmp_path: Path
+) -> None:
+    client, _ = await stored(tmp_path)
+    before = await lived_in(sim, client)
+    assert one(before, "bulk_state_write_failures_total") == 0
+    (tmp_path / "kz.sqlite").unlink()
+    with capture_logs() as logs:
+        s = await get(client)
+        s = await get(client)
+    up(s)
+    assert one(s, "bulk_state_write_failures_total") == 1  # noticed once
+    assert logs.getvalue().count('msg="state file deleted under the running exporter') == 1
+    assert (tmp_path / "kz.sqlite").is_file()
+    assert aside(tmp_path, "kz") == []
+    await client.close()
+    client, _ = await stored(tmp_path)
+    after = await get(client)
+    up(after)
+    assert counters(after) == counters(s)
+    assert sum(select(after, "bulk_jobs_finished_total", source="kz").values()) > 0
+
+
+async def test_a_state_file_replaced_while_running_is_set_aside_and_written_afresh(
+    sim: SimHandle, stored: Any, tmp_path: Path
+) -> None:
+    client, _ = await stored(tmp_path)
+    await lived_in(sim, client)
+    other = tmp_path / "other"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE theirs (x)")
+    db.close()
+    content = other.read_bytes()
+    os.replace(other, tmp_path / "kz.sqlite")
+    with capture_logs() as logs:
+        s = await get(client)
+        s = await get(client)
+    up(s)
+    assert one(s, "bulk_state_write_failures_total") == 1
+    assert logs.getvalue().count('msg="state file replaced under the running exporter') == 1
+    # Kept as it came, never deleted (beside it, this exporter's emptied journal files).
+    (moved,) = [p for p in aside(tmp_path, "kz") if not p.name.endswith(("-wal", "-shm"))]
+    assert moved.read_bytes() == content
+    with sqlite3.connect(moved) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("theirs",)]
+    db.close()
+    await client.close()
+    client, _ = await stored(tmp_path)
+    after = await get(client)
+    up(after)
+    assert counters(after) == counters(s)
