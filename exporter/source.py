@@ -12,7 +12,7 @@ import operator
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from exporter.eta import History
@@ -114,17 +114,6 @@ class _FailureLog:
         else:
             self._repeats += 1
         self._failing = kind
-
-
-@runtime_checkable
-class Learning(Protocol):
-    """A platform client that can hand what it learnt of its account's behaviour to the
-    client that replaces it at a reload: `learnt()` says it, `relearn(saved)` takes it in.
-    A client without these methods simply starts learning afresh."""
-
-    def learnt(self) -> dict[str, object]: ...
-
-    def relearn(self, saved: Mapping[str, object]) -> None: ...
 
 
 def _secret(source: SourceConfig) -> bytes:
@@ -433,10 +422,7 @@ class SourceRunner:
             await old._settle()
             await old.close()
             self.refresher.restore(old.refresher.state)
-            if isinstance(old.refresher.client, Learning) and isinstance(
-                self.refresher.client, Learning
-            ):
-                self.refresher.client.relearn(old.refresher.client.learnt())
+            self.refresher.client.relearn(old.refresher.client.learnt())
             # bulk_api_requests_total and the rate-limit wait go on, as the tracker's do.
             self.upstream.requests.update(old.upstream.requests)
             self.upstream.rate_limit_wait += old.upstream.rate_limit_wait

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import bcrypt
@@ -418,6 +419,12 @@ class Noticing:
     def __init__(self, inner: PlatformClient) -> None:
         self.inner = inner
         self.notices = {"started_after_ignored": "rows older than started_after came back"}
+
+    def learnt(self) -> dict[str, str]:
+        return self.inner.learnt()
+
+    def relearn(self, saved: Mapping[str, object]) -> None:
+        self.inner.relearn(saved)
 
     async def read_all(self, budget: Budget) -> ReadResult:
         return await self.inner.read_all(budget)

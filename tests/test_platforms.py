@@ -66,6 +66,12 @@ class FakeClient:
         self.upstream = upstream
         self.notices: dict[str, str] = {}
 
+    def learnt(self) -> dict[str, str]:
+        return dict(self.notices)
+
+    def relearn(self, saved: Mapping[str, object]) -> None:
+        pass  # this platform learns nothing
+
     async def read_all(self, budget: Budget) -> ReadResult:
         result = ReadResult(complete=True)
         rows = await self.upstream.get_json("list", "/jobs", {}, budget)
