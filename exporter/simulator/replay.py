@@ -1,0 +1,116 @@
+"""A recording served over HTTP: `--replay` and `python -m exporter.simulator --replay FILE`.
+
+Each recorded source is served under `/replay/<source>`, followed by the path its exchanges
+were recorded at. A request is matched on (source, method, path, query without its time-valued
+parameters): the k-th such request gets the k-th recorded answer, and the last one after that;
+one the recording never saw gets a 404 naming it, so that a replay that goes another way than
+the recording shows where.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import Counter
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from exporter.recordfile import Exchange, Recording, match_query
+from exporter.settings import parse_duration
+
+PREFIX = "/replay"
+# How long an answer recorded as a timeout is held back when the source's own timeout is not
+# known: the exporter's default.
+DEFAULT_TIMEOUT = 10.0
+
+_Key = tuple[str, str, str, tuple[tuple[str, str], ...]]
+
+
+def _timeout_of(settings: object) -> float:
+    try:
+        return parse_duration(settings.get("timeout")) if isinstance(settings, dict) else 0.0
+    except ValueError:
+        return DEFAULT_TIMEOUT
+
+
+class Replayer:
+    """Answers requests from a recording's exchanges."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.recording = recording
+        self.answers: dict[_Key, list[Exchange]] = {}
+        for exchange in recording.exchanges:
+            key = (exchange.source, exchange.method, exchange.path, match_query(exchange.query))
+            self.answers.setdefault(key, []).append(exchange)
+        self.asked: Counter[_Key] = Counter()
+        self.unmatched = 0
+        # A timeout is replayed as an answer that comes after the source's own deadline.
+        self.hold = {
+            s.name: (_timeout_of(dict(s.settings)) or DEFAULT_TIMEOUT) + 1.0
+            for s in recording.sources
+        }
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", PREFIX + "/{source}/{path:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        source = request.match_info["source"]
+        path = "/" + request.match_info["path"]
+        query = list(request.query.items())
+        key = (source, request.method, path, match_query(query))
+        recorded = self.answers.get(key)
+        if recorded is None:
+            self.unmatched += 1
+            shown = path + ("?" + urlencode(query) if query else "")
+            return web.json_response({"detail": f"not in the recording: {shown}"}, status=404)
+        k = self.asked[key]
+        self.asked[key] += 1
+        exchange = recorded[min(k, len(recorded) - 1)]
+        if exchange.error == "timeout":
+            await asyncio.sleep(self.hold.get(source, DEFAULT_TIMEOUT))
+        if exchange.error is not None:
+            # No answer: the connection closes (after the deadline, for a timeout).
+            assert request.transport is not None
+            request.transport.close()
+            raise asyncio.CancelledError
+        body = exchange.body
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        assert exchange.status is not None
+        headers = {
+            name.title(): value
+            for name, value in exchange.headers.items()
+            if name in ("content-type", "retry-after")
+        }
+        return web.Response(status=exchange.status, body=data, headers=headers)
+
+
+class RunningReplay:
+    """A recording served on loopback until stopped."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.replayer = Replayer(recording)
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    def base_url(self, source: str, base_path: str) -> str:
+        """Where the exporter reads `source` from: its recorded base path under its prefix."""
+        return f"http://127.0.0.1:{self.port}{PREFIX}/{source}{base_path}"
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._runner = web.AppRunner(self.replayer.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            with contextlib.suppress(Exception):
+                await self._runner.cleanup()
