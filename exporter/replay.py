@@ -3,16 +3,12 @@
 Like `--demo`, no configuration file is read: every recorded source is served with the
 settings the recording holds, read from the replay server. The credentials are stand-ins (a
 recording holds none, and the replay server asks for none).
-
-One setting is moved: `finished_job_retention` is lengthened by the recording's age, so that a
-job finished during the recording keeps its per-job series in a replay days later, as it kept
-them when it was recorded.
+The replay server moves the answers' times to the replay's present (see
+exporter/simulator/replay.py), so the recorded settings are served unchanged.
 """
 
 from __future__ import annotations
 
-import contextlib
-from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -20,7 +16,6 @@ import yaml
 from exporter.config import Config, parse_config
 from exporter.platforms import PLATFORMS
 from exporter.recordfile import BASE_PATH, Recording
-from exporter.settings import format_duration, parse_duration
 from exporter.simulator.replay import RunningReplay
 
 STAND_IN = "replay-stand-in"
@@ -40,17 +35,10 @@ class Replay:
 
     def sources(self) -> list[dict[str, Any]]:
         """The recorded sources as a configuration file's `sources`, read from the server."""
-        age = max(0.0, (datetime.now(UTC) - self.recording.started).total_seconds())
         out = []
         for source in self.recording.sources:
             settings = dict(source.settings)
             base_path = str(settings.pop(BASE_PATH, ""))
-            retention = settings.get("finished_job_retention")
-            if isinstance(retention, str):
-                # A bad value is left as it is: the configuration's check names it.
-                with contextlib.suppress(ValueError):
-                    longer = parse_duration(retention) + age
-                    settings["finished_job_retention"] = format_duration(longer)
             entry: dict[str, Any] = {"name": source.name, "platform": source.platform}
             model = PLATFORMS.get(source.platform)
             if model is not None:

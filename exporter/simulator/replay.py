@@ -5,6 +5,12 @@ were recorded at. A request is matched on (source, method, path, query without i
 parameters): the k-th such request gets the k-th recorded answer, and the last one after that;
 one the recording never saw gets a 404 naming it, so that a replay that goes another way than
 the recording shows where.
+
+Every time an answer holds (a job's start, completion, creation, update) is moved by one same
+amount: the time between the first answer's recording and its replay. The exporter compares
+those times with its own clock (a job that started after its first refresh is counted; a
+finished job keeps its series for `finished_job_retention`), so the recording plays as if it
+were happening now, the first refresh of the replay where the recording's first was.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import Counter
+from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -26,6 +35,37 @@ PREFIX = "/replay"
 DEFAULT_TIMEOUT = 10.0
 
 _Key = tuple[str, str, str, tuple[tuple[str, str], ...]]
+# The fields of a row that hold a time (RFC 3339, as both platforms write them).
+TIME_FIELDS = frozenset({"started_at", "completed_at", "created_at", "updated_at"})
+
+
+def _moved(text: str, offset: timedelta) -> str:
+    """An RFC 3339 time moved by `offset`, written with as many decimals as it had."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return text  # not a time: as recorded (the exporter skips the row alike)
+    if moment.tzinfo is None:
+        return text
+    digits = len(text.partition(".")[2].rstrip("Z").split("+")[0]) if "." in text else 0
+    moved = (moment + offset).strftime("%Y-%m-%dT%H:%M:%S")
+    if digits:
+        moved += "." + f"{(moment + offset).microsecond:06d}"[:digits].ljust(digits, "0")
+    return moved + ("Z" if text.endswith("Z") else (moment + offset).strftime("%z"))
+
+
+def shift_times(value: Any, offset: timedelta) -> Any:
+    """`value` (a decoded answer) with every time field moved by `offset`."""
+    if isinstance(value, dict):
+        return {
+            k: _moved(v, offset)
+            if k in TIME_FIELDS and isinstance(v, str)
+            else shift_times(v, offset)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [shift_times(v, offset) for v in value]
+    return value
 
 
 def _timeout_of(settings: object) -> float:
@@ -46,6 +86,7 @@ class Replayer:
             self.answers.setdefault(key, []).append(exchange)
         self.asked: Counter[_Key] = Counter()
         self.unmatched = 0
+        self.offset: timedelta | None = None  # set by the first answer
         # A timeout is replayed as an answer that comes after the source's own deadline.
         self.hold = {
             s.name: (_timeout_of(dict(s.settings)) or DEFAULT_TIMEOUT) + 1.0
@@ -77,8 +118,14 @@ class Replayer:
             assert request.transport is not None
             request.transport.close()
             raise asyncio.CancelledError
+        if self.offset is None:
+            then = self.recording.started.timestamp() + exchange.t
+            self.offset = timedelta(seconds=time.time() - then)
         body = exchange.body
-        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        if isinstance(body, str):
+            data = body.encode()
+        else:
+            data = json.dumps(shift_times(body, self.offset)).encode()
         assert exchange.status is not None
         headers = {
             name.title(): value
