@@ -15,10 +15,22 @@ from typing import Any
 
 import pytest
 
+from exporter import recorder as recorder_module
+from exporter.recorder import Recorder
 from exporter.recordfile import load_recording
+from exporter.redact import Redactor
 from exporter.simulator import Credentials
 from exporter.simulator.world import FP_FAILURE_ERRORS, SIGNED_URL_HOST
-from tests.helpers import Process, Samples, free_port, one, run_exporter, select, source_yaml
+from tests.helpers import (
+    Process,
+    Samples,
+    capture_logs,
+    free_port,
+    one,
+    run_exporter,
+    select,
+    source_yaml,
+)
 from tests.replaying import replay_scrapes, reproduced, scrape_process
 from tests.test_state import SimProcess
 
@@ -278,3 +290,32 @@ def test_the_simulator_serves_a_recording_alone(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+async def test_a_recording_killed_at_any_moment_is_whole_lines(tmp_path: Path) -> None:
+    recording = tmp_path / "killed.jsonl"
+    exporter = Process(["--demo", "--record.path", str(recording)], free_port())
+    try:
+        exporter.wait_listening()
+        for _ in range(3):
+            await scrape_process(exporter.port)
+    finally:
+        exporter.proc.kill()  # SIGKILL: nothing is flushed or closed on the way out
+        exporter.proc.communicate(timeout=15)
+    read = load_recording(recording)
+    assert {e.source for e in read.exchanges} == {"kizen-demo", "firstpromoter-demo"}
+
+
+def test_a_full_queue_drops_lines_and_says_so_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(recorder_module, "QUEUE_LINES", 0)  # every exchange finds it full
+    recorder = Recorder(str(tmp_path / "r.jsonl"), 1 << 20, Redactor(), keep_text=False)
+    recorder.start(GOOD_HEADER, [])
+    with capture_logs() as logs:
+        for _ in range(5):
+            recorder.exchange("kz", "/api/x", [("page", "1")], 200, {}, b"{}")
+    recorder.close()
+    assert recorder.dropped == 5
+    assert logs.getvalue().count("exchanges are dropped") == 2  # one line, logfmt and JSON
+    assert len(load_recording(tmp_path / "r.jsonl").exchanges) == 0
