@@ -1,5 +1,5 @@
-"""The recording file (CONTRACT.md, "Recordings"): its header, made from a configuration, and
-reading a recording back with every line checked.
+"""The recording file (docs/operations.md, "Reporting a problem"): its header, made from a
+configuration, and reading a recording back with every line checked.
 
 JSON Lines. Line 1 is the header: which sources were recorded and, for each, every setting that
 shapes its requests, written as the configuration file writes them (so that a replay can serve

@@ -1,5 +1,5 @@
 """What of an upstream answer a recording may keep: secrets masked, hosts masked, free text
-scrubbed (CONTRACT.md, "Recordings").
+scrubbed (docs/operations.md, "Reporting a problem").
 
 Free text is every string the exporter does not read as an id, a status, an action, an object
 name, a time or a paging link. Both platforms answer rows whose fields it reads by name, at the

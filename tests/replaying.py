@@ -10,9 +10,9 @@ import aiohttp
 from tests.helpers import ROOT, Process, Samples, free_port, parse_samples
 
 RECORDINGS = ROOT / "tests" / "recordings"
-# What a replay reproduces scrape by scrape (CONTRACT.md, "Recordings"): the jobs by phase,
-# the per-job series, the items and the finish counters, whether each source was up, and
-# the requests made (a replay that asked what the recording never saw counts 404s).
+# What a replay reproduces scrape by scrape (docs/operations.md, "Reporting a problem"): the
+# jobs by phase, the per-job series, the items and the finish counters, whether each source
+# was up, and the requests made (a replay that asked what the recording never saw counts 404s).
 # Times (last change, start, completion, ETA, durations) are left out: they are the
 # recording's when upstream sent them, and the replay's own clock's otherwise.
 REPRODUCED = (
