@@ -28,6 +28,7 @@ from aiohttp import web
 
 from exporter.recordfile import Exchange, Recording, match_query
 from exporter.settings import parse_duration
+from exporter.simulator import serve_app
 
 PREFIX = "/replay"
 # How long an answer recorded as a timeout is held back when the source's own timeout is not
@@ -148,14 +149,7 @@ class RunningReplay:
         return f"http://127.0.0.1:{self.port}{PREFIX}/{source}{base_path}"
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._runner = web.AppRunner(self.replayer.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._runner, self.port = await serve_app(self.replayer.app(), host, port)
 
     async def stop(self) -> None:
         if self._runner is not None:
