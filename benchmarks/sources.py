@@ -1,7 +1,9 @@
 """Many accounts on one replica: N Kizen + N FirstPromoter sources against one simulator.
 
 Prints figures; asserts nothing.
-`.venv/bin/python -m benchmarks.sources [--pairs 1,10,100] [--scrapes 15]`.
+`.venv/bin/python -m benchmarks.sources [--pairs 1,10,100] [--scrapes 15] [--record]`.
+`--record`: the exporter writes every upstream exchange to a recording (`--record.path`), the
+cost of recording; the recording's size is printed too.
 
 Every source reads the same simulated account (60 jobs per platform, 7 active), 50 ms a
 request, default settings but `rate_limit: 6000/m`. The simulator and the exporter each run in
@@ -217,13 +219,17 @@ def p90(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
 
 
-async def one_size(pairs: int, sim_port: int, workdir: Path, scrapes: int) -> None:
+async def one_size(
+    pairs: int, sim_port: int, workdir: Path, scrapes: int, record: bool = False
+) -> None:
     config = workdir / f"config-{pairs}.yaml"
     config.write_text(config_text(pairs, sim_port))
     port = free_port()
+    recording = workdir / f"recording-{pairs}.jsonl"
+    extra = ["--record.path", str(recording)] if record else []
     started = time.perf_counter()
     # Started once, before anything is measured.
-    proc = start_exporter(config, port, "--log.level", "error", stderr=subprocess.PIPE)
+    proc = start_exporter(config, port, "--log.level", "error", *extra, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     sources = 2 * pairs
     try:
@@ -329,17 +335,19 @@ async def one_size(pairs: int, sim_port: int, workdir: Path, scrapes: int) -> No
         "in histograms that observed nothing; "
         f"gzip of the answer in one piece {whole * 1000:.0f} ms, "
         f"in pieces side by side {pieces * 1000:.0f} ms"
+        + (f"; recording {recording.stat().st_size / 1e6:.1f} MB" if record else "")
     )
 
 
-async def main_async(sizes: list[int], scrapes: int = STEADY_SCRAPES) -> None:
+async def main_async(sizes: list[int], scrapes: int = STEADY_SCRAPES, record: bool = False) -> None:
     print(
         f"N Kizen + N FirstPromoter sources on one simulated host, 60 jobs each (7 active), "
         f"{LATENCY * 1000:.0f} ms a request, rate_limit 6000/m, {scrapes} steady scrapes"
+        + (", recording every exchange (--record.path)" if record else "")
     )
     with simulator() as sim_port, tempfile.TemporaryDirectory() as tmp:
         for pairs in sizes:
-            await one_size(pairs, sim_port, Path(tmp), scrapes)
+            await one_size(pairs, sim_port, Path(tmp), scrapes, record)
 
 
 def main() -> None:
@@ -350,10 +358,13 @@ def main() -> None:
     parser.add_argument(
         "--scrapes", type=int, default=STEADY_SCRAPES, help="steady scrapes a size (at least 2)"
     )
+    parser.add_argument(
+        "--record", action="store_true", help="the exporter records every upstream exchange"
+    )
     args = parser.parse_args()
     if args.scrapes < 2:
         parser.error("--scrapes: at least 2 (requests a source are counted between two scrapes)")
-    asyncio.run(main_async([int(n) for n in args.pairs.split(",")], args.scrapes))
+    asyncio.run(main_async([int(n) for n in args.pairs.split(",")], args.scrapes, args.record))
 
 
 if __name__ == "__main__":

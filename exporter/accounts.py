@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from exporter.config import Config
 from exporter.platforms.base import SourceConfig
 from exporter.ratelimit import TokenBucket
+from exporter.recorder import Recorder
 from exporter.redact import Redact
 from exporter.trace import Trace, safe
 from exporter.upstream import Budget, Upstream, UpstreamError
@@ -81,7 +82,11 @@ def cause_of(error: UpstreamError, address: str, seconds: float) -> str:
 
 
 async def check_account(
-    source: SourceConfig, config: Config, redact: Redact, upstreams: list[Upstream]
+    source: SourceConfig,
+    config: Config,
+    redact: Redact,
+    upstreams: list[Upstream],
+    recorder: Recorder | None = None,
 ) -> AccountCheck:
     """One full read of one source, as a refresh's full read does it. Its upstream is added
     to `upstreams`, for the caller to close once nothing uses it any more."""
@@ -95,6 +100,7 @@ async def check_account(
         max_body=settings.max_response_size,
         redact=redact,
     )
+    upstream.recorder = recorder
     upstreams.append(upstream)
     seconds = max(CHECK_DEADLINE, settings.timeout)
     trace = Trace("full read", seconds, source.ROW_KEYS)
@@ -121,13 +127,16 @@ async def check_account(
     return AccountCheck(source, trace, took, jobs, cause)
 
 
-async def check_accounts(config: Config, redact: Redact) -> list[AccountCheck]:
-    """Every configured source, read concurrently; in configuration order."""
+async def check_accounts(
+    config: Config, redact: Redact, recorder: Recorder | None = None
+) -> list[AccountCheck]:
+    """Every configured source, read concurrently; in configuration order; each exchange
+    handed to `recorder` when given."""
     upstreams: list[Upstream] = []
     try:
         return list(
             await asyncio.gather(
-                *(check_account(s, config, redact, upstreams) for s in config.sources)
+                *(check_account(s, config, redact, upstreams, recorder) for s in config.sources)
             )
         )
     finally:

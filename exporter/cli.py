@@ -26,7 +26,11 @@ from exporter.flags import (
     env_name,
     parse,
 )
+from exporter.recorder import Recorder, RecordError
+from exporter.recordfile import Recording, RecordingError, load_recording
+from exporter.recordfile import start as start_recording
 from exporter.redact import Redactor
+from exporter.replay import Replay, replay_config_name
 from exporter.runtime import Shard
 from exporter.service import Listen, Service
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
@@ -48,6 +52,10 @@ class Options:
     config_check: bool
     config_check_upstream: bool
     demo: bool
+    record_path: str | None
+    record_max_size: int
+    record_keep_text: bool
+    replay: str | None
     version: bool
     given: Mapping[str, Given]
 
@@ -71,6 +79,8 @@ def parse_options(argv: Sequence[str] | None, env: Mapping[str, str]) -> Options
             f"{named} needs --config.check: it reads every source after the configuration "
             "is checked, and exits"
         )
+    if values["replay"] is not None and values["demo"]:
+        raise UsageError("--replay and --demo cannot go together: each is its own simulator")
     return Options(**values, given=given)
 
 
@@ -117,17 +127,34 @@ def _problems(problems: Iterable[str]) -> int:
     return 1
 
 
-def check_config(opts: Options, redactor: Redactor | None = None) -> int:
+@dataclass(frozen=True)
+class Recordings:
+    """What `--record.*` and `--replay` opened at start-up: the recording being written, the
+    one being replayed."""
+
+    recorder: Recorder | None = None
+    replay: Recording | None = None
+
+
+def check_config(
+    opts: Options, redactor: Redactor | None = None, recordings: Recordings | None = None
+) -> int:
     """`--config.check`: the configuration the exporter would serve (the file, or the demo's
-    with `--demo`) and the `--web.config.file` when given are OK, with a redacted summary
-    (0), or the problems of both, one a line (1). With `--config.check.upstream`, then every
-    source read once: 0 when each was read, 1 naming each that was not and why."""
-    return asyncio.run(_check_config(opts, redactor or Redactor()))
+    with `--demo`, or the replay's with `--replay`) and the `--web.config.file` when given are
+    OK, with a redacted summary (0), or the problems of both, one a line (1). With
+    `--config.check.upstream`, then every source read once: 0 when each was read, 1 naming
+    each that was not and why; `--record.path` records those reads."""
+    return asyncio.run(_check_config(opts, redactor or Redactor(), recordings or Recordings()))
 
 
-async def _check_config(opts: Options, redactor: Redactor) -> int:
-    # Demo mode: its simulator runs while the configuration is made and its sources read.
-    demo = Demo() if opts.demo else None
+async def _check_config(opts: Options, redactor: Redactor, recordings: Recordings) -> int:
+    # Demo or replay mode: its simulator runs while the configuration is made and read.
+    demo: Demo | Replay | None = None
+    name = opts.config_file
+    if recordings.replay is not None:
+        demo, name = Replay(recordings.replay), replay_config_name(recordings.replay)
+    elif opts.demo:
+        demo, name = Demo(), DEMO_CONFIG_NAME
     try:
         problems: list[str] = []
         config: Config | None = None
@@ -142,23 +169,28 @@ async def _check_config(opts: Options, redactor: Redactor) -> int:
                 problems += exc.problems
         if problems or config is None:
             return _problems(problems)
-        print(f"{DEMO_CONFIG_NAME if opts.demo else opts.config_file}: OK")
+        print(f"{name}: OK")
         if opts.web_config_file:
             print(f"{opts.web_config_file}: OK")
         print(summary(config))
         if not opts.config_check_upstream:
             return 0
-        return await _check_upstream(config, redactor)
+        if recordings.recorder is not None:
+            # The check reads every source, of all shards: each is recorded.
+            start_recording(recordings.recorder, config, [s.name for s in config.sources])
+        return await _check_upstream(config, redactor, recordings.recorder)
     finally:
         if demo is not None:
             await demo.stop()
 
 
-async def _check_upstream(config: Config, redact: Redactor) -> int:
+async def _check_upstream(
+    config: Config, redact: Redactor, recorder: Recorder | None = None
+) -> int:
     """Read every source once; print what each answered; name each failure on stderr.
     `redact` (the one the logs use too) learns the configuration's secrets first."""
     redact.add(config.secrets())
-    checks = await check_accounts(config, redact)
+    checks = await check_accounts(config, redact, recorder)
     print(redact(report(checks)), end="", flush=True)
     failed = [c for c in checks if c.cause is not None]
     for check in failed:
@@ -166,14 +198,18 @@ async def _check_upstream(config: Config, redact: Redactor) -> int:
     return 1 if failed else 0
 
 
-def serve(opts: Options, shard: Shard, redactor: Redactor) -> int:
+def serve(
+    opts: Options, shard: Shard, redactor: Redactor, recordings: Recordings | None = None
+) -> int:
     """Load the configuration and the web config, then serve until told to stop."""
     # First, before anything can start a thread: glibc keeps the arena a thread was given. Here,
     # where the process is the exporter's own, not in the service, which tests run inside their
     # own process: the allocator's and the collector's settings are the whole process's.
     fitted = allocator.Allocator.for_this_process(allocator.glibc_mallopt())
+    recordings = recordings or Recordings()
     config: Config | None = None
-    if not opts.demo:  # demo mode makes its configuration when its simulator starts
+    # Demo and replay modes make their configuration when their simulator starts.
+    if not opts.demo and recordings.replay is None:
         try:
             config = load_config(opts.config_file)
         except ConfigError as exc:
@@ -194,6 +230,8 @@ def serve(opts: Options, shard: Shard, redactor: Redactor) -> int:
         demo=opts.demo,
         on_sources=garbage.tune,
         on_answer=fitted.answered,
+        recorder=recordings.recorder,
+        replay=recordings.replay,
     )
     try:
         asyncio.run(service.run())
@@ -220,6 +258,34 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         shard = resolve_shard(opts)
     except UsageError as exc:
         return _error(str(exc))
-    if opts.config_check:
-        return check_config(opts, redactor)
-    return serve(opts, shard, redactor)
+    try:
+        recordings = open_recordings(opts, redactor)
+    except (RecordingError, RecordError) as exc:
+        return _error(str(exc))
+    try:
+        if opts.config_check:
+            return check_config(opts, redactor, recordings)
+        return serve(opts, shard, redactor, recordings)
+    finally:
+        if recordings.recorder is not None:
+            recordings.recorder.close()
+
+
+def open_recordings(opts: Options, redactor: Redactor) -> Recordings:
+    """The recording to replay, read and checked whole, then the one to write, opened (so a
+    path that cannot be written stops the exporter before it serves)."""
+    replay = load_recording(opts.replay) if opts.replay is not None else None
+    recorder = None
+    if opts.record_path is not None:
+        try:
+            recorder = Recorder(
+                opts.record_path,
+                opts.record_max_size,
+                redactor,
+                keep_text=opts.record_keep_text,
+            )
+        except RecordError as exc:
+            raise RecordError(
+                f"{opts.given['record_path'].named(with_value=False)}: {exc}"
+            ) from None
+    return Recordings(recorder, replay)

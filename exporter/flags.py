@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from exporter.settings import parse_size
+
 ENV_PREFIX = "BULK_EXPORTER_"
 PROGRAM = "bulk-progress-exporter"
 _TRUE = {"1", "true", "yes", "on"}
@@ -122,6 +124,14 @@ def _text(value: str) -> str:
     return value
 
 
+def _size(value: str) -> int:
+    # The configuration's sizes (512KiB, 256MiB, 1GB, or bytes), and never nothing.
+    number = parse_size(value)
+    if number < 1:
+        raise ValueError("must be 1 byte or more")
+    return number
+
+
 @dataclass(frozen=True)
 class Flag:
     """One flag: its name, destination, default (as text), help and parser. A switch takes no
@@ -187,6 +197,35 @@ FLAGS = (
         "account answered",
     ),
     _switch("--demo", "demo", "run against the built-in simulator of both APIs"),
+    Flag(
+        "--record.path",
+        "record_path",
+        None,
+        "write every upstream exchange of this process to this file (JSON Lines), for a bug "
+        "report; with --config.check.upstream, the check's",
+        metavar="FILE",
+    ),
+    Flag(
+        "--record.max-size",
+        "record_max_size",
+        "256MiB",
+        "past this size the recording stops, with one warning",
+        _size,
+        metavar="SIZE",
+    ),
+    _switch(
+        "--record.keep-text",
+        "record_keep_text",
+        "keep free text (error messages, file names) in recorded answers; scrubbed by default",
+    ),
+    Flag(
+        "--replay",
+        "replay",
+        None,
+        "serve a recording: the built-in simulator answers from FILE and the exporter serves "
+        "the recorded sources (no configuration file is read)",
+        metavar="FILE",
+    ),
 )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from exporter.collector import ExporterStatus
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import log
+from exporter.recorder import Recorder
 from exporter.redact import Redactor
 from exporter.source import SourceRunner, SourceSnapshot, same_account
 from exporter.state import StateStore
@@ -50,8 +51,11 @@ class Runtime:
         demo: bool = False,
         on_sources: Callable[[int], None] | None = None,
         on_answer: Callable[[int], None] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.config_path = config_path
+        # `--record.path`: every source's upstream hands its exchanges to it.
+        self.recorder = recorder
         self.config = config
         self.redactor = redactor if redactor is not None else Redactor()
         self.shard = shard or Shard()
@@ -93,6 +97,7 @@ class Runtime:
         runner = SourceRunner(
             source, config.settings(source), self.redactor, self.pool, predecessor=predecessor
         )
+        runner.upstream.recorder = self.recorder
         if self.store is not None:
             self.store.attach(runner, handed_over=predecessor is not None)
         return runner

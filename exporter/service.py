@@ -17,7 +17,11 @@ from exporter.config import Config, ConfigError
 from exporter.demo import Demo
 from exporter.flags import ListenAddress
 from exporter.logs import log
+from exporter.recorder import Recorder
+from exporter.recordfile import Recording
+from exporter.recordfile import start as start_recording
 from exporter.redact import Redactor
+from exporter.replay import Replay
 from exporter.runtime import Runtime, Shard
 from exporter.server import make_app
 from exporter.state import StateStore
@@ -170,6 +174,8 @@ class Service:
         demo: bool = False,
         on_sources: Callable[[int], None] | None = None,
         on_answer: Callable[[int], None] | None = None,
+        recorder: Recorder | None = None,
+        replay: Recording | None = None,
     ) -> None:
         self.config = config
         self.config_file = config_file
@@ -177,7 +183,11 @@ class Service:
         self.shard = shard
         self.redactor = redactor
         self.storage_path = storage_path
-        self.demo = Demo() if demo else None
+        # `--replay` is a demo of a recording: a simulator on loopback makes the config.
+        self.demo: Demo | Replay | None = Replay(replay) if replay is not None else None
+        if self.demo is None and demo:
+            self.demo = Demo()
+        self.recorder = recorder
         self.on_sources = on_sources
         self.on_answer = on_answer
         self._stop = asyncio.Event()
@@ -186,6 +196,9 @@ class Service:
     async def run(self) -> None:
         config = await self._start_demo() if self.demo is not None else self.config
         assert config is not None
+        if self.recorder is not None:
+            owned = [s.name for s in config.sources if self.shard.owns(s.name)]
+            start_recording(self.recorder, config, owned)
         store = StateStore(self.storage_path) if self.storage_path else None
         runtime = Runtime(
             config,
@@ -196,6 +209,7 @@ class Service:
             demo=self.demo is not None,
             on_sources=self.on_sources,
             on_answer=self.on_answer,
+            recorder=self.recorder,
         )
         for warning in config.warnings():
             log(logger, logging.WARNING, warning)
@@ -246,7 +260,12 @@ class Service:
             demo=self.demo is not None,
             version=__version__,
         )
-        what = "demo (simulated data)" if self.demo is not None else "serving"
+        if isinstance(self.demo, Replay):
+            what = f"replaying {self.demo.recording.path}"
+        elif self.demo is not None:
+            what = "demo (simulated data)"
+        else:
+            what = "serving"
         print(f"bulk-progress-exporter {what}: open {url} (metrics at {url}metrics)", flush=True)
         return serving
 

@@ -24,6 +24,7 @@ import aiohttp
 from exporter import __version__
 from exporter.logs import log
 from exporter.ratelimit import RateLimitWait, TokenBucket
+from exporter.recorder import KEPT_HEADERS, Recorder
 from exporter.redact import Redact
 from exporter.trace import RequestRecord, Trace
 
@@ -129,6 +130,12 @@ def snippet(body: bytes, redact: Redact) -> str:
     return text
 
 
+def _kept_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
+    """The headers a recording keeps (exporter.recorder.KEPT_HEADERS), when present."""
+    found = {name: response.headers.get(name) for name in KEPT_HEADERS}
+    return {name: value for name, value in found.items() if value is not None}
+
+
 @dataclass(slots=True)
 class _Answer:
     """The outcome of sending one request. `code` is what `bulk_api_requests_total` counts."""
@@ -140,6 +147,8 @@ class _Answer:
     failure: str | None = None  # set when no usable answer came (timeout, error, too large)
     ms: float = 0.0  # from sending to the end of the body
     waited: float = 0.0  # seconds waited for a rate-limit token
+    # The answer's Content-Type and Retry-After as sent, kept only while recording.
+    headers: dict[str, str] | None = None
 
 
 class ConnectionPool:
@@ -198,6 +207,8 @@ class Upstream:
         # Seconds requests spent waiting for the rate-limit bucket, for
         # bulk_rate_limit_wait_seconds_total.
         self.rate_limit_wait = 0.0
+        # `--record.path`: where every exchange is handed over (None: not recording).
+        self.recorder: Recorder | None = None
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -259,6 +270,8 @@ class Upstream:
                     )
                 raise
             self.requests[(endpoint, answer.code)] += 1
+            if self.recorder is not None:
+                self._record(path, params, answer)
             if answer.status == 200 and answer.failure is None:
                 if trace is not None:
                     self._note(trace, endpoint, path, params, answer, attempt)
@@ -326,6 +339,17 @@ class Upstream:
             )
         )
 
+    def _record(self, path: str, params: Params, answer: _Answer) -> None:
+        assert self.recorder is not None
+        full = self._base_path + path
+        if answer.status is None:
+            error = "timeout" if answer.code == "timeout" else "connection"
+            self.recorder.exchange(self.source, full, params, error=error)
+        else:
+            self.recorder.exchange(
+                self.source, full, params, answer.status, answer.headers, answer.body
+            )
+
     def _reason(self, answer: _Answer) -> str:
         if answer.failure is not None:
             return answer.failure
@@ -370,13 +394,15 @@ class Upstream:
             ):
                 status = response.status
                 too_large = await self._read_body(response)
+                kept = None if self.recorder is None else _kept_headers(response)
                 if isinstance(too_large, str):
-                    return _Answer(str(status), status, failure=too_large)
+                    return _Answer(str(status), status, failure=too_large, headers=kept)
                 return _Answer(
                     str(status),
                     status,
                     too_large,
                     _retry_after(response.headers.get("Retry-After")),
+                    headers=kept,
                 )
         except TimeoutError:
             return _Answer("timeout", failure="no answer before the deadline")
@@ -385,6 +411,9 @@ class Upstream:
             # can run in the same turn as this request's own deadline, or shutdown): the
             # request was made and got no answer, so it is counted as one that timed out.
             self.requests[(endpoint, "timeout")] += 1
+            if self.recorder is not None:
+                path = urlsplit(url).path
+                self.recorder.exchange(self.source, path, params, error="timeout")
             raise
         except (aiohttp.ClientError, OSError) as exc:
             detail = self.redact(f"{type(exc).__name__}: {exc}")

@@ -24,6 +24,18 @@ from exporter.simulator.world import World
 __all__ = ["Behaviour", "Credentials", "Fault", "RunningSimulator", "Simulator", "World"]
 
 
+async def serve_app(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """`app` served at host:port (0: any free port); its runner and the port it got."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    assert server is not None
+    sockets = getattr(server, "sockets", None) or []
+    return runner, sockets[0].getsockname()[1] if sockets else port
+
+
 class RunningSimulator:
     """A simulator served on loopback, optionally evolving its jobs every `tick` seconds."""
 
@@ -51,14 +63,7 @@ class RunningSimulator:
         app = self.simulator.app()
         if self.control:
             add_control_routes(self.simulator, app)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        self._runner, self.port = await serve_app(app, host, port)
         if self.tick:
             self._evolve = asyncio.create_task(self._run_evolution(self.tick))
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import sys
 import time
 
+from exporter.recordfile import BASE_PATH, RecordingError, load_recording
 from exporter.simulator import Behaviour, RunningSimulator, Simulator, World
+from exporter.simulator.replay import RunningReplay
 
 # Flag -> (Behaviour field, its values, first the default).
 BEHAVIOUR_FLAGS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -148,6 +151,20 @@ def build_world(args: argparse.Namespace) -> World:
     return world
 
 
+async def _replay(args: argparse.Namespace) -> None:
+    """A recording alone: each source's base URL printed for a configuration to read it."""
+    recording = load_recording(args.replay)
+    running = RunningReplay(recording)
+    await running.start(port=args.port)
+    for source in recording.sources:
+        url = running.base_url(source.name, str(source.settings.get(BASE_PATH, "")))
+        print(f"{source.name} ({source.platform}): {url}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await running.stop()
+
+
 async def _serve(args: argparse.Namespace) -> None:
     behaviour = Behaviour(
         **{field: getattr(args, field) for field, _, _ in BEHAVIOUR_FLAGS.values()}
@@ -156,6 +173,7 @@ async def _serve(args: argparse.Namespace) -> None:
     simulator.latency = {"kizen": args.latency, "firstpromoter": args.latency}
     simulator.kizen_max_page_size = args.kizen_max_page_size
     simulator.kizen_refuse_page_size_above = args.kizen_refuse_page_size_above
+    simulator.echo_key = args.echo_key
     for job in simulator.world.kizen:
         simulator.kizen_row(job)  # serialised once, before the first request
     running = RunningSimulator(simulator, tick=args.tick or None, control=args.control)
@@ -217,9 +235,26 @@ def main() -> None:
     parser.add_argument(
         "--control", action="store_true", help="serve the /_control routes (tests only)"
     )
+    parser.add_argument(
+        "--echo-key",
+        action="store_true",
+        help="echo the request's API key back in every answer (an upstream that leaks it)",
+    )
+    parser.add_argument(
+        "--replay",
+        metavar="FILE",
+        help="serve this recording instead of a simulated world (every other flag but --port "
+        "is ignored)",
+    )
     args = parser.parse_args()
+    if args.replay is not None:
+        try:
+            load_recording(args.replay)  # checked before serving: a bad one is one line
+        except RecordingError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args))
+        asyncio.run(_replay(args) if args.replay is not None else _serve(args))
 
 
 main()

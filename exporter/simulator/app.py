@@ -116,6 +116,26 @@ def _stale(row: dict[str, Any], previous: tuple[int, int, int] | None) -> dict[s
     return {**row, "pending_count": pending, "success_count": success, "failed_count": failed}
 
 
+def _echo(response: web.Response, request: web.Request) -> None:
+    """Put the request's key into a JSON answer: beside a page's fields, into every row of a
+    list, and as a status text (a field the exporter reads, which no scrubbing removes)."""
+    key = request.headers.get("X-API-KEY") or request.headers.get("Authorization") or ""
+    key = key.removeprefix("Bearer ")
+    if response.content_type != "application/json" or not isinstance(response.body, bytes):
+        return
+    data = json.loads(response.body)
+    rows = (
+        data if isinstance(data, list) else data.get("results") if isinstance(data, dict) else None
+    )
+    if isinstance(data, dict):
+        data["echo"] = f"your key is {key}"
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, dict):
+            row["echo"] = key
+            row["action_label" if "action_label" in row else "action"] = f"{key} action"
+    response.body = json.dumps(data).encode()
+
+
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
         body=json.dumps(data).encode(), status=status, content_type="application/json"
@@ -140,6 +160,9 @@ class Simulator:
         # (platform, endpoint, monotonic time) of the latest 10,000 requests.
         self.arrivals: deque[tuple[str, str, float]] = deque(maxlen=10_000)
         self.kizen_insert_per_page = 0
+        # An upstream that leaks: every JSON answer carries the request's API key back
+        # (`echo` beside the rows), for the tests that no secret reaches a recording.
+        self.echo_key = False
         self.fp_paginate = False
         # Page sizes above this are served at this size, silently (DRF's max_page_size)...
         self.kizen_max_page_size = 1000
@@ -196,7 +219,10 @@ class Simulator:
                 if fault.remaining is not None:
                     fault.remaining -= 1
                 return await self._fault(request, platform, fault)
-            return await handler(request)
+            response = await handler(request)
+            if self.echo_key and isinstance(response, web.Response):
+                _echo(response, request)
+            return response
 
         return wrapped
 

@@ -8,6 +8,7 @@ shape the world while the exporter under test reads it over HTTP:
     PATCH /_control/firstpromoter/{id} {field: value, ...} change a batch
     POST  /_control/settings        {"latency": s, "kizen_max_page_size": n,
                                      "kizen_refuse_page_size_above": n | null,
+                                     "echo_key": bool,
                                      "behaviour": {field: value, ...}}  (see Behaviour)
     GET   /_control/requests        requests served, by platform and endpoint
 
@@ -91,7 +92,7 @@ def add_control_routes(simulator: Simulator, app: web.Application) -> None:
         data = await body_of(request)
         if "latency" in data:
             simulator.latency = {"kizen": data["latency"], "firstpromoter": data["latency"]}
-        for key in ("kizen_max_page_size", "kizen_refuse_page_size_above"):
+        for key in ("kizen_max_page_size", "kizen_refuse_page_size_above", "echo_key"):
             if key in data:
                 setattr(simulator, key, data[key])
         if "behaviour" in data:
