@@ -223,6 +223,29 @@ def label(value: str) -> str:
     return sys.intern(value)
 
 
+class Labels:
+    """Label values from one source's rows (`label`), with any secret masked first: an
+    upstream may echo a key back into an action or a status, and label values are served.
+    Each distinct value is worked out once: a history repeats a few values thousands of
+    times, and masking checks the value against every configured secret."""
+
+    # Distinct values remembered, at most (hostile input could be endless); beyond it each
+    # value is worked out again every time, which is slower but as right.
+    MAX_REMEMBERED = 10_000
+
+    def __init__(self, redact: Callable[[str], str] | None = None) -> None:
+        self._redact = redact
+        self._seen: dict[str, str] = {}
+
+    def __call__(self, value: str) -> str:
+        found = self._seen.get(value)
+        if found is None:
+            found = label(self._redact(value) if self._redact is not None else value)
+            if len(self._seen) < self.MAX_REMEMBERED:
+                self._seen[value] = found
+        return found
+
+
 def require_count(row: dict[str, object], field: str) -> int:
     value = row.get(field)
     # bool is an int subclass in Python; a JSON true is not a count.

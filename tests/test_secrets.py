@@ -14,7 +14,7 @@ from exporter.config import load_config
 from exporter.runtime import Runtime
 from exporter.server import make_app
 from exporter.simulator import Credentials, Fault
-from tests.conftest import SimHandle
+from tests.conftest import ExporterFactory, SimHandle
 from tests.helpers import capture_logs, source_yaml
 
 CREDS = Credentials()
@@ -64,3 +64,20 @@ async def test_secrets_echoed_by_upstream_are_redacted(
     assert "refresh failed" in captured_logs.getvalue()
     for secret in SECRETS:
         assert secret not in everything
+
+
+async def test_a_key_echoed_into_labels_never_reaches_metrics_or_pages(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    """An upstream that echoes the request's key into every row's action (the simulator's
+    echo switch): the label values are masked, on /metrics and on the landing page."""
+    sim.world.populate()
+    sim.sim.echo_key = True
+    client = await exporter()
+    c = Credentials()
+    metrics = await (await client.get("/metrics")).text()
+    page = await (await client.get("/")).text()
+    for text in (metrics, page):
+        assert c.kizen_api_key not in text
+        assert c.fp_api_key not in text
+    assert 'action="<secret> action"' in metrics

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from exporter.jobs import (
     Job,
+    Labels,
     Phase,
     QueueClock,
     RowError,
@@ -211,6 +212,7 @@ def parse_row(
     *,
     includes_failed: bool = False,
     progress_scale: float | None = 100,
+    labels: Callable[[str], str] = label,
 ) -> Job:
     """Map one BatchProcess object to a Job; RowError if it is unusable. `redact` masks
     secrets in the `processing_errors` kept for the landing page.
@@ -241,9 +243,9 @@ def parse_row(
     updated_at = parse_timestamp(row.get("updated_at"), "updated_at")
     return Job(
         id=job_id,
-        action=label(require_str(row, "action_label")),
+        action=labels(require_str(row, "action_label")),
         object="",
-        status=label(status),
+        status=labels(status),
         phase=phase,
         pending=pending,
         succeeded=processed,
@@ -292,6 +294,7 @@ class FirstPromoterClient:
         self.upstream = upstream
         self.max_jobs = settings.max_jobs
         self.notices: dict[str, str] = {}
+        self.labels = Labels(upstream.redact)
         self.includes_failed = False
         # What the progress number is out of; None: not a progress (the counts give it).
         self.progress_scale: float | None = 100
@@ -394,6 +397,7 @@ class FirstPromoterClient:
                 self.upstream.redact,
                 includes_failed=self.includes_failed,
                 progress_scale=self.progress_scale,
+                labels=self.labels,
             )
 
         return parse

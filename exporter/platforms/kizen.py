@@ -21,6 +21,7 @@ from exporter.jobs import (
     MAX_COUNT,
     MAX_ID_LENGTH,
     Job,
+    Labels,
     Phase,
     QueueClock,
     RowError,
@@ -174,7 +175,9 @@ def canonical_id(job_id: str) -> str:
     return job_id
 
 
-def parse_row(row: object, redact: Redact | None = None) -> Job:
+def parse_row(
+    row: object, redact: Redact | None = None, labels: Callable[[str], str] = label
+) -> Job:
     """Map one ReadBulkActionProgress object to a Job; RowError if it is unusable. `redact`
     masks secrets in the failure report's file name kept for the landing page.
 
@@ -198,9 +201,9 @@ def parse_row(row: object, redact: Redact | None = None) -> Job:
     report = row.get("failure_report")
     return Job(
         id=job_id,
-        action=label(require_str(row, "action")),
-        object=label(name) if isinstance(name, str) else "",
-        status=label(status),
+        action=labels(require_str(row, "action")),
+        object=labels(name) if isinstance(name, str) else "",
+        status=labels(status),
         phase=phase,
         pending=pending,
         succeeded=succeeded,
@@ -304,6 +307,7 @@ class KizenClient:
         self.upstream = upstream
         self.max_jobs = settings.max_jobs
         self.page_size = source.page_size
+        self.labels = Labels(upstream.redact)
         self.notices: dict[str, str] = {}
         # Learnt from the account's answers (see docs/api.md, "in the other world").
         self.started_after_ignored = False
@@ -328,7 +332,7 @@ class KizenClient:
             self.page_size = min(self.page_size, SAFE_PAGE_SIZE)
 
     def _parse(self, row: object) -> Job:
-        return parse_row(row, self.upstream.redact)
+        return parse_row(row, self.upstream.redact, self.labels)
 
     def _params(self, page: int, size: int, extra: Mapping[str, str]) -> dict[str, str]:
         params = {"page": str(page), "page_size": str(size)}
