@@ -211,13 +211,19 @@ class JobTracker:
         self.actions.add(OTHER_ACTION)
         return replace(job, action=OTHER_ACTION)
 
-    def _history(self, job: Job) -> bool:
-        """A job first seen already finished, and finished (or started) before the baseline."""
+    def _history(self, job: Job, now: float) -> bool:
+        """A job first seen already finished, and finished (or started) before the baseline.
+        A time out of order (`time_problem`) is no evidence either way: a completion before
+        the start does not make a job that started after the baseline history."""
         assert self.baseline is not None
         if not job.phase.terminal:
             return False
+        wrong = time_problem(job, now)
         started = job.started_at is not None and job.started_at < self.baseline
         completed = job.completed_at is not None and job.completed_at < self.baseline
+        if wrong is not None:
+            started = started and wrong[0] != "start"
+            completed = completed and wrong[0] != "completion"
         return started or completed
 
     def _put(self, tracked: TrackedJob) -> None:
@@ -258,7 +264,7 @@ class JobTracker:
     def _take_new(self, job: Job, now: float, first: bool) -> None:
         last_change = job.started_at if job.started_at else now
         queued = job.phase is Phase.QUEUED
-        if first or self._history(job):
+        if first or self._history(job, now):
             # Known at the baseline: its finish, if any, is history; a queued job's wait is
             # still observed when it leaves the queue after the baseline. (Built at once, not
             # through `replace`: a large history is mostly this.)

@@ -279,11 +279,20 @@ class Histories(RuleBasedStateMachine):
             counts = (j.succeeded, j.failed)
             m = self.expected.get(j.id)
             if m is None:
+                wrong = time_problem(j, self.now)
                 history = first or (
                     j.phase.terminal
                     and (
-                        (j.started_at is not None and j.started_at < baseline)
-                        or (j.completed_at is not None and j.completed_at < baseline)
+                        (
+                            j.started_at is not None
+                            and j.started_at < baseline
+                            and (wrong is None or wrong[0] != "start")
+                        )
+                        or (
+                            j.completed_at is not None
+                            and j.completed_at < baseline
+                            and (wrong is None or wrong[0] != "completion")
+                        )
                     )
                 )
                 if history:

@@ -272,3 +272,14 @@ def test_failure_details_are_kept_only_within_the_per_job_series_bound() -> None
     # An hour later the two with details have aged out of the retention too.
     t.apply([history, *recent], T0 + 3700, complete=True)
     assert not any(tr.job.failure for tr in t.jobs.values())
+
+
+def test_the_baseline_is_when_the_first_read_began() -> None:
+    """A job that starts while a long first read pages (taken in 30 s after it began) and
+    finishes later is counted: it is not history."""
+    t = JobTracker(QueueClock.START_KNOWN)
+    t.apply([], T0 + 30, complete=True, started=T0)
+    assert t.baseline == T0
+    t.apply([job("late", Phase.COMPLETED, ok=3, started=T0 + 10)], T0 + 60, complete=True)
+    assert t.finished == {("a", "completed"): 1}
+    assert t.items == {("a", "succeeded"): 3}

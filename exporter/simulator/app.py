@@ -176,7 +176,7 @@ class Simulator:
         # Kizen list pages that answer 404 Invalid page, or an empty page, while the others
         # answer as usual (a flaky backend): page number -> "404" or "empty".
         self.kizen_broken_pages: dict[int, Literal["404", "empty"]] = {}
-        # List answers so far per platform, for `Behaviour.counts == "stale"`.
+        # List answers so far of each row, for `Behaviour.counts == "stale"`.
         self._answers: Counter[str] = Counter()
 
     # --- plumbing ------------------------------------------------------------------------
@@ -376,10 +376,12 @@ class Simulator:
             return _json({"detail": "Invalid page."}, 404)
         head = json.dumps(head_fields)
         served = [] if broken == "empty" else rows[(page - 1) * size : page * size]
-        if self._stale_turn("kizen"):
-            results = ", ".join(json.dumps(_stale(j.to_json(), j.previous)) for j in served)
-        else:
-            results = ", ".join(self.kizen_row(j) for j in served)
+        results = ", ".join(
+            json.dumps(_stale(j.to_json(), j.previous))
+            if self._stale_turn(f"kizen:{j.id}")
+            else self.kizen_row(j)
+            for j in served
+        )
         body = f'{head[:-1]}, "results": [{results}], "errors": null}}'
         return web.Response(body=body.encode(), content_type="application/json")
 
@@ -417,12 +419,13 @@ class Simulator:
             row["id"] = str(row["id"]).upper()
         return _json(row)
 
-    def _stale_turn(self, platform: str) -> bool:
-        """Whether this list answer is a stale replica's (every other one, in that world)."""
+    def _stale_turn(self, row: str) -> bool:
+        """Whether this answer of a row is a stale replica's (every other one of each row,
+        in that world)."""
         if self.behaviour.counts != "stale":
             return False
-        self._answers[platform] += 1
-        return self._answers[platform] % 2 == 0
+        self._answers[row] += 1
+        return self._answers[row] % 2 == 0
 
     # --- FirstPromoter -------------------------------------------------------------------
     def _fp_auth(self, request: web.Request) -> web.Response | None:
@@ -492,9 +495,12 @@ class Simulator:
             except ValueError:
                 page, per_page = 1, 20
             batches = batches[(page - 1) * per_page : page * per_page]
-        rows = [self.fp_row(b) for b in batches]
-        if self._stale_turn("firstpromoter"):
-            rows = [self._fp_stale(row, b) for row, b in zip(rows, batches, strict=True)]
+        rows = [
+            self._fp_stale(self.fp_row(b), b)
+            if self._stale_turn(f"firstpromoter:{b.id}")
+            else self.fp_row(b)
+            for b in batches
+        ]
         return _json(rows)
 
     def _fp_stale(self, row: dict[str, Any], batch: FPBatch) -> dict[str, Any]:
