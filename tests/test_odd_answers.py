@@ -9,24 +9,25 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.runtime import Runtime
-from exporter.server import make_app
+from exporter.server import RUNTIME, make_app
 from exporter.simulator import Behaviour
 from exporter.state import StateStore
 from tests.conftest import Client, ExporterFactory, SimHandle
-from tests.helpers import config_from, eventually, one, scrape, select, source_yaml
+from tests.helpers import Samples, config_from, eventually, one, scrape, select, source_yaml
 from tests.test_debug_probe import debug
 from tests.test_worlds import ACCEPT, FP, KZ, UPLOAD, notices
 
 PHASES = ("queued", "running", "completed", "failed", "cancelled")
 
 
-def fp_phases(s: dict[object, float]) -> dict[str, float]:
-    return {p: one(s, "bulk_jobs", **FP, action=ACCEPT, phase=p) for p in PHASES}  # type: ignore[arg-type]
+def fp_phases(s: Samples) -> dict[str, float]:
+    return {p: one(s, "bulk_jobs", **FP, action=ACCEPT, phase=p) for p in PHASES}
 
 
 def finished_history(sim: SimHandle) -> list[int]:
@@ -49,12 +50,12 @@ def finished_history(sim: SimHandle) -> list[int]:
 
 @pytest.mark.parametrize("entries", ["numbers", "garbled"])
 async def test_a_progress_map_of_active_batches_only_erases_nothing(
-    sim: SimHandle, exporter: ExporterFactory, entries: str
+    sim: SimHandle, exporter: ExporterFactory, entries: Literal["numbers", "garbled"]
 ) -> None:
     """The progress map lists only the batches in progress whatever it is asked (and, in
     the second world, some entries are missing, null, true, words or quoted numbers):
     finished batches stay, running ones never come and go, and the world is said."""
-    sim.sim.behaviour = Behaviour(fp_progress_map="active", fp_progress_entries=entries)  # type: ignore[arg-type]
+    sim.sim.behaviour = Behaviour(fp_progress_map="active", fp_progress_entries=entries)
     finished_history(sim)
     client = await exporter(kizen=False)
     for _ in range(4):
@@ -132,10 +133,10 @@ async def test_what_an_account_taught_survives_a_restart(
         await client.start_server()
         return client, runtime
 
-    def reading(s: dict[object, float]) -> tuple[float, ...]:
+    def reading(s: Samples) -> tuple[float, ...]:
         labels = {**FP, "action": ACCEPT, "job_id": str(running.id)}
-        items = [one(s, "bulk_job_items", **labels, state=k) for k in ("succeeded", "failed")]  # type: ignore[arg-type]
-        counted = one(s, "bulk_items_processed_total", **FP, action=ACCEPT, result="succeeded")  # type: ignore[arg-type]
+        items = [one(s, "bulk_job_items", **labels, state=k) for k in ("succeeded", "failed")]
+        counted = one(s, "bulk_items_processed_total", **FP, action=ACCEPT, result="succeeded")
         return (*items, counted)
 
     client, _ = await start()
@@ -165,7 +166,7 @@ async def test_one_inconsistent_running_batch_changes_no_other_batch(
     odd.failed = 5
     s = await scrape(client)
     labels = {**FP, "action": ACCEPT, "job_id": str(other.id)}
-    assert one(s, "bulk_job_items", **labels, state="succeeded") == 40  # type: ignore[arg-type]
+    assert one(s, "bulk_job_items", **labels, state="succeeded") == 40
     assert "processed_includes_failed" not in notices(client, "fp")
 
 
@@ -218,7 +219,10 @@ async def test_times_out_of_order_count_the_job_but_not_its_times(
 @pytest.mark.parametrize("broken", ["404", "empty"])
 @pytest.mark.parametrize("incremental", [True, False])
 async def test_a_list_page_that_fails_while_later_pages_answer_removes_nothing(
-    sim: SimHandle, exporter: ExporterFactory, broken: str, incremental: bool
+    sim: SimHandle,
+    exporter: ExporterFactory,
+    broken: Literal["404", "empty"],
+    incremental: bool,
 ) -> None:
     now = time.time()
     for i in range(25):
@@ -234,11 +238,9 @@ async def test_a_list_page_that_fails_while_later_pages_answer_removes_nothing(
     )
     s = await scrape(client)
     assert one(s, "bulk_jobs", **KZ, action=UPLOAD, phase="completed") == 25
-    sim.sim.kizen_broken_pages = {2: broken}  # type: ignore[dict-item]
+    sim.sim.kizen_broken_pages = {2: broken}
     # The next full read (every scrape when not incremental; a fallback when incremental).
     if incremental:
-        from exporter.server import RUNTIME
-
         assert client.app is not None
         client.app[RUNTIME].sources["kz"].refresher._last_full = 0.0
     for _ in range(3):
