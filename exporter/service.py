@@ -169,7 +169,6 @@ class Service:
         storage_path: str | None = None,
         demo: bool = False,
         on_sources: Callable[[int], None] | None = None,
-        on_answer: Callable[[int], None] | None = None,
     ) -> None:
         self.config = config
         self.config_file = config_file
@@ -179,7 +178,6 @@ class Service:
         self.storage_path = storage_path
         self.demo = Demo() if demo else None
         self.on_sources = on_sources
-        self.on_answer = on_answer
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
 
@@ -195,7 +193,6 @@ class Service:
             store=store,
             demo=self.demo is not None,
             on_sources=self.on_sources,
-            on_answer=self.on_answer,
         )
         for warning in config.warnings():
             log(logger, logging.WARNING, warning)

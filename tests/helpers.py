@@ -456,24 +456,14 @@ def make_certs(tmp: Path) -> dict[str, Path]:
 
 def serving_hooks(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """What the serving command hands its service (`cli.main(["--demo"])`), the service itself
-    replaced by one that only keeps its arguments; mallopt replaced too, so that this test
-    process's own C allocator is left as it is, its calls up to the service under
-    "mallopt calls before the service"."""
-    from exporter import allocator, cli
+    replaced by one that only keeps its arguments."""
+    from exporter import cli
 
     given: dict[str, object] = {}
-    calls: list[tuple[int, int]] = []
-
-    def mallopt(parameter: int, value: int) -> int:
-        calls.append((parameter, value))
-        return 1
-
-    monkeypatch.setattr(allocator, "glibc_mallopt", lambda: mallopt)
 
     class Service:
         def __init__(self, **kwargs: object) -> None:
             given.update(kwargs)
-            given["mallopt calls before the service"] = list(calls)
 
         async def run(self) -> None:
             pass
