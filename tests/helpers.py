@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +100,15 @@ def source_yaml(
 
 def config_from(text: str, env: Mapping[str, str] | None = None) -> Config:
     return parse_config(text, filename="test.yaml", env=env or {})
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def project_version() -> str:
+    """pyproject.toml's version: the only one written by hand, which every other must equal."""
+    with (REPO / "pyproject.toml").open("rb") as f:
+        return str(tomllib.load(f)["project"]["version"])
 
 
 def find_tool(name: str) -> str | None:

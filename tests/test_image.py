@@ -7,6 +7,7 @@ Debian stand-in for the python base image (about 2 minutes); later ones rebuild 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import ssl
@@ -21,7 +22,15 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.helpers import basic, free_port, make_certs, one, parse_samples, require_tool
+from tests.helpers import (
+    basic,
+    free_port,
+    make_certs,
+    one,
+    parse_samples,
+    project_version,
+    require_tool,
+)
 
 pytestmark = pytest.mark.image
 
@@ -179,9 +188,12 @@ def test_image_metadata(podman: Podman) -> None:
         "null",
         "[]",
     )
+    # One version: pyproject's, on the label and in what the package inside says.
+    labels = json.loads(podman.ok("image", "inspect", "--format", "{{json .Config.Labels}}", IMAGE))
+    assert labels["org.opencontainers.image.version"] == project_version()
     result = podman("run", "--rm", "--network", "none", IMAGE, "--version")
     assert result.returncode == 0, result
-    assert result.stdout.startswith("bulk-progress-exporter ")
+    assert result.stdout.startswith(f"bulk-progress-exporter {project_version()} (Python ")
 
 
 def test_demo_as_uid_10001_healthy_and_sigterm(podman: Podman) -> None:
