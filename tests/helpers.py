@@ -14,10 +14,13 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -481,3 +484,42 @@ def serving_hooks(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     monkeypatch.setattr(cli, "Service", Service)
     assert cli.main(["--demo"], env={}) == 0
     return given
+
+
+# The demo's two sources (`--demo`).
+DEMO_SOURCES = ("kizen-demo", "firstpromoter-demo")
+
+
+def get_while_starting(
+    url: str,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+    timeout: float = 60,
+) -> tuple[int, str]:
+    """Status and body, retrying while the server (a process, a container) is still starting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=5, context=context) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def wait_demo_up(port: int, timeout: float = 60) -> str:
+    """The first /metrics with bulk_up 1 for both demo sources; the first refresh takes a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, text = get_while_starting(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        samples = parse_samples(text)
+        up = [one(samples, "bulk_up", source=source) for source in DEMO_SOURCES]
+        if up == [1, 1]:
+            return text
+        assert time.monotonic() < deadline, f"bulk_up is {up}"
+        time.sleep(0.5)

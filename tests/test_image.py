@@ -13,8 +13,6 @@ import shlex
 import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ import bcrypt
 import pytest
 
 from tests.helpers import (
+    DEMO_SOURCES,
     basic,
     free_port,
     make_certs,
@@ -31,6 +30,8 @@ from tests.helpers import (
     project_version,
     require_tool,
 )
+from tests.helpers import get_while_starting as get
+from tests.helpers import wait_demo_up as wait_both_up
 
 pytestmark = pytest.mark.image
 
@@ -40,7 +41,6 @@ IMAGE = "bulk-progress-exporter:test"
 STORAGE = "/var/lib/bulk-progress-exporter"
 CONFIG = "/etc/bulk-progress-exporter/config.yaml"
 NETWORK = "slirp4netns:port_handler=slirp4netns"
-DEMO_SOURCES = ("kizen-demo", "firstpromoter-demo")
 
 
 class Podman:
@@ -117,41 +117,6 @@ def podman(built: dict[str, str]) -> Iterator[Podman]:
         yield p
     finally:
         p.cleanup()
-
-
-def get(
-    url: str,
-    headers: dict[str, str] | None = None,
-    context: ssl.SSLContext | None = None,
-    timeout: float = 60,
-) -> tuple[int, str]:
-    """Status and body, retrying while the container is still starting."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            request = urllib.request.Request(url, headers=headers or {})
-            with urllib.request.urlopen(request, timeout=5, context=context) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-
-
-def wait_both_up(port: int, timeout: float = 60) -> str:
-    """The first /metrics with bulk_up 1 for both demo sources; the first refresh takes a moment."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status, text = get(f"http://127.0.0.1:{port}/metrics")
-        assert status == 200
-        samples = parse_samples(text)
-        up = [one(samples, "bulk_up", source=source) for source in DEMO_SOURCES]
-        if up == [1, 1]:
-            return text
-        assert time.monotonic() < deadline, f"bulk_up is {up}"
-        time.sleep(0.5)
 
 
 def healthcheck(podman: Podman, name: str) -> None:
