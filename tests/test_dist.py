@@ -116,11 +116,12 @@ def test_the_wheel_holds_the_package_only(dist: Path) -> None:
     }
 
 
-def test_the_sdist_builds_from_what_it_holds(dist: Path) -> None:
+def test_the_sdist_holds_what_builds_the_package_and_no_partial_suite(dist: Path) -> None:
     with tarfile.open(dist / SDIST) as sdist:
         names = sdist.getnames()
     top = f"bulk_progress_exporter-{VERSION}/"
     assert {top + "pyproject.toml", top + "README.md", top + "LICENSE"} <= set(names)
+    # setuptools adds tests/test*.py by itself, without the helpers they import (MANIFEST.in).
     assert not [n for n in names if n.startswith((top + "tests/", top + "benchmarks/"))]
 
 
