@@ -88,7 +88,9 @@ def test_the_wheel_metadata_is_what_an_index_shows(dist: Path) -> None:
     assert metadata["License-Expression"] == "Apache-2.0"
     assert metadata["Description-Content-Type"] == "text/markdown"
     # The README is the long description, whole.
-    assert metadata.get_payload().strip() == (REPO / "README.md").read_text().strip()
+    description = metadata.get_payload()
+    assert isinstance(description, str)
+    assert description.strip() == (REPO / "README.md").read_text().strip()
     assert {"prometheus", "exporter", "kizen", "firstpromoter"} <= set(
         metadata["Keywords"].split(",")
     )
