@@ -149,36 +149,25 @@ def test_the_wheel_installs_alone_in_a_clean_venv_and_runs(dist: Path, tmp_path:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", str(dist / WHEEL)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        cwd=elsewhere,
-        env=env,
-    )
+
+    def run(*command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=elsewhere,
+            env=env,
+        )
+
+    install = run(str(python), "-m", "pip", "install", "--quiet", str(dist / WHEEL), timeout=600)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
-    where = subprocess.run(
-        [str(python), "-c", "import exporter; print(exporter.__file__)"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=elsewhere,
-        env=env,
-    ).stdout
+    where = run(str(python), "-c", "import exporter; print(exporter.__file__)").stdout
     assert where.startswith(str(home)), where
     command = str(home / "bin" / "bulk-progress-exporter")
-    version = subprocess.run(
-        [command, "--version"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-        cwd=elsewhere,
-        env=env,
-    )
+    version = run(command, "--version")
+    assert version.returncode == 0, version.stderr
     assert version.stdout.startswith(f"bulk-progress-exporter {VERSION} (Python ")
 
     port = free_port()
