@@ -4,14 +4,25 @@
 ARG BASE_IMAGE=python:3.12-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
+# The version the image is labelled with: pyproject.toml's, which scripts/build-image.sh passes
+# (by hand: --build-arg VERSION=<pyproject's version>). Any other fails the build here, so the
+# label cannot disagree with the package inside.
+ARG VERSION
 WORKDIR /src
 COPY pyproject.toml README.md ./
+RUN python -c 'import sys, tomllib; given = sys.argv[1]; \
+  wanted = tomllib.load(open("pyproject.toml", "rb"))["project"]["version"]; \
+  sys.exit(None if given == wanted else \
+    f"VERSION is {given!r}, pyproject.toml says {wanted}: --build-arg VERSION={wanted}")' \
+  "${VERSION:-}"
 COPY exporter ./exporter
 # pip also compiles the byte code here, so the read-only image never needs to.
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM ${BASE_IMAGE}
+ARG VERSION
 LABEL org.opencontainers.image.title="bulk-progress-exporter" \
+      org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.description="Prometheus exporter for Kizen bulk actions and FirstPromoter batch processes" \
       org.opencontainers.image.licenses="Apache-2.0"
 # Flags may be given as arguments (`docker run IMAGE --demo`) or as BULK_EXPORTER_* variables.

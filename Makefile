@@ -11,7 +11,7 @@ PORT   ?= 9840
 # apt-get as root, else through sudo.
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test check lint format tools clean bench
+.PHONY: run test check lint format tools clean bench dist
 
 # What running needs: the package and its run-time dependencies only.
 $(RUN_STAMP): pyproject.toml
@@ -77,7 +77,7 @@ lint: $(STAMP)
 
 # The groups that need something outside Python (pyproject's markers): `make check` leaves
 # them out, `make test` runs them.
-OUTSIDE := e2e or image or browser or chart or load or tools
+OUTSIDE := e2e or image or browser or chart or load or tools or dist
 
 ## check: the everyday loop: ruff, mypy and every test that needs no outside tool; the tests
 ## mostly wait on the network, so 4 workers share the 2 cores
@@ -91,6 +91,18 @@ check: $(STAMP)
 test: $(STAMP) tools lint
 	$(BIN)/python -m pytest
 
+# Where `make dist` writes (tests/test_dist.py points it at a directory of its own).
+DIST ?= dist
+
+## dist: what a user installs, into $(DIST)/: the sdist and wheel (python -m build), checked as a
+## package index reads them (twine check --strict), and the Helm chart's package (helm package)
+dist: $(STAMP)
+	rm -rf $(DIST)
+	$(BIN)/python -m build --sdist --wheel --outdir $(DIST) .
+	$(BIN)/twine check --strict $(DIST)/*.tar.gz $(DIST)/*.whl
+	bash scripts/install-helm.sh
+	.tools/bin/helm package charts/bulk-progress-exporter --destination $(DIST)
+
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -100,4 +112,4 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.scrape
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info build dist

@@ -3,7 +3,8 @@
 Run with `make bench` (or `.venv/bin/python -m benchmarks.scrape [--quick]`). The simulator
 runs in its own process so the exporter's latency and memory are its own. Figures depend on the
 machine; docs/benchmarks.md records them. `--quick` skips the 100,000-job part (several
-minutes).
+minutes); `--labels` prints only the encoding of 200 sources' families against the same with
+every label dict in reverse order (the sorted label dicts' gain).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TypeVar
 
 import aiohttp
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
 
 from benchmarks.processes import simulator_process
 from exporter.collector import ExporterStatus, exporter_families
@@ -386,6 +388,50 @@ def render() -> None:
         )
 
 
+def _relabelled(families: list[Metric], *, reverse: bool) -> list[Metric]:
+    """Copies of `families` whose every sample's label dict holds its names sorted, or sorted
+    in reverse: the same answer either way, encoded from dicts the encoder's own sort of each
+    sample's labels passes over at once, or must reorder."""
+    copies = []
+    for family in families:
+        copy = Metric(family.name, family.documentation, family.type, family.unit)
+        copy.samples = [
+            s._replace(labels=dict(sorted(s.labels.items(), reverse=reverse)))
+            for s in family.samples
+        ]
+        copies.append(copy)
+    return copies
+
+
+def labels(sources: int = 200, jobs: int = 60, rounds: int = 15) -> None:
+    """The encoding of `sources` sources' families with every label dict in sorted order
+    against the same with every one in reverse order, interleaved, in this process."""
+    snapshots = [dataclasses.replace(snapshot_of(jobs), name=f"kz-{i}") for i in range(sources)]
+    now = time.time()
+    built = Renderer()
+    families = list(_merged([built.families(s, now) for s in snapshots], now))
+    encoder, _ = choose_encoder(TEXT)
+    in_order = _registry(_relabelled(families, reverse=False))
+    reversed_ = _registry(_relabelled(families, reverse=True))
+    assert encoder(in_order) == encoder(reversed_)  # the same answer
+    as_sorted: list[float] = []
+    as_reversed: list[float] = []
+    for _ in range(rounds):
+        for registry, times in ((in_order, as_sorted), (reversed_, as_reversed)):
+            started = time.process_time()
+            encoder(registry)
+            times.append(time.process_time() - started)
+    ratios = sorted(r / b for b, r in zip(as_sorted, as_reversed, strict=True))
+    samples = sum(len(f.samples) for f in families)
+    print(
+        f"Label order: {sources} sources of {jobs} running jobs ({samples} samples), text, "
+        f"{rounds} rounds: label dicts in sorted order {statistics.median(as_sorted) * 1000:.0f}"
+        f" ms CPU, in reverse order {statistics.median(as_reversed) * 1000:.0f} ms; reverse / "
+        f"sorted, round by round: median {statistics.median(ratios):.3f}, "
+        f"least {ratios[0]:.3f}, most {ratios[-1]:.3f}"
+    )
+
+
 async def main_async(args: argparse.Namespace) -> None:
     if args.memory:
         await memory_only()
@@ -400,7 +446,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the 100,000-job part")
     parser.add_argument("--memory", action="store_true", help="only the memory figure, quickly")
     parser.add_argument("--render", action="store_true", help="only the render cost, quickly")
+    parser.add_argument(
+        "--labels", action="store_true", help="only the encoding against label order"
+    )
     args = parser.parse_args()
+    if args.labels:
+        labels()
+        return
     if not args.render:
         asyncio.run(main_async(args))
     if not args.memory:

@@ -16,8 +16,8 @@ families parsed back from the text answer and encoded again, once before the fir
 scrape and once after each, so that both medians see the same machine), the floor a scrape
 cannot go below. The steady scrape is divided by that floor twice: median by median, and
 scrape by scrape (each against the bare encodings timed on either side of it), the latter less
-moved by a machine whose speed changes within seconds. Last, gzip of the answer, in one piece
-and in pieces as the server does.
+moved by a machine whose speed changes within seconds. Last, gzip of the answer as the server
+does it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from prometheus_client.registry import Collector
 
 from benchmarks.processes import free_port, simulator_process, start_exporter, until_ready
 from benchmarks.scrape import CREDS, OPENMETRICS, TEXT
-from exporter.compression import gzip_answer
 from exporter.platforms import firstpromoter, kizen
 from exporter.server import GZIP_LEVEL
 from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
@@ -199,19 +198,14 @@ async def bare_requests(pairs: int, sim_port: int) -> float:
     return statistics.median(times[2:])
 
 
-async def gzip_times(body: bytes, rounds: int = 7) -> tuple[float, float]:
-    """Median seconds to gzip `body` as one piece and as the server does (in pieces on every
-    core), taken in turn so that both see the same machine."""
-    whole: list[float] = []
-    pieces: list[float] = []
+async def gzip_time(body: bytes, rounds: int = 7) -> float:
+    """Median seconds to gzip `body` as the server does (in one worker thread, at its level)."""
+    took: list[float] = []
     for _ in range(rounds):
         began = time.perf_counter()
         await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL, mtime=0)
-        whole.append(time.perf_counter() - began)
-        began = time.perf_counter()
-        await gzip_answer(body, GZIP_LEVEL)
-        pieces.append(time.perf_counter() - began)
-    return statistics.median(whole), statistics.median(pieces)
+        took.append(time.perf_counter() - began)
+    return statistics.median(took)
 
 
 def p90(values: list[float]) -> float:
@@ -299,7 +293,7 @@ async def one_size(
         proc.wait()
     # With the exporter stopped, so that only these requests use the cores.
     requests_alone = await bare_requests(pairs, sim_port)
-    whole, pieces = await gzip_times(settled.encode())
+    gzipping = await gzip_time(settled.encode())
     down = sum(
         1 for line in body.splitlines() if line.startswith("bulk_up{") and line.endswith(" 0.0")
     )
@@ -333,8 +327,7 @@ async def one_size(
         f"= {median / (requests_alone + encode):.2f}; "
         f"{samples} samples, {zero} ({zero / samples:.0%}) of them "
         "in histograms that observed nothing; "
-        f"gzip of the answer in one piece {whole * 1000:.0f} ms, "
-        f"in pieces side by side {pieces * 1000:.0f} ms"
+        f"gzip of the answer {gzipping * 1000:.0f} ms"
         + (f"; recording {recording.stat().st_size / 1e6:.1f} MB" if record else "")
     )
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from exporter import __version__, allocator, garbage, logs
+from exporter import __version__, garbage, logs
 from exporter.accounts import check_accounts, report
 from exporter.config import Config, ConfigError, load_config, summary
 from exporter.demo import DEMO_CONFIG_NAME, Demo
@@ -202,10 +202,6 @@ def serve(
     opts: Options, shard: Shard, redactor: Redactor, recordings: Recordings | None = None
 ) -> int:
     """Load the configuration and the web config, then serve until told to stop."""
-    # First, before anything can start a thread: glibc keeps the arena a thread was given. Here,
-    # where the process is the exporter's own, not in the service, which tests run inside their
-    # own process: the allocator's and the collector's settings are the whole process's.
-    fitted = allocator.Allocator.for_this_process(allocator.glibc_mallopt())
     recordings = recordings or Recordings()
     config: Config | None = None
     # Demo and replay modes make their configuration when their simulator starts.
@@ -229,7 +225,6 @@ def serve(
         storage_path=opts.storage_path,
         demo=opts.demo,
         on_sources=garbage.tune,
-        on_answer=fitted.answered,
         recorder=recordings.recorder,
         replay=recordings.replay,
     )

@@ -5,14 +5,11 @@ so a job or source that disappears simply is not yielded again. Every value is c
 a float while building, so a value that cannot be a sample fails here (for its source alone)
 rather than in the encoder.
 
-Two choices here are for the encoder's sake, which walks a whole answer family by family and
-is most of a scrape's time; the output is the same bytes either way:
-- every sample's label dict is made with its names in sorted order: the encoders sort each
-  sample's labels as they write it, and a list already in order costs them one pass;
-- a source's samples are made one family at a time, not job by job across families, so that
-  each family's samples lie together in memory as the encoder reads them.
-At 200 sources each was worth about 5 % of the encoding (measured in one process, the same
-families encoded as built and as fresh copies). `tests/test_exposition.py` checks the order.
+A source's samples are made one family at a time, not job by job across families, which is
+also the order the encoder walks an answer in. Label dicts are made in whatever order reads
+best: the encoders sort each sample's labels anyway, and building them already sorted saved
+about 1 % of the encoding at 200 sources (docs/benchmarks.md, "Speed mechanisms"), under the
+10 % a speed mechanism must show to stay (CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -36,7 +33,7 @@ from exporter.jobs import ITEM_STATES, PENDING_PHASES, TERMINAL_PHASES, Phase
 from exporter.source import SourceSnapshot
 from exporter.tracker import BUCKET_LABELS, Histogram, TrackedJob
 
-BASE = ["platform", "source"]  # in sorted order, like every label list below
+BASE = ["platform", "source"]
 TERMINAL = sorted(p.value for p in TERMINAL_PHASES)
 RESULTS = ("succeeded", "failed")
 
@@ -335,19 +332,13 @@ def _add_histogram(
     """The samples `HistogramMetricFamily.add_metric` would add (cumulative buckets, count,
     sum), made directly: with ~70 zero-valued series per action and hundreds of sources,
     its label lists rebuilt for every bucket were most of a cold answer's build time. The
-    count and sum share one label dict; nothing downstream changes them.
-
-    `labels` are the series' labels up to `source` (which sorts last), in sorted order; each
-    bucket's `le` goes in its sorted place among them (after `action`, before `phase`)."""
+    count and sum share one label dict; nothing downstream changes them."""
     bucket, add = family.name + "_bucket", family.samples.append
-    head = {k: v for k, v in labels.items() if k < "le"}
-    tail = {k: v for k, v in labels.items() if k > "le"}
-    tail["source"] = source
+    series = {**labels, "source": source}
     running = 0
     for le, n in zip(BUCKET_LABELS, histogram.counts, strict=True):
         running += n
-        add(Sample(bucket, {**head, "le": le, **tail}, float(running)))
-    series = {**labels, "source": source}
+        add(Sample(bucket, {**series, "le": le}, float(running)))
     add(Sample(family.name + "_count", series, float(running)))
     add(Sample(family.name + "_sum", series, float(histogram.total)))
 

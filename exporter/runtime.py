@@ -50,7 +50,6 @@ class Runtime:
         store: StateStore | None = None,
         demo: bool = False,
         on_sources: Callable[[int], None] | None = None,
-        on_answer: Callable[[int], None] | None = None,
         recorder: Recorder | None = None,
     ) -> None:
         self.config_path = config_path
@@ -73,9 +72,6 @@ class Runtime:
         # Told how many sources this replica runs whenever a configuration is swapped in: the
         # serving command sizes the garbage collector by it (exporter.garbage).
         self._on_sources = on_sources
-        # Told the length of every /metrics answer encoded (the server calls it): the serving
-        # command fits the C library's allocator to it (exporter.allocator).
-        self.on_answer = on_answer
         self.redactor.add(config.secrets())
         self._apply(config)
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from exporter.collector import ExporterStatus
-from exporter.compression import gzip_answer
 from exporter.config import ConfigError
 from exporter.exposition import Renderer
 from exporter.landing import landing_page
@@ -137,16 +137,14 @@ async def _encode(
     status: ExporterStatus | None,
     accept: str,
     gzipped: bool,
-    on_answer: Callable[[int], None] | None,
 ) -> Encoded:
     """Encode in a worker thread, so that the loop keeps serving health checks and scrapes
-    while the library's encoder works."""
+    while the library's encoder works; gzip in one too (zlib lets go of the interpreter's
+    lock while it compresses)."""
     body, content_type = await asyncio.to_thread(renderer.render, snapshots, status, accept)
-    if on_answer is not None:
-        on_answer(len(body))
     gzipped = gzipped and len(body) >= GZIP_MIN_BYTES
     if gzipped:
-        body = await gzip_answer(body, GZIP_LEVEL)
+        body = await asyncio.to_thread(gzip.compress, body, GZIP_LEVEL, mtime=0)
     return Encoded(body, content_type, gzipped)
 
 
@@ -154,7 +152,6 @@ async def _exposition(
     request: web.Request,
     snapshots: list[SourceSnapshot],
     status: ExporterStatus | None,
-    on_answer: Callable[[int], None] | None = None,
 ) -> web.Response:
     accept = request.headers.get("Accept", "")
     wants_gzip = _accepts_gzip(request.headers.get("Accept-Encoding", ""))
@@ -167,9 +164,7 @@ async def _exposition(
         task = cache.pending(key)
         if task is None:
             renderer = request.app[RENDERER]
-            task = asyncio.create_task(
-                _encode(renderer, snapshots, status, accept, wants_gzip, on_answer)
-            )
+            task = asyncio.create_task(_encode(renderer, snapshots, status, accept, wants_gzip))
             cache.start(key, task)
         # Shielded: a scraper that disconnects must not cancel what others wait for.
         encoded = await asyncio.shield(task)
@@ -182,9 +177,7 @@ async def _exposition(
 async def metrics(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     snapshots = await runtime.scrape(wait=scrape_wait(request))
-    # Only the whole answer sizes the allocator: a probe's one source between two scrapes
-    # would have it give back what the next scrape needs again.
-    return await _exposition(request, snapshots, runtime.status, runtime.on_answer)
+    return await _exposition(request, snapshots, runtime.status)
 
 
 async def probe(request: web.Request) -> web.Response:

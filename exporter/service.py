@@ -173,7 +173,6 @@ class Service:
         storage_path: str | None = None,
         demo: bool = False,
         on_sources: Callable[[int], None] | None = None,
-        on_answer: Callable[[int], None] | None = None,
         recorder: Recorder | None = None,
         replay: Recording | None = None,
     ) -> None:
@@ -189,7 +188,6 @@ class Service:
             self.demo = Demo()
         self.recorder = recorder
         self.on_sources = on_sources
-        self.on_answer = on_answer
         self._stop = asyncio.Event()
         self._reloads: set[asyncio.Task[None]] = set()
 
@@ -208,7 +206,6 @@ class Service:
             store=store,
             demo=self.demo is not None,
             on_sources=self.on_sources,
-            on_answer=self.on_answer,
             recorder=self.recorder,
         )
         for warning in config.warnings():

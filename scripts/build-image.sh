@@ -4,6 +4,8 @@
 #   scripts/build-image.sh          build bulk-progress-exporter:test (IMAGE=... to rename it)
 #   scripts/build-image.sh --env    print the podman settings it uses, as shell `export` lines:
 #                                   eval "$(scripts/build-image.sh --env)"; podman run ...
+#   scripts/build-image.sh --version  print the version the image is labelled with
+#                                   (org.opencontainers.image.version): pyproject.toml's
 #
 # The official python:3.12-slim-bookworm cannot be pulled on our machines, so by default the image
 # is built FROM a stand-in: Debian bookworm made with debootstrap, with a venv at /usr/local so
@@ -58,12 +60,17 @@ done
 export CONTAINERS_CONF="$cache/podman/containers.conf"
 export CONTAINERS_STORAGE_CONF="$cache/podman/storage.conf"
 
+version=$(bash "$repo/scripts/version.sh")
+if [ "${1:-}" = --version ]; then
+  printf '%s\n' "$version"
+  exit 0
+fi
 if [ "${1:-}" = --env ]; then
   printf 'export CONTAINERS_CONF=%q\nexport CONTAINERS_STORAGE_CONF=%q\n' \
     "$CONTAINERS_CONF" "$CONTAINERS_STORAGE_CONF"
   exit 0
 fi
-[ $# -eq 0 ] || { echo "usage: $0 [--env]" >&2; exit 2; }
+[ $# -eq 0 ] || { echo "usage: $0 [--env | --version]" >&2; exit 2; }
 for tool in podman runc; do
   command -v "$tool" >/dev/null || { echo "error: $tool is not installed (make tools)" >&2; exit 1; }
 done
@@ -116,7 +123,8 @@ fi
 build_start=$SECONDS
 # --format docker: the OCI format drops HEALTHCHECK. --network host: pip reaches PyPI without
 # podman setting up a bridge (and its firewall rules) on the host.
-podman build --format docker --network host --build-arg BASE_IMAGE="$base" -t "$image" "$repo" >&2
+podman build --format docker --network host --build-arg BASE_IMAGE="$base" \
+  --build-arg VERSION="$version" -t "$image" "$repo" >&2
 # Rebuilds leave the previous image untagged; drop those after a day (keeps the layer cache).
 podman image prune -f --filter until=24h >/dev/null 2>&1 || true
 echo "image $image built in $((SECONDS - build_start)) s ($((SECONDS - start)) s in all)" >&2

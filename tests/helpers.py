@@ -14,9 +14,13 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
+import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,6 +103,15 @@ def source_yaml(
 
 def config_from(text: str, env: Mapping[str, str] | None = None) -> Config:
     return parse_config(text, filename="test.yaml", env=env or {})
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def project_version() -> str:
+    """pyproject.toml's version: the only one written by hand, which every other must equal."""
+    with (REPO / "pyproject.toml").open("rb") as f:
+        return str(tomllib.load(f)["project"]["version"])
 
 
 def find_tool(name: str) -> str | None:
@@ -456,24 +469,14 @@ def make_certs(tmp: Path) -> dict[str, Path]:
 
 def serving_hooks(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     """What the serving command hands its service (`cli.main(["--demo"])`), the service itself
-    replaced by one that only keeps its arguments; mallopt replaced too, so that this test
-    process's own C allocator is left as it is, its calls up to the service under
-    "mallopt calls before the service"."""
-    from exporter import allocator, cli
+    replaced by one that only keeps its arguments."""
+    from exporter import cli
 
     given: dict[str, object] = {}
-    calls: list[tuple[int, int]] = []
-
-    def mallopt(parameter: int, value: int) -> int:
-        calls.append((parameter, value))
-        return 1
-
-    monkeypatch.setattr(allocator, "glibc_mallopt", lambda: mallopt)
 
     class Service:
         def __init__(self, **kwargs: object) -> None:
             given.update(kwargs)
-            given["mallopt calls before the service"] = list(calls)
 
         async def run(self) -> None:
             pass
@@ -481,3 +484,42 @@ def serving_hooks(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
     monkeypatch.setattr(cli, "Service", Service)
     assert cli.main(["--demo"], env={}) == 0
     return given
+
+
+# The demo's two sources (`--demo`).
+DEMO_SOURCES = ("kizen-demo", "firstpromoter-demo")
+
+
+def get_while_starting(
+    url: str,
+    headers: dict[str, str] | None = None,
+    context: ssl.SSLContext | None = None,
+    timeout: float = 60,
+) -> tuple[int, str]:
+    """Status and body, retrying while the server (a process, a container) is still starting."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            request = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(request, timeout=5, context=context) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def wait_demo_up(port: int, timeout: float = 60) -> str:
+    """The first /metrics with bulk_up 1 for both demo sources; the first refresh takes a moment."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, text = get_while_starting(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        samples = parse_samples(text)
+        up = [one(samples, "bulk_up", source=source) for source in DEMO_SOURCES]
+        if up == [1, 1]:
+            return text
+        assert time.monotonic() < deadline, f"bulk_up is {up}"
+        time.sleep(0.5)

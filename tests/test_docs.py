@@ -27,7 +27,13 @@ from exporter.settings import RateLimit, Settings, format_duration
 from tests.conftest import ExporterFactory, SimHandle
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [
+    ROOT / "README.md",
+    ROOT / "CONTRIBUTING.md",
+    ROOT / "CHANGELOG.md",
+    ROOT / "SECURITY.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+]
 CHART_README = ROOT / "charts" / "bulk-progress-exporter" / "README.md"
 PLATFORM_REFERENCES = ("developer.kizen.com", "docs.firstpromoter.com")
 # The user's own exporter, Grafana and Prometheus, as the quick start opens them.

@@ -7,13 +7,12 @@ Debian stand-in for the python base image (about 2 minutes); later ones rebuild 
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import ssl
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,18 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.helpers import basic, free_port, make_certs, one, parse_samples, require_tool
+from tests.helpers import (
+    DEMO_SOURCES,
+    basic,
+    free_port,
+    make_certs,
+    one,
+    parse_samples,
+    project_version,
+    require_tool,
+)
+from tests.helpers import get_while_starting as get
+from tests.helpers import wait_demo_up as wait_both_up
 
 pytestmark = pytest.mark.image
 
@@ -31,7 +41,6 @@ IMAGE = "bulk-progress-exporter:test"
 STORAGE = "/var/lib/bulk-progress-exporter"
 CONFIG = "/etc/bulk-progress-exporter/config.yaml"
 NETWORK = "slirp4netns:port_handler=slirp4netns"
-DEMO_SOURCES = ("kizen-demo", "firstpromoter-demo")
 
 
 class Podman:
@@ -110,41 +119,6 @@ def podman(built: dict[str, str]) -> Iterator[Podman]:
         p.cleanup()
 
 
-def get(
-    url: str,
-    headers: dict[str, str] | None = None,
-    context: ssl.SSLContext | None = None,
-    timeout: float = 60,
-) -> tuple[int, str]:
-    """Status and body, retrying while the container is still starting."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            request = urllib.request.Request(url, headers=headers or {})
-            with urllib.request.urlopen(request, timeout=5, context=context) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-
-
-def wait_both_up(port: int, timeout: float = 60) -> str:
-    """The first /metrics with bulk_up 1 for both demo sources; the first refresh takes a moment."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status, text = get(f"http://127.0.0.1:{port}/metrics")
-        assert status == 200
-        samples = parse_samples(text)
-        up = [one(samples, "bulk_up", source=source) for source in DEMO_SOURCES]
-        if up == [1, 1]:
-            return text
-        assert time.monotonic() < deadline, f"bulk_up is {up}"
-        time.sleep(0.5)
-
-
 def healthcheck(podman: Podman, name: str) -> None:
     result = podman("healthcheck", "run", name)
     assert result.returncode == 0, result
@@ -179,9 +153,12 @@ def test_image_metadata(podman: Podman) -> None:
         "null",
         "[]",
     )
+    # One version: pyproject's, on the label and in what the package inside says.
+    labels = json.loads(podman.ok("image", "inspect", "--format", "{{json .Config.Labels}}", IMAGE))
+    assert labels["org.opencontainers.image.version"] == project_version()
     result = podman("run", "--rm", "--network", "none", IMAGE, "--version")
     assert result.returncode == 0, result
-    assert result.stdout.startswith("bulk-progress-exporter ")
+    assert result.stdout.startswith(f"bulk-progress-exporter {project_version()} (Python ")
 
 
 def test_demo_as_uid_10001_healthy_and_sigterm(podman: Podman) -> None:
