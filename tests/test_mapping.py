@@ -76,6 +76,8 @@ def test_firstpromoter_mapping() -> None:
     assert firstpromoter.parse_row(fp_row(), {"31": -5}).progress == 0
     assert firstpromoter.parse_row(fp_row(selected_total=None)).pending == 76
     assert firstpromoter.parse_row(fp_row(selected_total=10)).pending == 0  # never negative
+    # A selected_total of 0 beside a total of 100 is no empty batch: the total holds.
+    assert firstpromoter.parse_row(fp_row(selected_total=0)).pending == 76
     assert job.completed_at is None
     done = firstpromoter.parse_row(fp_row(status="completed"))
     assert done.completed_at == pytest.approx(1795341900.5)

@@ -132,8 +132,14 @@ class FirstPromoterSource(SourceConfig):
 
 
 def _basis(row: dict[str, object]) -> int | None:
+    """The items a batch holds: `selected_total`, else `total`. A `selected_total` of 0 beside
+    a positive `total` is not taken for an empty batch (its pending items would read 0 while
+    its progress says otherwise): `total` is."""
     selected = optional_count(row, "selected_total")
-    return selected if selected is not None else optional_count(row, "total")
+    total = optional_count(row, "total")
+    if selected is None or (selected == 0 and total):
+        return total
+    return selected
 
 
 def _finished(row: object) -> bool:
