@@ -49,8 +49,10 @@ logger = logging.getLogger("exporter.state")
 SCHEMA_VERSION = 4
 WAL_SIZE_LIMIT = 4 * 1024 * 1024
 # How long opening or writing a file waits for another process's lock before it counts as a
-# passing failure (tried again at the next save).
-BUSY_TIMEOUT = 5.0
+# passing failure, tried again at the next save with everything it would have written. Short:
+# the wait blocks the event loop, so every scrape would wait with it (SQLite's own default,
+# 5 s, stalled every scrape for as long as another process held a lock).
+BUSY_TIMEOUT = 0.25
 _JOB_COLUMNS = """
     id TEXT PRIMARY KEY, action TEXT NOT NULL, object TEXT NOT NULL, status TEXT NOT NULL,
     phase TEXT NOT NULL, pending INTEGER NOT NULL, succeeded INTEGER NOT NULL,

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, settings
 
 from exporter.runtime import Runtime
 from exporter.server import RUNTIME, make_app
@@ -12,6 +14,26 @@ from exporter.simulator.app import FP_PREFIX, KIZEN_PREFIX
 from tests.helpers import Client, config_from, source_yaml
 
 __all__ = ["Client", "ExporterFactory", "SimHandle", "last_error"]
+
+# Generated histories (tests/test_histories.py, tests/test_read_histories.py): a short run in
+# `make test`; `HYPOTHESIS_PROFILE=long` hunts longer. No deadline: a step that waits on HTTP
+# or the state store is not slow code, and a timed limit would flake on a shared machine.
+settings.register_profile(
+    "default",
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=bool(os.environ.get("CI")),
+)
+settings.register_profile(
+    "long",
+    max_examples=2000,
+    stateful_step_count=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 class SimHandle:

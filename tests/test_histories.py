@@ -16,19 +16,18 @@ every read the tracker must agree with it:
   finish lies in the future;
 - a restart through the state store forgets nothing of this.
 
-`make test` runs a short profile; `HYPOTHESIS_PROFILE=long` hunts longer.
+`make test` runs a short profile; `HYPOTHESIS_PROFILE=long` hunts longer (tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -47,22 +46,6 @@ from exporter.settings import Settings
 from exporter.source import SourceRunner
 from exporter.state import StateStore
 from exporter.tracker import JobTracker
-
-settings.register_profile(
-    "default",
-    max_examples=60,
-    stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.register_profile(
-    "long",
-    max_examples=2000,
-    stateful_step_count=80,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 T0 = 1_800_000_000.0
 ACTIONS = ("import", "archive")
