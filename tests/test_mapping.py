@@ -234,3 +234,14 @@ def test_what_is_no_timestamp_names_its_field(value: object) -> None:
     with pytest.raises(RowError) as caught:
         parse_timestamp(value, "completed_at")
     assert caught.value.field == "completed_at"
+
+
+def test_kizen_ids_are_uuids_in_lower_case_and_dot_segments_are_bad_fields() -> None:
+    upper = "2F1E0C4A-0000-4000-8000-00000000000A"
+    assert kizen.parse_row(kizen_row(upper)).id == upper.lower()
+    # Not a UUID: kept as it is (no case folding of ids the reference does not describe).
+    assert kizen.parse_row(kizen_row("Job-7")).id == "Job-7"
+    for dots in (".", ".."):
+        with pytest.raises(RowError) as caught:
+            kizen.parse_row(kizen_row(dots))
+        assert (caught.value.kind, caught.value.field) == ("bad_field", "id")

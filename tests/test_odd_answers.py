@@ -7,6 +7,7 @@ generated histories of tests/test_histories.py prove the tracker's side of the s
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -16,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from exporter.runtime import Runtime
 from exporter.server import RUNTIME, make_app
-from exporter.simulator import Behaviour
+from exporter.simulator import Behaviour, Fault
 from exporter.state import StateStore
 from tests.conftest import Client, ExporterFactory, SimHandle
 from tests.helpers import Samples, config_from, eventually, one, scrape, select, source_yaml
@@ -277,3 +278,23 @@ async def test_a_burst_of_finishes_never_fails_a_scrape_on_a_slow_full_read(
         return one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="completed") == 60
 
     await eventually(counted, "the background full read's finishes", within=30, interval=0.5)
+
+
+async def test_a_by_id_answer_for_another_id_is_skipped_and_counted(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    """A job left the active list; its by-id read answers another job's row: that answer is
+    skipped and counted, the job asked for is neither gone nor taken for the other one."""
+    now = time.time()
+    asked = sim.world.add_kizen_job(status="in_progress", pending=5, started_at=now - 3600)
+    other = sim.world.add_kizen_job(status="in_progress", pending=7, started_at=now - 3600)
+    client = await exporter(fp=False)
+    await scrape(client)
+    asked.status, asked.pending, asked.completed_at = "completed", 0, now
+    wrong = json.dumps({**other.to_json(), "status": "completed"}).encode()
+    sim.sim.set_fault("kizen", Fault(status=200, body=wrong, endpoints=frozenset({"detail"})))
+    s = await scrape(client)
+    assert one(s, "bulk_up", **KZ) == 1
+    assert one(s, "bulk_rows_skipped_total", **KZ, endpoint="detail", reason="bad_field") == 1
+    assert one(s, "bulk_jobs", **KZ, action=UPLOAD, phase="running") == 2
+    assert one(s, "bulk_jobs_finished_total", **KZ, action=UPLOAD, phase="completed") == 0
