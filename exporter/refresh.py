@@ -162,8 +162,11 @@ class Refresher:
         can finish soon, as the first one is; else it goes on in the background, on its own
         deadline, and is taken in by a later scrape: a scrape never fails because the
         account's full read is longer than a scrape."""
-        if self._sync is None:
-            self._start_sync(background=False)
+        if self._sync is not None:
+            # Already running (an earlier scrape's, or the periodic one): not waited for again.
+            self._note_background()
+            return
+        self._start_sync(background=False)
         assert self._sync is not None
         if await self._full_read_fits(self._sync, budget.deadline):
             self._finish_sync()
