@@ -153,9 +153,9 @@ class Refresher:
             self._full_done()
         self._take(result, started)
         if result.needs_full:
-            await self._full_instead(budget)
+            await self._full_instead(budget, result)
 
-    async def _full_instead(self, budget: Budget) -> None:
+    async def _full_instead(self, budget: Budget, result: ReadResult) -> None:
         """An incremental read that needed a full read instead (too many jobs left the active
         list to read each by id: a burst of finishes, an outage, a restart on a busy account)
         took in what it read, which removes nothing. The full read is waited for while it
@@ -167,6 +167,8 @@ class Refresher:
             self._note_background()
             return
         self._start_sync(background=False)
+        # What this refresh read is not forgotten by the full read it takes in.
+        self.tracker.touched |= result.jobs.keys()
         assert self._sync is not None
         if await self._full_read_fits(self._sync, budget.deadline):
             self._finish_sync()
