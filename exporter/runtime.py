@@ -160,8 +160,7 @@ class Runtime:
         self, names: Sequence[str] | None = None, wait: float | None = None, *, traced: bool = False
     ) -> list[SourceSnapshot]:
         """Refresh the named sources (all by default) concurrently; `wait` bounds how long
-        this scrape waits for each; `traced` callers show the trace, so a wait that runs out
-        copies the trace so far of the refresh in flight."""
+        this scrape waits for each; `traced` asks for refreshes that record their trace."""
         runners = (
             [self.sources[n] for n in names] if names is not None else list(self.sources.values())
         )

@@ -218,7 +218,10 @@ async def _debug(
         f"up: {int(snapshot.up)}" + (f"; error: {snapshot.error}" if snapshot.error else "")
     )
     if snapshot.trace is None:
-        trace = "no trace: this scrape's wait ran out before the refresh in flight began\n"
+        trace = (
+            "no trace: this scrape's wait ran out before a refresh that records one began "
+            "(it follows the refresh that was in flight)\n"
+        )
     else:
         trace = snapshot.trace.render()
     text = f"{head}\n\n{trace}\n--- metrics of this answer\n{body.decode('utf-8', 'replace')}"

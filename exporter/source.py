@@ -173,7 +173,10 @@ class SourceRunner:
         self.last_success: float | None = None
         self._last_done = 0.0
         self._inflight: asyncio.Task[SourceSnapshot] | None = None  # the refresh running
-        self._trace: Trace | None = None  # the trace of the refresh in flight
+        self._inflight_traced = False
+        # A traced refresh asked for while an untraced one runs; it starts when that one ends.
+        self._queued: asyncio.Task[SourceSnapshot] | None = None
+        self._trace: Trace | None = None  # the trace of the refresh in flight, if it keeps one
         self._failures = _FailureLog(config.name, config.platform_name)
         # Called after every refresh (the state store saves what changed then).
         self.on_refreshed: Callable[[SourceRunner], None] | None = None
@@ -193,20 +196,21 @@ class SourceRunner:
         shortens the shared refresh, which keeps the source's own `timeout`: a scraper with a
         tiny timeout gives up alone and cannot fail the scrapes that share the refresh.
 
-        Every refresh records its trace (the debug probe shows it). `traced` is a caller that
-        shows it: should its wait run out, its answer carries a copy of the trace so far of the
-        refresh in flight. Recording only the refreshes a debug probe asked for saved 2-3 % of
-        a scrape's CPU at 200 sources, under the 10 % a speed mechanism must show to stay
-        (docs/benchmarks.md, "Speed mechanisms").
+        `traced` asks for a refresh that records its trace (the debug probe). Only such a
+        refresh records one: recording is 7-8 % of a steady refresh's CPU, paid by
+        every source on every scrape for an answer rarely asked. A caller that wants a trace
+        shares a refresh only if it records one; else its own follows the one in flight,
+        which the callers that want none keep sharing until it ends.
         """
         timeout = self.settings.timeout
         if (
             self.last is not None
             and self.settings.min_interval > 0
             and time.monotonic() - self._last_done < self.settings.min_interval
+            and (not traced or self.last.trace is not None)
         ):
             return self.last
-        shared = self._shared(timeout)
+        shared = self._shared(timeout, traced)
         patience = timeout + 0.25 if wait is None else max(MIN_WAIT, min(timeout + 0.25, wait))
         started = time.monotonic()
         try:
@@ -258,23 +262,47 @@ class SourceRunner:
             trace=trace,
         )
 
-    def _shared(self, timeout: float) -> asyncio.Task[SourceSnapshot]:
-        """The refresh in flight, started if none is. Never two refreshes of one source at
-        once: they would share its tracker."""
-        if self._inflight is None or self._inflight.done():
-            self._inflight = asyncio.create_task(
-                self._refresh(timeout), name=f"refresh-{self.name}"
+    def _shared(self, timeout: float, traced: bool) -> asyncio.Task[SourceSnapshot]:
+        """The refresh this caller shares, started or queued if need be. Never two refreshes
+        of one source at once: they would share its tracker."""
+        running = self._inflight is not None and not self._inflight.done()
+        if running and (self._inflight_traced or not traced):
+            assert self._inflight is not None
+            return self._inflight
+        if self._queued is not None and not self._queued.done():
+            # A traced caller while an untraced refresh runs, or any caller once that one
+            # ended and before the queued one took over: the queued one serves them.
+            return self._queued
+        if running:
+            assert self._inflight is not None
+            self._queued = asyncio.create_task(
+                self._refresh_after(self._inflight, timeout), name=f"traced-refresh-{self.name}"
             )
+            return self._queued
+        self._inflight = asyncio.create_task(
+            self._refresh(timeout, traced), name=f"refresh-{self.name}"
+        )
+        self._inflight_traced = traced
         return self._inflight
 
-    async def _refresh(self, seconds: float) -> SourceSnapshot:
+    async def _refresh_after(
+        self, previous: asyncio.Task[SourceSnapshot], seconds: float
+    ) -> SourceSnapshot:
+        """A traced refresh, once `previous` (untraced, in flight) is done, whatever its end.
+        From its start it is the refresh running, which every caller shares."""
+        await asyncio.wait({previous})
+        self._inflight, self._inflight_traced = asyncio.current_task(), True
+        self._queued = None
+        return await self._refresh(seconds, traced=True)
+
+    async def _refresh(self, seconds: float, traced: bool = False) -> SourceSnapshot:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         deadline = loop.time() + seconds
         error: str | None = None
         kind: str | None = None
         detail: dict[str, object] = {}
-        trace = self._trace = Trace("refresh", seconds, self.config.ROW_KEYS)
+        trace = self._trace = Trace("refresh", seconds, self.config.ROW_KEYS) if traced else None
         try:
             # The upstream layer honours the deadline per request; this is the backstop for
             # anything else that could wait.
@@ -306,11 +334,12 @@ class SourceRunner:
         duration = time.monotonic() - started
         self._failures.note(self.redact(error) if error else None, kind, detail)
         # The platform client's notices: what it detected of the upstream's behaviour.
-        notices = getattr(self.refresher.client, "notices", None)
-        trace.finish(
-            "up" if error is None else f"failed: {error}",
-            notices if isinstance(notices, Mapping) else None,
-        )
+        if trace is not None:
+            notices = getattr(self.refresher.client, "notices", None)
+            trace.finish(
+                "up" if error is None else f"failed: {error}",
+                notices if isinstance(notices, Mapping) else None,
+            )
         self._trace = None
         snapshot = self._snapshot(error is None, duration, error, trace)
         self.last = snapshot
@@ -319,9 +348,11 @@ class SourceRunner:
 
     async def close(self) -> None:
         await self.refresher.close()
-        task = self._inflight
-        if task is not None and not task.done():
+        # Both: the queued one only waits on the one in flight, and neither ends the other.
+        tasks = [t for t in (self._queued, self._inflight) if t is not None and not t.done()]
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.upstream.close()

@@ -214,17 +214,19 @@ def runner_of(client: Client, name: str) -> SourceRunner:
     return app[RUNTIME].sources[name]
 
 
-async def test_every_refresh_records_a_trace_a_debug_probe_can_show(
+async def test_only_a_refresh_a_debug_probe_asked_for_records_a_trace(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
     sim.world.add_kizen_job(status="in_progress")
     client = await exporter(fp=False)
     runner = runner_of(client, "kz")
-    for path in ("/metrics", "/probe?target=kz"):
-        assert (await client.get(path)).status == 200
-        assert runner.last is not None
-        assert runner.last.trace is not None
+    assert (await client.get("/metrics")).status == 200
+    assert runner.last is not None
+    assert runner.last.trace is None
+    assert (await client.get("/probe?target=kz")).status == 200
+    assert runner.last.trace is None
     text = trace_part(await debug(client, "kz"))
+    assert runner.last.trace is not None
     assert len(requests_of(text)) == 2  # a steady refresh: the active list, the finished one
 
 
@@ -243,43 +245,69 @@ async def refresh_in_flight(
     before = sim.count("kizen")
     sim.sim.latency["kizen"] = latency
     scrape = asyncio.create_task(client.get("/metrics", headers=headers))
-    await eventually(lambda: sim.count("kizen") > before, "the refresh in flight")
+    await eventually(lambda: sim.count("kizen") > before, "the untraced refresh in flight")
     return client, scrape, before
 
 
-async def test_a_debug_probe_during_a_scrapes_refresh_shares_it_and_its_trace(
+async def test_a_debug_probe_during_an_untraced_refresh_gets_one_of_its_own_right_after(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
     client, scrape, before = await refresh_in_flight(sim, exporter, 0.3)
     runner = runner_of(client, "kz")
-    running = runner._inflight
-    assert running is not None
-    assert not running.done()  # else this would not test a probe meeting one in flight
+    untraced = runner._inflight
+    assert untraced is not None
+    assert not untraced.done()  # else this would not test a probe meeting one in flight
     text = trace_part(await debug(client, "kz"))
     assert (await scrape).status == 200
-    # One refresh for both: its two requests, in the probe's trace.
-    assert sim.count("kizen") == before + 2
-    assert len(requests_of(text)) == 2
-    assert running.result() is runner.last
+    assert untraced is not None
+    assert untraced.done()
+    plain = untraced.result()
+    assert plain.trace is None
+    listed = requests_of(text)
+    assert len(listed) == 2
+    # Two refreshes, one after the other: the probe's trace holds only its own requests.
+    assert sim.count("kizen") == before + 4
+    traced = runner.last
+    assert traced is not None
+    assert traced.trace is not None
+    assert traced.trace.started >= plain.refreshed_at
 
 
-async def test_a_probe_whose_wait_ends_shows_the_trace_so_far(
+async def test_scrapes_during_an_untraced_refresh_share_it_though_a_probe_queued_one(
+    sim: SimHandle, exporter: ExporterFactory
+) -> None:
+    # Each refresh takes about 1 s; a scrape waits at most 1.5 s: time for the refresh in
+    # flight, not for it and the probe's after it.
+    headers = {"X-Prometheus-Scrape-Timeout-Seconds": "2"}
+    client, first, _ = await refresh_in_flight(sim, exporter, 1.0, headers)
+    probe = asyncio.create_task(debug(client, "kz"))
+    await eventually(lambda: runner_of(client, "kz")._queued is not None, "the probe's refresh")
+    second = asyncio.create_task(client.get("/metrics", headers=headers))
+    for scrape in (first, second):
+        samples = parse_samples(await (await scrape).text())
+        assert one(samples, "bulk_up", source="kz") == 1
+    assert len(requests_of(trace_part(await probe))) == 2
+
+
+async def test_a_probe_whose_wait_ends_before_its_refresh_begins_says_so(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
     client, scrape, _ = await refresh_in_flight(sim, exporter, 1.0)
     # A 0.6 s scrape timeout leaves the probe the least wait, 0.1 s: the refresh in flight
-    # still has most of a second to go, its first request under way.
+    # still has most of a second to go.
     response = await client.get(
         "/probe?target=kz&debug=true", headers={"X-Prometheus-Scrape-Timeout-Seconds": "0.6"}
     )
     text = await response.text()
     assert "up: 0" in text
-    assert "the refresh did not finish within this scrape's" in text
-    assert "no trace" not in text
+    assert "no trace: this scrape's wait ran out before a refresh that records one began" in text
+    assert requests_of(trace_part(text)) == []
     assert (await scrape).status == 200
 
 
-async def test_closing_a_source_ends_the_refresh_in_flight(sim: SimHandle) -> None:
+async def test_closing_a_source_ends_the_refresh_in_flight_and_the_one_queued(
+    sim: SimHandle,
+) -> None:
     sim.world.add_kizen_job(status="in_progress")
     runtime = Runtime(config_from(source_yaml(sim.kizen_url, None)))
     runner = runtime.sources["kz"]
@@ -288,12 +316,16 @@ async def test_closing_a_source_ends_the_refresh_in_flight(sim: SimHandle) -> No
         sim.sim.latency["kizen"] = 0.3
         before = sim.count("kizen")
         plain = asyncio.create_task(runner.snapshot())
-        await eventually(lambda: sim.count("kizen") > before, "the refresh in flight")
+        await eventually(lambda: sim.count("kizen") > before, "the untraced refresh in flight")
+        untraced = runner._inflight
         probe = asyncio.create_task(runner.snapshot(traced=True))
-        running = runner._inflight
-        assert running is not None
+        await asyncio.sleep(0)  # the probe queues its refresh, which has not begun
+        queued = runner._queued
+        assert untraced is not None
+        assert queued is not None
         await runner.close()  # as a reload does with a source it retires
-        assert running.cancelled()
+        assert untraced.cancelled()
+        assert queued.cancelled()
         for waiting in (plain, probe):
             with contextlib.suppress(asyncio.CancelledError):
                 await waiting
@@ -301,7 +333,7 @@ async def test_closing_a_source_ends_the_refresh_in_flight(sim: SimHandle) -> No
         await runtime.close()
 
 
-async def test_within_min_interval_a_debug_probe_shares_the_kept_refresh_and_its_trace(
+async def test_within_min_interval_a_debug_probe_refreshes_unless_a_trace_is_kept(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
     sim.world.add_kizen_job(status="in_progress")
@@ -309,11 +341,13 @@ async def test_within_min_interval_a_debug_probe_shares_the_kept_refresh_and_its
     assert (await client.get("/metrics")).status == 200
     after_scrape = sim.count("kizen")
     text = trace_part(await debug(client, "kz"))
-    assert sim.count("kizen") == after_scrape  # the scrape's refresh, young, kept its trace
-    assert len(requests_of(text)) >= 1
+    assert sim.count("kizen") > after_scrape  # the kept snapshot had no trace
+    after_debug = sim.count("kizen")
+    assert len(requests_of(text)) == after_debug - after_scrape
+    # Young and traced: scrapes and debug probes alike share it until min_interval ends.
     assert (await client.get("/metrics")).status == 200
     assert trace_part(await debug(client, "kz")) == text
-    assert sim.count("kizen") == after_scrape
+    assert sim.count("kizen") == after_debug
 
 
 async def test_an_unknown_or_foreign_source_answers_400(sim: SimHandle) -> None:
