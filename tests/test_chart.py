@@ -25,7 +25,7 @@ from cloudcoil.models.prometheus_operator import v1 as monitoring
 from pydantic import BaseModel
 
 from exporter.config import parse_config
-from tests.helpers import require_tool
+from tests.helpers import project_version, require_tool
 
 pytestmark = pytest.mark.chart
 
@@ -241,7 +241,8 @@ def test_defaults_leave_optional_features_off(helm: str) -> None:
         assert key not in pod
     assert pod["automountServiceAccountToken"] is False
     assert not flags(docs, "web.config.file")
-    assert container(docs)["image"] == "bulk-progress-exporter:0.1.0"
+    # The tag defaults to the chart's appVersion, which is pyproject's version.
+    assert container(docs)["image"] == f"bulk-progress-exporter:{project_version()}"
     for key in ("topologySpreadConstraints", "priorityClassName"):
         assert key not in pod
     assert [v["name"] for v in pod["volumes"]] == ["config", "storage", "tmp"]
