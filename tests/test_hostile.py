@@ -893,13 +893,21 @@ async def test_the_header_deadline_holds_whatever_aiohttp_does() -> None:
 # --- 8. API quota ----------------------------------------------------------------------------
 
 
+# Requests that show a flood reached a platform's default bucket of 100.
+REACHED = 90
+
+
 async def test_a_scrape_flood_never_exceeds_the_default_rate_limit(
     sim: SimHandle, exporter: ExporterFactory
 ) -> None:
-    """For 6 s, waves of 50 concurrent scrapes on /metrics and on each source's /probe, every
-    refresh a full read (31 Kizen pages; 10 FirstPromoter pages and the progress map), no
-    `rate_limit` configured: each platform sees at most the default bucket (100 requests)
-    plus its refill (100 a minute) over the flood."""
+    """Waves of 50 concurrent scrapes on /metrics and on each source's /probe, every refresh a
+    full read (31 Kizen pages; 10 FirstPromoter pages and the progress map), no `rate_limit`
+    configured, until the flood has reached both buckets: each platform sees at most the
+    default bucket (100 requests) plus its refill (100 a minute) over the flood.
+
+    The flood ends when it reached the buckets (90 requests each), not after a fixed time: how
+    many requests a few seconds allow depends on the machine's speed (a loaded machine once
+    made 36 in 6 s), while what is checked, the bound, does not."""
     now = time.time()
     for _ in range(30):
         sim.world.add_kizen_job(status="completed", pending=0, started_at=now - 99)
@@ -925,9 +933,12 @@ async def test_a_scrape_flood_never_exceeds_the_default_rate_limit(
             await response.read()
             return response.status
 
+    def reached() -> bool:
+        return sim.count("kizen") >= REACHED and sim.count("firstpromoter") >= REACHED
+
     async def flood(path: str) -> None:
         nonlocal scrapes
-        while time.monotonic() - started < 6:
+        while not reached() and time.monotonic() - started < 120:
             async with asyncio.timeout(20):
                 wave = await asyncio.gather(*(get(path) for _ in range(50)))
             assert wave == [200] * 50
@@ -940,9 +951,9 @@ async def test_a_scrape_flood_never_exceeds_the_default_rate_limit(
     print(f"{scrapes} scrapes in {elapsed:.1f}s: Kizen {kizen}, FirstPromoter {fp} requests")
     assert kizen <= bound
     assert fp <= bound
-    # The flood did reach the buckets (what it reaches depends on the machine's speed).
-    assert kizen >= 60
-    assert fp >= 60
+    # The flood did reach the buckets (or the bound of 2 minutes ran out first).
+    assert kizen >= REACHED
+    assert fp >= REACHED
 
 
 # --- 10. the --config.check summary ------------------------------------------------------------
