@@ -19,6 +19,7 @@ afresh from memory (a replaced one is set aside first: it is not this exporter's
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import json
 import logging
@@ -646,34 +647,30 @@ class _Held:
     def __init__(self, runner: SourceRunner) -> None:
         self.runner = runner
         tracker = runner.tracker
-        # `JobTracker.reset` and the restore assign new objects: these stay as they are.
-        self.attributes = dict(vars(tracker))
-        self.jobs, self.gone, self.baseline = tracker.jobs, tracker.gone, tracker.baseline
-        self.finished, self.items = tracker.finished, tracker.items
-        self.rows_skipped, self.last_finished = tracker.rows_skipped, tracker.last_finished
-        self.durations, self.queue_waits = tracker.durations, tracker.queue_waits
-        self.actions = tracker.actions
+        # A shallow copy: `JobTracker.reset` and the restore assign new objects to the
+        # tracker, so the held ones stay as they are.
+        self.held = copy.copy(tracker)
         self.refresh = runner.refresher.state
         tracker.reset()
 
     def put_back(self) -> None:
         attributes = vars(self.runner.tracker)
         attributes.clear()
-        attributes.update(self.attributes)
+        attributes.update(vars(self.held))
         self.runner.refresher.restore(self.refresh)
 
     def apply_on_top(self) -> None:
         """Take in what the runner saw while its file was out of reach, as one incremental
         refresh would: a job the file knew running and memory finished counts once now."""
-        tracker = self.runner.tracker
-        if self.baseline is not None:
+        tracker, held = self.runner.tracker, self.held
+        if held.baseline is not None:
             tracker.apply(
-                [t.job for t in self.jobs.values()],
+                [t.job for t in held.jobs.values()],
                 time.time(),
                 complete=False,
-                gone=[i for i in self.gone if i not in self.jobs],
+                gone=[i for i in held.gone if i not in held.jobs],
             )
-            for job_id, tracked in self.gone.items():
+            for job_id, tracked in held.gone.items():
                 if job_id not in tracker.jobs and job_id not in tracker.gone:
                     tracker.gone[job_id] = tracked
                     tracker.dirty.add(job_id)
@@ -682,17 +679,17 @@ class _Held:
         # those values already: a counter lower than what they saw reads as a reset, and
         # they would count the whole of it again. So each counter is at least what it was.
         for mine, theirs in (
-            (self.finished, tracker.finished),
-            (self.items, tracker.items),
-            (self.rows_skipped, tracker.rows_skipped),
+            (held.finished, tracker.finished),
+            (held.items, tracker.items),
+            (held.rows_skipped, tracker.rows_skipped),
         ):
             for key, value in mine.items():
                 theirs[key] = max(theirs[key], value)
-        for key, when in self.last_finished.items():
+        for key, when in held.last_finished.items():
             tracker.last_finished[key] = max(tracker.last_finished.get(key, when), when)
-        _at_least_each(tracker.durations, self.durations)
-        _at_least_each(tracker.queue_waits, self.queue_waits)
-        tracker.actions |= self.actions
+        _at_least_each(tracker.durations, held.durations)
+        _at_least_each(tracker.queue_waits, held.queue_waits)
+        tracker.actions |= held.actions
         tracker.counters_dirty = True
         restored = self.runner.refresher.state
         self.runner.refresher.restore(

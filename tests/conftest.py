@@ -18,21 +18,15 @@ __all__ = ["Client", "ExporterFactory", "SimHandle", "last_error"]
 # Generated histories (tests/test_histories.py, tests/test_read_histories.py): a short run in
 # `make test`; `HYPOTHESIS_PROFILE=long` hunts longer. No deadline: a step that waits on HTTP
 # or the state store is not slow code, and a timed limit would flake on a shared machine.
+_UNTIMED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
     "default",
+    _UNTIMED,
     max_examples=60,
     stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
     derandomize=bool(os.environ.get("CI")),
 )
-settings.register_profile(
-    "long",
-    max_examples=2000,
-    stateful_step_count=80,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+settings.register_profile("long", _UNTIMED, max_examples=2000, stateful_step_count=80)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 

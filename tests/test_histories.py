@@ -130,6 +130,8 @@ class Histories(RuleBasedStateMachine):
         self.durations: Counter[tuple[str, str]] = Counter()
         self.baseline: float | None = None
         self.answered: set[str] = set()
+        # Each job as the platform last answered it.
+        self.last_answer: dict[str, Job] = {}
         self.previous_items: Counter[tuple[str, str]] = Counter()
         self.previous_finished: Counter[tuple[str, str]] = Counter()
         self.next_id = 0
@@ -244,6 +246,7 @@ class Histories(RuleBasedStateMachine):
         self.tracker.apply(answer, self.now, complete=complete, gone=gone, started=started)
         seen = {j.id for j in answer}
         self.answered |= seen
+        self.last_answer.update((j.id, j) for j in answer)
         # A job any read returned is known after it.
         assert seen <= self.tracker.jobs.keys()
         # Only positive evidence makes a job gone.
@@ -355,6 +358,20 @@ class Histories(RuleBasedStateMachine):
         observed = {k: sum(h.counts) for k, h in self.tracker.durations.items()}
         assert {k: n for k, n in observed.items() if n} == +self.durations
         assert all(h.total >= 0 for h in self.tracker.durations.values())
+
+    @invariant()
+    def each_known_job_is_as_last_read(self) -> None:
+        """The tracker shows what the platform last answered of each job it knows, and
+        knows no job nobody answered (a restart included)."""
+        for job_id, tracked in self.tracker.jobs.items():
+            assert tracked.job == self.last_answer[job_id]
+        assert self.tracker.gone.keys() <= self.last_answer.keys()
+
+    @invariant()
+    def queue_waits_once_a_job_and_never_negative(self) -> None:
+        observed = sum(sum(h.counts) for h in self.tracker.queue_waits.values())
+        assert observed <= len(self.last_answer)
+        assert all(h.total >= 0 for h in self.tracker.queue_waits.values())
 
     @invariant()
     def no_last_finish_in_the_future(self) -> None:

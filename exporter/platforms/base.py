@@ -243,6 +243,17 @@ def notice(
     return True
 
 
+def relearn_notices(
+    notices: dict[str, str], saved: Mapping[str, object], known: Collection[str]
+) -> None:
+    """Put back the saved notices a client knows (`known`; a key of another version is
+    skipped: what it meant is not known here), without logging them again: each was logged
+    when it was seen."""
+    for key, sentence in saved.items():
+        if key in known and isinstance(sentence, str):
+            notices[key] = sentence
+
+
 def platform_name_of(model: type[SourceConfig]) -> str:
     """A platform's `platform:` value, read from its model's Literal annotation."""
     (name,) = get_args(model.model_fields["platform"].annotation)

@@ -39,6 +39,7 @@ from exporter.platforms.base import (
     SourceConfig,
     notice,
     read_by_id,
+    relearn_notices,
     run_both,
 )
 from exporter.redact import Redact
@@ -314,10 +315,7 @@ class FirstPromoterClient:
     def relearn(self, saved: Mapping[str, object]) -> None:
         """Take back what `learnt` gave (from the state store, or a runner a reload replaced),
         without logging it again: it was logged when it was seen."""
-        for key, sentence in saved.items():
-            if key not in _BEHAVIOURS or not isinstance(sentence, str):
-                continue  # a key of another version: what it meant is not known here
-            self.notices[key] = sentence
+        relearn_notices(self.notices, saved, _BEHAVIOURS)
         self.includes_failed = self.includes_failed or "processed_includes_failed" in saved
         if "progress_not_percent" in saved:
             self.progress_scale = None

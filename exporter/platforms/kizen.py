@@ -44,6 +44,7 @@ from exporter.platforms.base import (
     notice,
     pooled,
     read_by_id,
+    relearn_notices,
     run_all,
 )
 from exporter.redact import Redact
@@ -323,9 +324,7 @@ class KizenClient:
 
     def relearn(self, saved: Mapping[str, object]) -> None:
         """Take back what `learnt` gave, without logging it again."""
-        for key, sentence in saved.items():
-            if key in _BEHAVIOURS and isinstance(sentence, str):
-                self.notices[key] = sentence
+        relearn_notices(self.notices, saved, _BEHAVIOURS)
         if "started_after_ignored" in saved:
             self.started_after_ignored = True
         if "page_size_refused" in saved:
